@@ -1,0 +1,255 @@
+//! Credential providers: config-as-data (`ProviderSpec`, one `type`-tagged variant per provider)
+//! plus one trait (`Provider`) that every built provider implements. The engine calls
+//! [`Provider::fetch`] once per rotation and fans the result out to every namespace.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::config::FieldProblems;
+use crate::credential::Credential;
+use crate::sensitive::Sensitive;
+
+pub mod azure;
+pub mod ecr;
+pub mod gcp;
+pub mod http;
+pub mod static_;
+
+/// A built provider. Implementations hold their clients and settings; `fetch` must not log or
+/// return (in errors) any credential material.
+#[async_trait]
+pub trait Provider: Send + Sync + fmt::Debug {
+    /// Fetches a fresh credential from the source.
+    async fn fetch(&self) -> Result<Credential, ProviderError>;
+}
+
+/// The bounded set of reasons a provider call fails; used as metric label and event reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCategory {
+    /// The provider refused our identity (HTTP 401/403, AWS AccessDenied, invalid_grant).
+    AuthDenied,
+    /// Rate limited (HTTP 429, AWS ThrottlingException).
+    Throttled,
+    /// Could not reach the provider (DNS, connect, TLS, timeout).
+    Unreachable,
+    /// The provider answered, but not with what we expected (5xx, malformed body, missing field).
+    BadResponse,
+    /// A local input is missing or unreadable (token file, key file, env variable).
+    LocalInput,
+}
+
+impl ErrorCategory {
+    pub const ALL: [ErrorCategory; 5] = [
+        Self::AuthDenied,
+        Self::Throttled,
+        Self::Unreachable,
+        Self::BadResponse,
+        Self::LocalInput,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthDenied => "auth_denied",
+            Self::Throttled => "throttled",
+            Self::Unreachable => "unreachable",
+            Self::BadResponse => "bad_response",
+            Self::LocalInput => "local_input",
+        }
+    }
+}
+
+/// A failed fetch. `message` says what failed and on what; it never contains credential material
+/// (no response bodies, no tokens).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub category: ErrorCategory,
+    pub message: String,
+    /// Set when the provider asked us to wait (HTTP `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
+        Self {
+            category,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The category of a failed HTTP status.
+    pub fn from_status(status: u16, what: &str) -> Self {
+        let category = match status {
+            401 | 403 => ErrorCategory::AuthDenied,
+            429 => ErrorCategory::Throttled,
+            _ => ErrorCategory::BadResponse,
+        };
+        Self::new(category, format!("{what} answered HTTP {status}"))
+    }
+
+    /// The category of a transport error from reqwest (never includes a body).
+    pub fn from_reqwest(err: reqwest::Error, what: &str) -> Self {
+        let category = if err.is_timeout() || err.is_connect() || err.is_request() {
+            ErrorCategory::Unreachable
+        } else if let Some(status) = err.status() {
+            return Self::from_status(status.as_u16(), what);
+        } else {
+            ErrorCategory::BadResponse
+        };
+        // reqwest's Display names the URL but never the body or headers.
+        Self::new(category, format!("{what}: {}", err.without_url()))
+    }
+
+    pub fn category(&self) -> &'static str {
+        self.category.as_str()
+    }
+}
+
+/// Where a piece of text comes from. Exactly one of the fields is set; `value` is only accepted
+/// where the text is not secret (a username, a client id).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TextSource {
+    /// A file, re-read on every fetch (mounted Secrets and projected tokens rotate in place).
+    pub file: Option<PathBuf>,
+    /// An environment variable of the pullkeeper process.
+    pub env: Option<String>,
+    /// A literal, for non-secret values only.
+    pub value: Option<String>,
+}
+
+impl TextSource {
+    /// Checks that exactly one source is set, and that a secret is not given as a literal.
+    pub fn validate(&self, problems: &mut FieldProblems, field: &str, secret: bool) {
+        let set = [
+            self.file.is_some(),
+            self.env.is_some(),
+            self.value.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if set != 1 {
+            let allowed = if secret {
+                "`file` or `env`"
+            } else {
+                "`file`, `env` or `value`"
+            };
+            problems.push(field, format!("set exactly one of {allowed}"));
+        }
+        if secret && self.value.is_some() {
+            problems.push(
+                format!("{field}.value"),
+                "secrets are not accepted in clear in config files; use `file` or `env`",
+            );
+        }
+    }
+
+    /// Reads the text now (trailing newline trimmed). The error names the file or variable,
+    /// never its content.
+    pub async fn read(&self) -> Result<Sensitive, ProviderError> {
+        if let Some(path) = &self.file {
+            let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+                ProviderError::new(
+                    ErrorCategory::LocalInput,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            return Ok(Sensitive::new(text.trim_end_matches(['\n', '\r'])));
+        }
+        if let Some(name) = &self.env {
+            return std::env::var(name).map(Sensitive::new).map_err(|_| {
+                ProviderError::new(
+                    ErrorCategory::LocalInput,
+                    format!("environment variable {name} is not set or not UTF-8"),
+                )
+            });
+        }
+        if let Some(value) = &self.value {
+            return Ok(Sensitive::new(value.clone()));
+        }
+        Err(ProviderError::new(
+            ErrorCategory::LocalInput,
+            "no source configured",
+        ))
+    }
+}
+
+/// One provider's settings, as written in a registry file under `provider:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ProviderSpec {
+    Static(static_::StaticConfig),
+    Http(http::HttpConfig),
+    Ecr(ecr::EcrConfig),
+    EcrPublic(ecr::EcrPublicConfig),
+    Gcp(gcp::GcpConfig),
+    Azure(azure::AzureConfig),
+}
+
+impl ProviderSpec {
+    /// The provider's `type`, a bounded set used as a metric label.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Static(_) => "static",
+            Self::Http(_) => "http",
+            Self::Ecr(_) => "ecr",
+            Self::EcrPublic(_) => "ecr-public",
+            Self::Gcp(_) => "gcp",
+            Self::Azure(_) => "azure",
+        }
+    }
+
+    /// Whether every fetched login names its own registry host, so the registry file's
+    /// `servers` may be omitted.
+    pub fn provides_servers(&self) -> bool {
+        match self {
+            Self::Ecr(_) | Self::EcrPublic(_) | Self::Azure(_) => true,
+            Self::Http(c) => c.provides_servers(),
+            Self::Static(_) | Self::Gcp(_) => false,
+        }
+    }
+
+    /// How long a credential without a stated expiry is assumed to live.
+    pub fn default_lifetime(&self) -> Duration {
+        match self {
+            // Static sources never expire by themselves; re-reading them hourly is cheap and
+            // a file change is also picked up by the max interval.
+            Self::Static(_) => Duration::from_secs(3600),
+            Self::Gcp(_) => Duration::from_secs(3600),
+            Self::Azure(_) => Duration::from_secs(3 * 3600),
+            Self::Ecr(_) | Self::EcrPublic(_) => Duration::from_secs(12 * 3600),
+            Self::Http(_) => Duration::from_secs(3600),
+        }
+    }
+
+    /// Checks settings that serde cannot, pushing every problem under `provider.…`.
+    pub fn validate(&self, problems: &mut FieldProblems) {
+        match self {
+            Self::Static(c) => c.validate(problems),
+            Self::Http(c) => c.validate(problems),
+            Self::Ecr(c) => c.validate(problems),
+            Self::EcrPublic(c) => c.validate(problems),
+            Self::Gcp(c) => c.validate(problems),
+            Self::Azure(c) => c.validate(problems),
+        }
+    }
+
+    /// Builds the provider (clients, identity chains). Called on every accepted config load.
+    pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
+        match self {
+            Self::Static(c) => c.build().await,
+            Self::Http(c) => c.build().await,
+            Self::Ecr(c) => c.build().await,
+            Self::EcrPublic(c) => c.build().await,
+            Self::Gcp(c) => c.build().await,
+            Self::Azure(c) => c.build().await,
+        }
+    }
+}
