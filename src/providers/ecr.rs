@@ -1,38 +1,754 @@
-//! Placeholder: being implemented.
+//! AWS ECR (private) and ECR Public: `GetAuthorizationToken` through the AWS SDK, with the pod's
+//! identity from aws-config's default chain (static keys, IRSA, EKS Pod Identity, …) and an
+//! optional assume-role on top for cross-account registries.
+//!
+//! The configuration types always compile, so a registry file with `type: ecr` parses in a build
+//! without the `ecr` feature; only the SDK clients are behind the feature.
 
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{ErrorCategory, Provider, ProviderError};
+use super::{Provider, ProviderError};
 use crate::config::FieldProblems;
 
-#[derive(Clone, Debug, Deserialize)]
+/// The registry host of ECR Public.
+pub const ECR_PUBLIC_HOST: &str = "public.ecr.aws";
+
+/// ECR Public's token API exists only in this region.
+pub const ECR_PUBLIC_REGION: &str = "us-east-1";
+
+/// `provider:` of `type: ecr`.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EcrConfig {}
+pub struct EcrConfig {
+    /// AWS regions to fetch a token for (one `GetAuthorizationToken` call each); each token serves
+    /// every registry of that region the identity may read.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Role to assume on top of the pod's identity (cross-account registries).
+    pub role_arn: Option<String>,
+    /// External id required by the role's trust policy.
+    pub external_id: Option<String>,
+    /// Session name of the assumed role (default `pullkeeper`).
+    pub session_name: Option<String>,
+    /// Endpoint for every AWS call of this provider (ECR and the assume-role STS call); for tests
+    /// and private endpoints. `AWS_ENDPOINT_URL_ECR` / `AWS_ENDPOINT_URL_STS` also work.
+    pub endpoint_url: Option<String>,
+}
 
-impl EcrConfig {
-    pub fn validate(&self, _problems: &mut FieldProblems) {}
+/// `provider:` of `type: ecr-public`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EcrPublicConfig {
+    /// Role to assume on top of the pod's identity.
+    pub role_arn: Option<String>,
+    /// External id required by the role's trust policy.
+    pub external_id: Option<String>,
+    /// Session name of the assumed role (default `pullkeeper`).
+    pub session_name: Option<String>,
+    /// Endpoint for every AWS call of this provider (ECR Public and the assume-role STS call).
+    pub endpoint_url: Option<String>,
+}
 
-    pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
-        Err(ProviderError::new(
-            ErrorCategory::LocalInput,
-            "not implemented yet",
-        ))
+/// Settings shared by both ECR flavours: which identity to use and where to send calls.
+#[derive(Clone, Copy)]
+struct Identity<'a> {
+    role_arn: Option<&'a str>,
+    external_id: Option<&'a str>,
+    session_name: Option<&'a str>,
+    endpoint_url: Option<&'a str>,
+}
+
+impl Identity<'_> {
+    fn validate(self, problems: &mut FieldProblems) {
+        match self.role_arn {
+            Some(arn) if !is_role_arn(arn) => problems.push(
+                "roleArn",
+                format!(
+                    "`{arn}` is not an IAM role ARN (expected arn:PARTITION:iam::ACCOUNT:role/NAME)"
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                if self.external_id.is_some() {
+                    problems.push("externalId", "only used together with `roleArn`");
+                }
+                if self.session_name.is_some() {
+                    problems.push("sessionName", "only used together with `roleArn`");
+                }
+            }
+        }
+        if let Some(id) = self.external_id
+            && !(2..=1224).contains(&id.len())
+        {
+            problems.push("externalId", "must be 2 to 1224 characters long");
+        }
+        if let Some(name) = self.session_name
+            && !is_session_name(name)
+        {
+            problems.push(
+                "sessionName",
+                "must be 2 to 64 characters of letters, digits and `+=,.@_-`",
+            );
+        }
+        if let Some(url) = self.endpoint_url {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => problems.push("endpointUrl", format!("`{url}` is not an http(s) URL")),
+            }
+        }
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EcrPublicConfig {}
+impl EcrConfig {
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            role_arn: self.role_arn.as_deref(),
+            external_id: self.external_id.as_deref(),
+            session_name: self.session_name.as_deref(),
+            endpoint_url: self.endpoint_url.as_deref(),
+        }
+    }
+
+    /// Checks the regions, the role and the endpoint; fields are relative to `provider`.
+    pub fn validate(&self, problems: &mut FieldProblems) {
+        if self.regions.is_empty() {
+            problems.push("regions", "name at least one AWS region (e.g. `eu-west-1`)");
+        }
+        for (i, region) in self.regions.iter().enumerate() {
+            if !is_region_name(region) {
+                problems.push(
+                    format!("regions[{i}]"),
+                    format!("`{region}` is not an AWS region name (expected e.g. `eu-west-1`)"),
+                );
+            } else if self.regions[..i].contains(region) {
+                problems.push(
+                    format!("regions[{i}]"),
+                    format!("`{region}` is listed twice"),
+                );
+            }
+        }
+        self.identity().validate(problems);
+    }
+
+    /// Builds the provider on the pod's default AWS identity chain.
+    pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
+        #[cfg(feature = "ecr")]
+        {
+            let fallback = self
+                .regions
+                .first()
+                .map_or(ECR_PUBLIC_REGION, String::as_str);
+            let base = client::default_sdk_config(fallback).await;
+            self.build_with_sdk_config(&base).await
+        }
+        #[cfg(not(feature = "ecr"))]
+        {
+            Err(without_feature())
+        }
+    }
+
+    /// Builds the provider on top of a given AWS SDK configuration instead of the process
+    /// environment: lets tests pin the identity chain's environment without touching the
+    /// process-wide one.
+    #[cfg(feature = "ecr")]
+    #[doc(hidden)]
+    pub async fn build_with_sdk_config(
+        &self,
+        base: &aws_config::SdkConfig,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        let sdk = client::effective_sdk_config(base, self.identity()).await;
+        let clients = self
+            .regions
+            .iter()
+            .map(|region| {
+                let conf = aws_sdk_ecr::config::Builder::from(&sdk)
+                    .region(aws_config::Region::new(region.clone()))
+                    .build();
+                (region.clone(), aws_sdk_ecr::Client::from_conf(conf))
+            })
+            .collect();
+        Ok(Arc::new(client::EcrProvider { clients }))
+    }
+}
 
 impl EcrPublicConfig {
-    pub fn validate(&self, _problems: &mut FieldProblems) {}
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            role_arn: self.role_arn.as_deref(),
+            external_id: self.external_id.as_deref(),
+            session_name: self.session_name.as_deref(),
+            endpoint_url: self.endpoint_url.as_deref(),
+        }
+    }
 
+    /// Checks the role and the endpoint; fields are relative to `provider`.
+    pub fn validate(&self, problems: &mut FieldProblems) {
+        self.identity().validate(problems);
+    }
+
+    /// Builds the provider on the pod's default AWS identity chain.
     pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
-        Err(ProviderError::new(
-            ErrorCategory::LocalInput,
-            "not implemented yet",
-        ))
+        #[cfg(feature = "ecr")]
+        {
+            let base = client::default_sdk_config(ECR_PUBLIC_REGION).await;
+            self.build_with_sdk_config(&base).await
+        }
+        #[cfg(not(feature = "ecr"))]
+        {
+            Err(without_feature())
+        }
+    }
+
+    /// Builds the provider on top of a given AWS SDK configuration (see
+    /// [`EcrConfig::build_with_sdk_config`]).
+    #[cfg(feature = "ecr")]
+    #[doc(hidden)]
+    pub async fn build_with_sdk_config(
+        &self,
+        base: &aws_config::SdkConfig,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        let sdk = client::effective_sdk_config(base, self.identity()).await;
+        let conf = aws_sdk_ecrpublic::config::Builder::from(&sdk)
+            .region(aws_config::Region::from_static(ECR_PUBLIC_REGION))
+            .build();
+        Ok(Arc::new(client::EcrPublicProvider {
+            client: aws_sdk_ecrpublic::Client::from_conf(conf),
+        }))
+    }
+}
+
+#[cfg(not(feature = "ecr"))]
+fn without_feature() -> ProviderError {
+    ProviderError::new(
+        super::ErrorCategory::LocalInput,
+        "pullkeeper was built without the `ecr` feature",
+    )
+}
+
+/// `eu-west-1`, `us-gov-west-1`, `cn-north-1`: two letters, one or more words, a number.
+fn is_region_name(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        return false;
+    };
+    first.len() == 2
+        && first.bytes().all(|b| b.is_ascii_lowercase())
+        && !middle.is_empty()
+        && middle
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        && !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `arn:aws:iam::123456789012:role/path/name` (any partition).
+fn is_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    matches!(
+        parts.as_slice(),
+        ["arn", partition, "iam", "", account, resource]
+            if partition.starts_with("aws")
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && resource.strip_prefix("role/").is_some_and(|n| !n.is_empty())
+    )
+}
+
+fn is_session_name(name: &str) -> bool {
+    (2..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+}
+
+/// Splits a decoded ECR token `AWS:password`; `None` when it has no `:`.
+fn split_token(decoded: &str) -> Option<(&str, &str)> {
+    decoded.split_once(':')
+}
+
+#[cfg(feature = "ecr")]
+mod client {
+    //! The SDK side: clients, the fetch, and mapping SDK errors onto [`ErrorCategory`].
+
+    use std::error::Error as StdError;
+    use std::fmt;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use aws_config::{BehaviorVersion, Region, SdkConfig};
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_ecr::error::{ConnectorError, DisplayErrorContext, ErrorMetadata, SdkError};
+    use base64::Engine as _;
+    use chrono::{DateTime, Utc};
+
+    use super::{ECR_PUBLIC_HOST, Identity, split_token};
+    use crate::credential::{Credential, Login};
+    use crate::providers::{ErrorCategory, Provider, ProviderError};
+    use crate::sensitive::Sensitive;
+
+    /// Bounds one whole `GetAuthorizationToken` call, retries included.
+    const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// The SDK configuration from the process environment. The region comes from `AWS_REGION`
+    /// (set by the IRSA and Pod Identity webhooks) or the first configured region; it only
+    /// steers STS, since every ECR client names its own region. IMDS is deliberately not asked
+    /// for the region.
+    pub(super) async fn default_sdk_config(fallback_region: &str) -> SdkConfig {
+        let region = aws_config::meta::region::RegionProviderChain::first_try(
+            aws_config::environment::EnvironmentVariableRegionProvider::new(),
+        )
+        .or_else(Region::new(fallback_region.to_string()));
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(OPERATION_TIMEOUT)
+                    .build(),
+            )
+            .load()
+            .await
+    }
+
+    /// Applies the endpoint override and the optional assumed role.
+    pub(super) async fn effective_sdk_config(base: &SdkConfig, id: Identity<'_>) -> SdkConfig {
+        let mut builder = base.to_builder();
+        if let Some(url) = id.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        let sdk = builder.build();
+        let Some(role) = id.role_arn else {
+            return sdk;
+        };
+        let mut assume = aws_config::sts::AssumeRoleProvider::builder(role)
+            .session_name(id.session_name.unwrap_or("pullkeeper"))
+            .configure(&sdk);
+        if let Some(external_id) = id.external_id {
+            assume = assume.external_id(external_id);
+        }
+        let assumed = assume.build().await;
+        sdk.into_builder()
+            .credentials_provider(SharedCredentialsProvider::new(assumed))
+            .build()
+    }
+
+    pub(super) struct EcrProvider {
+        pub(super) clients: Vec<(String, aws_sdk_ecr::Client)>,
+    }
+
+    impl fmt::Debug for EcrProvider {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let regions: Vec<&str> = self.clients.iter().map(|(r, _)| r.as_str()).collect();
+            f.debug_struct("EcrProvider")
+                .field("regions", &regions)
+                .finish()
+        }
+    }
+
+    #[async_trait]
+    impl Provider for EcrProvider {
+        async fn fetch(&self) -> Result<Credential, ProviderError> {
+            let per_region = futures::future::try_join_all(
+                self.clients
+                    .iter()
+                    .map(|(region, client)| fetch_region(region, client)),
+            )
+            .await?;
+            let mut logins = Vec::new();
+            let mut expires_at: Option<DateTime<Utc>> = None;
+            for (region_logins, region_expiry) in per_region {
+                logins.extend(region_logins);
+                expires_at = earliest(expires_at, region_expiry);
+            }
+            Ok(Credential { logins, expires_at })
+        }
+    }
+
+    async fn fetch_region(
+        region: &str,
+        client: &aws_sdk_ecr::Client,
+    ) -> Result<(Vec<Login>, Option<DateTime<Utc>>), ProviderError> {
+        let what = format!("ecr GetAuthorizationToken in {region}");
+        let out = client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(&e, &what))?;
+        let data = out.authorization_data.unwrap_or_default();
+        if data.is_empty() {
+            return Err(bad(&what, "the response carries no authorizationData"));
+        }
+        let mut logins = Vec::with_capacity(data.len());
+        let mut expires_at = None;
+        for item in data {
+            let endpoint = item
+                .proxy_endpoint
+                .ok_or_else(|| bad(&what, "authorizationData has no proxyEndpoint"))?;
+            let server = host_of_endpoint(&endpoint)
+                .ok_or_else(|| bad(&what, "proxyEndpoint is not a registry URL"))?;
+            let (username, password) = decode_token(item.authorization_token.as_deref(), &what)?;
+            logins.push(Login {
+                server: Some(server),
+                username,
+                password,
+            });
+            expires_at = earliest(expires_at, item.expires_at.and_then(to_chrono));
+        }
+        Ok((logins, expires_at))
+    }
+
+    pub(super) struct EcrPublicProvider {
+        pub(super) client: aws_sdk_ecrpublic::Client,
+    }
+
+    impl fmt::Debug for EcrPublicProvider {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("EcrPublicProvider").finish_non_exhaustive()
+        }
+    }
+
+    #[async_trait]
+    impl Provider for EcrPublicProvider {
+        async fn fetch(&self) -> Result<Credential, ProviderError> {
+            let what = "ecr-public GetAuthorizationToken";
+            let out = self
+                .client
+                .get_authorization_token()
+                .send()
+                .await
+                .map_err(|e| map_sdk_error(&e, what))?;
+            let data = out
+                .authorization_data
+                .ok_or_else(|| bad(what, "the response carries no authorizationData"))?;
+            let (username, password) = decode_token(data.authorization_token.as_deref(), what)?;
+            Ok(Credential {
+                logins: vec![Login {
+                    server: Some(ECR_PUBLIC_HOST.to_string()),
+                    username,
+                    password,
+                }],
+                expires_at: data.expires_at.and_then(to_chrono),
+            })
+        }
+    }
+
+    fn bad(what: &str, message: &str) -> ProviderError {
+        ProviderError::new(ErrorCategory::BadResponse, format!("{what}: {message}"))
+    }
+
+    fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn to_chrono(t: aws_sdk_ecr::primitives::DateTime) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+    }
+
+    /// `https://123456789012.dkr.ecr.eu-west-1.amazonaws.com` → the bare host (and port).
+    pub(super) fn host_of_endpoint(endpoint: &str) -> Option<String> {
+        let rest = endpoint
+            .strip_prefix("https://")
+            .or_else(|| endpoint.strip_prefix("http://"))
+            .unwrap_or(endpoint);
+        let host = rest.split('/').next().unwrap_or_default();
+        (!host.is_empty()).then(|| host.to_string())
+    }
+
+    /// Decodes base64(`AWS:password`). Errors never include the token.
+    pub(super) fn decode_token(
+        token: Option<&str>,
+        what: &str,
+    ) -> Result<(String, Sensitive), ProviderError> {
+        let token = token.ok_or_else(|| bad(what, "authorizationData has no token"))?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| bad(what, "the authorization token is not base64 text"))?;
+        let (user, password) = split_token(&decoded)
+            .ok_or_else(|| bad(what, "the authorization token is not `user:password`"))?;
+        Ok((user.to_string(), Sensitive::new(password)))
+    }
+
+    /// Maps an SDK failure onto a category by what it is made of, never by its text. The most
+    /// telling part of the source chain wins: an AWS error code (from ECR or from STS inside
+    /// the identity chain), then a connection failure, then a local file problem, then the
+    /// kind of credentials error.
+    pub(super) fn map_sdk_error<E, R>(err: &SdkError<E, R>, what: &str) -> ProviderError
+    where
+        E: StdError + aws_sdk_ecr::error::ProvideErrorMetadata + 'static,
+        R: fmt::Debug + 'static,
+    {
+        let mut by_code = None;
+        let mut by_connector = None;
+        let mut by_io = None;
+        let mut by_credentials = None;
+        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+        while let Some(e) = source {
+            if by_code.is_none()
+                && let Some(meta) = e.downcast_ref::<ErrorMetadata>()
+                && let Some(code) = meta.code()
+            {
+                by_code = Some(category_of_code(code));
+            }
+            if by_connector.is_none()
+                && let Some(c) = e.downcast_ref::<ConnectorError>()
+                && (c.is_io() || c.is_timeout())
+            {
+                by_connector = Some(ErrorCategory::Unreachable);
+            }
+            if by_io.is_none() && e.downcast_ref::<std::io::Error>().is_some() {
+                by_io = Some(ErrorCategory::LocalInput);
+            }
+            if by_credentials.is_none()
+                && let Some(c) = e.downcast_ref::<CredentialsError>()
+            {
+                by_credentials = Some(match c {
+                    CredentialsError::CredentialsNotLoaded(_)
+                    | CredentialsError::InvalidConfiguration(_) => ErrorCategory::LocalInput,
+                    CredentialsError::ProviderTimedOut(_) => ErrorCategory::Unreachable,
+                    CredentialsError::ProviderError(_) => ErrorCategory::AuthDenied,
+                    _ => ErrorCategory::BadResponse,
+                });
+            }
+            source = e.source();
+        }
+        let service_code = match err {
+            SdkError::ServiceError(ctx) => {
+                aws_sdk_ecr::error::ProvideErrorMetadata::code(ctx.err()).map(category_of_code)
+            }
+            _ => None,
+        };
+        let fallback = match err {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ErrorCategory::Unreachable,
+            _ => ErrorCategory::BadResponse,
+        };
+        let category = service_code
+            .or(by_code)
+            .or(by_connector)
+            .or(by_io)
+            .or(by_credentials)
+            .unwrap_or(fallback);
+        let mut detail = DisplayErrorContext(err).to_string();
+        truncate(&mut detail, 600);
+        ProviderError::new(category, format!("{what} failed: {detail}"))
+    }
+
+    /// AWS error codes → category. Codes come from ECR, ECR Public and STS.
+    pub(super) fn category_of_code(code: &str) -> ErrorCategory {
+        match code {
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "ExpiredToken"
+            | "ExpiredTokenException"
+            | "InvalidIdentityToken"
+            | "IDPRejectedClaim"
+            | "InvalidSignatureException"
+            | "SignatureDoesNotMatch"
+            | "MissingAuthenticationToken"
+            | "UnauthorizedOperation"
+            | "RegionDisabledException" => ErrorCategory::AuthDenied,
+            "Throttling"
+            | "ThrottlingException"
+            | "ThrottledException"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded"
+            | "LimitExceededException" => ErrorCategory::Throttled,
+            "IDPCommunicationError" | "ServiceUnavailable" | "ServiceUnavailableException" => {
+                ErrorCategory::Unreachable
+            }
+            _ => ErrorCategory::BadResponse,
+        }
+    }
+
+    fn truncate(s: &mut String, max: usize) {
+        if s.len() > max {
+            let mut end = max;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s.push('…');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn problems_of(yaml: &str, ecr_public: bool) -> Vec<String> {
+        let mut p = FieldProblems::new(Path::new("r.yaml"));
+        p.scoped("provider", |p| {
+            if ecr_public {
+                let c: EcrPublicConfig = serde_yaml_ng::from_str(yaml).expect("parses");
+                c.validate(p);
+            } else {
+                let c: EcrConfig = serde_yaml_ng::from_str(yaml).expect("parses");
+                c.validate(p);
+            }
+        });
+        p.into_vec().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_complete_ecr_config_has_no_problems() {
+        let yaml = "regions: [eu-west-1, us-gov-west-1, cn-north-1]\n\
+                    roleArn: arn:aws:iam::123456789012:role/puller\n\
+                    externalId: ext-42\nsessionName: pullkeeper-prod\n\
+                    endpointUrl: http://127.0.0.1:5000\n";
+        assert_eq!(problems_of(yaml, false), Vec::<String>::new());
+    }
+
+    #[test]
+    fn region_names_that_cannot_exist_are_reported_by_index() {
+        let yaml = "regions: [eu-west-1, EU-WEST-1, euwest1, us-east, eu-west-1]";
+        assert_eq!(
+            problems_of(yaml, false),
+            [
+                "r.yaml: provider.regions[1]: `EU-WEST-1` is not an AWS region name (expected e.g. `eu-west-1`)",
+                "r.yaml: provider.regions[2]: `euwest1` is not an AWS region name (expected e.g. `eu-west-1`)",
+                "r.yaml: provider.regions[3]: `us-east` is not an AWS region name (expected e.g. `eu-west-1`)",
+                "r.yaml: provider.regions[4]: `eu-west-1` is listed twice",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let yaml = "externalId: x\nsessionName: 'bad name'\nendpointUrl: 'ftp://x'";
+        let got = problems_of(yaml, false);
+        assert_eq!(got.len(), 6, "{got:#?}");
+        assert!(got[0].contains("provider.regions: name at least one"));
+        assert!(
+            got.iter()
+                .any(|p| p.contains("provider.externalId: only used"))
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.contains("provider.sessionName: only used"))
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.contains("provider.externalId: must be 2"))
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.contains("provider.sessionName: must be 2"))
+        );
+        assert!(got.iter().any(|p| p.contains("provider.endpointUrl")));
+    }
+
+    #[test]
+    fn role_arns_are_checked_for_shape() {
+        for good in [
+            "arn:aws:iam::123456789012:role/x",
+            "arn:aws-cn:iam::123456789012:role/path/x",
+            "arn:aws-us-gov:iam::123456789012:role/x",
+        ] {
+            assert!(is_role_arn(good), "{good}");
+        }
+        for bad in [
+            "arn:aws:iam::123456789012:user/x",
+            "arn:aws:iam::12345:role/x",
+            "arn:aws:sts::123456789012:role/x",
+            "role/x",
+            "arn:aws:iam::123456789012:role/",
+        ] {
+            assert!(!is_role_arn(bad), "{bad}");
+        }
+        let got = problems_of("roleArn: arn:aws:iam::1:user/x", true);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("r.yaml: provider.roleArn: "));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_yaml_ng::from_str::<EcrConfig>("region: eu-west-1").is_err());
+        assert!(serde_yaml_ng::from_str::<EcrPublicConfig>("regions: [eu-west-1]").is_err());
+    }
+
+    #[test]
+    fn the_token_splits_at_the_first_colon() {
+        assert_eq!(split_token("AWS:pa:ss"), Some(("AWS", "pa:ss")));
+        assert_eq!(split_token("nocolon"), None);
+    }
+
+    #[cfg(not(feature = "ecr"))]
+    #[tokio::test]
+    async fn building_without_the_feature_says_so() {
+        use crate::providers::ErrorCategory;
+        let err = EcrConfig::default().build().await.expect_err("no feature");
+        assert_eq!(err.category, ErrorCategory::LocalInput);
+        assert_eq!(
+            err.message,
+            "pullkeeper was built without the `ecr` feature"
+        );
+        let err = EcrPublicConfig::default()
+            .build()
+            .await
+            .expect_err("no feature");
+        assert_eq!(err.category, ErrorCategory::LocalInput);
+    }
+
+    #[cfg(feature = "ecr")]
+    mod sdk {
+        use super::super::client::*;
+        use crate::providers::ErrorCategory;
+
+        #[test]
+        fn proxy_endpoints_become_bare_hosts() {
+            assert_eq!(
+                host_of_endpoint("https://123456789012.dkr.ecr.eu-west-1.amazonaws.com").as_deref(),
+                Some("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+            );
+            assert_eq!(
+                host_of_endpoint("http://127.0.0.1:5000/").as_deref(),
+                Some("127.0.0.1:5000")
+            );
+            assert_eq!(host_of_endpoint("https://"), None);
+        }
+
+        #[test]
+        fn tokens_decode_without_leaking_into_errors() {
+            let (user, pw) = decode_token(Some("QVdTOnNlY3JldA=="), "t").expect("decodes");
+            assert_eq!((user.as_str(), pw.expose()), ("AWS", "secret"));
+            // base64("AWSsecret"): no colon.
+            let err = decode_token(Some("QVdTc2VjcmV0"), "t").expect_err("no colon");
+            assert_eq!(err.category, ErrorCategory::BadResponse);
+            assert!(!err.message.contains("QVdTc2VjcmV0") && !err.message.contains("secret"));
+            let err = decode_token(Some("%%%"), "t").expect_err("not base64");
+            assert!(!err.message.contains("%%%"));
+        }
+
+        #[test]
+        fn aws_error_codes_map_to_bounded_categories() {
+            assert_eq!(
+                category_of_code("AccessDeniedException"),
+                ErrorCategory::AuthDenied
+            );
+            assert_eq!(
+                category_of_code("UnrecognizedClientException"),
+                ErrorCategory::AuthDenied
+            );
+            assert_eq!(category_of_code("ExpiredToken"), ErrorCategory::AuthDenied);
+            assert_eq!(
+                category_of_code("ThrottlingException"),
+                ErrorCategory::Throttled
+            );
+            assert_eq!(
+                category_of_code("ServerException"),
+                ErrorCategory::BadResponse
+            );
+        }
     }
 }
