@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Sanity checks on rendered manifests (kubectl kustomize / helm template output).
+
+usage: check_rendered.py kustomize BASE.yaml OVERLAY_NAME=OVERLAY.yaml ...
+       check_rendered.py helm DEFAULT.yaml FULL.yaml KUSTOMIZE_BASE.yaml
+
+Prints one line per problem and exits 1 if there is any.
+"""
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+problems = []
+
+
+def load(path):
+    return [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+
+
+def by_kind(docs):
+    out = {}
+    for d in docs:
+        out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def one(objs, kind, where):
+    found = objs.get(kind, [])
+    if len(found) != 1:
+        problems.append(f"{where}: expected one {kind}, found {len(found)}")
+        return {}
+    return found[0]
+
+
+def expect(cond, msg):
+    if not cond:
+        problems.append(msg)
+
+
+FORBIDDEN_VERBS = {"*", "update", "deletecollection", "escalate", "bind", "impersonate"}
+
+
+def check_rbac(objs, where):
+    for kind in ("ClusterRole", "Role"):
+        for role in objs.get(kind, []):
+            for rule in role.get("rules", []):
+                for field in ("apiGroups", "resources", "verbs"):
+                    expect("*" not in rule.get(field, []), f"{where}: {kind} {role['metadata']['name']} has a wildcard in {field}")
+                expect("serviceaccounts/token" not in rule.get("resources", []),
+                       f"{where}: {kind} grants serviceaccounts/token")
+                if kind == "ClusterRole":
+                    bad = FORBIDDEN_VERBS & set(rule.get("verbs", []))
+                    expect(not bad, f"{where}: ClusterRole grants {sorted(bad)}")
+
+
+def check_deployment(dep, where, replicas=2):
+    spec = dep.get("spec", {})
+    expect(spec.get("replicas") == replicas, f"{where}: replicas {spec.get('replicas')} != {replicas}")
+    pod = spec.get("template", {}).get("spec", {})
+    psc = pod.get("securityContext", {})
+    expect(psc.get("runAsNonRoot") is True, f"{where}: pod runAsNonRoot not true")
+    expect(psc.get("runAsUser") == 65532, f"{where}: pod runAsUser not 65532")
+    expect(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: pod seccomp not RuntimeDefault")
+    containers = pod.get("containers", [])
+    expect(len(containers) == 1, f"{where}: expected one container")
+    if not containers:
+        return
+    c = containers[0]
+    sc = c.get("securityContext", {})
+    expect(sc.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem not true")
+    expect(sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation not false")
+    expect(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: capabilities not dropping ALL")
+    expect(sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: container seccomp not RuntimeDefault")
+    args = c.get("args", [])
+    expect(args[:6] == ["run", "--config", "/etc/pullkeeper", "--admin-addr", "0.0.0.0:9090", "--log-format"],
+           f"{where}: unexpected args {args}")
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+    expect(ports.get("admin") == 9090, f"{where}: no admin port 9090")
+    expect(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/livez", f"{where}: liveness probe not /livez")
+    expect(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"{where}: readiness probe not /readyz")
+    for probe in ("livenessProbe", "readinessProbe"):
+        expect(c.get(probe, {}).get("httpGet", {}).get("port") == "admin", f"{where}: {probe} not on port admin")
+    res = c.get("resources", {})
+    expect(res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory"), f"{where}: no cpu/memory requests")
+    expect(res.get("limits", {}).get("memory"), f"{where}: no memory limit")
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c.get("env", [])}
+    expect(env.get("POD_NAME") == "metadata.name", f"{where}: POD_NAME not from metadata.name")
+    expect(env.get("POD_NAMESPACE") == "metadata.namespace", f"{where}: POD_NAMESPACE not from metadata.namespace")
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    expect("/etc/pullkeeper" in mounts and "subPath" not in mounts.get("/etc/pullkeeper", {}),
+           f"{where}: config not mounted as a directory at /etc/pullkeeper")
+    vols = [v for v in pod.get("volumes", []) if "configMap" in v]
+    expect(len(vols) == 1, f"{where}: expected one ConfigMap volume")
+
+
+def check_common(objs, where, replicas=2, with_monitoring=True):
+    for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap",
+                 "Deployment", "Service", "PodDisruptionBudget"] + (["ServiceMonitor", "PrometheusRule"] if with_monitoring else []):
+        one(objs, kind, where)
+    check_rbac(objs, where)
+    check_deployment(one(objs, "Deployment", where), where, replicas)
+    sa = one(objs, "ServiceAccount", where)
+    dep = one(objs, "Deployment", where)
+    expect(dep.get("spec", {}).get("template", {}).get("spec", {}).get("serviceAccountName") == sa.get("metadata", {}).get("name"),
+           f"{where}: Deployment does not use the ServiceAccount")
+    svc = one(objs, "Service", where)
+    expect(any(p.get("port") == 9090 and p.get("targetPort") == "admin" for p in svc.get("spec", {}).get("ports", [])),
+           f"{where}: Service has no port 9090 -> admin")
+    cm = one(objs, "ConfigMap", where)
+    for key, text in (cm.get("data") or {}).items():
+        expect(key.endswith(".yaml"), f"{where}: ConfigMap key {key} is not a .yaml file")
+        try:
+            doc = yaml.safe_load(text)
+            expect(key == "defaults.yaml" or "provider" in doc, f"{where}: registry file {key} has no provider")
+        except yaml.YAMLError as e:
+            problems.append(f"{where}: ConfigMap key {key} is not YAML: {e}")
+    if with_monitoring:
+        rules = yaml.safe_load((ROOT / "dashboards/alerts.yaml").read_text())
+        pr = one(objs, "PrometheusRule", where)
+        expect(pr.get("spec", {}).get("groups") == rules["groups"], f"{where}: PrometheusRule differs from dashboards/alerts.yaml")
+
+
+def pod_labels(objs, where):
+    return one(objs, "Deployment", where).get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+
+
+def sa_annotations(objs, where):
+    return one(objs, "ServiceAccount", where).get("metadata", {}).get("annotations") or {}
+
+
+def kustomize(base_path, overlays):
+    base = by_kind(load(base_path))
+    check_common(base, "kustomize base")
+    ns = one(base, "Namespace", "kustomize base")
+    expect(ns.get("metadata", {}).get("labels", {}).get("pod-security.kubernetes.io/enforce") == "restricted",
+           "kustomize base: namespace does not enforce the restricted Pod Security Standard")
+    # The base's RBAC is rbac.yaml verbatim.
+    rbac = by_kind(load(ROOT / "deploy/kustomize/base/rbac.yaml"))
+    for kind in ("ClusterRole", "Role"):
+        expect(one(base, kind, "base")["rules"] == one(rbac, kind, "rbac.yaml")["rules"], f"kustomize base: {kind} rules changed")
+    wanted = {
+        "eks-irsa": ({"eks.amazonaws.com/role-arn"}, set()),
+        "eks-pod-identity": (set(), set()),
+        "gke": ({"iam.gke.io/gcp-service-account"}, set()),
+        "aks": ({"azure.workload.identity/client-id"}, {"azure.workload.identity/use"}),
+    }
+    for spec in overlays:
+        name, path = spec.split("=", 1)
+        objs = by_kind(load(path))
+        where = f"overlay {name}"
+        check_common(objs, where)
+        annotations, labels = wanted[name]
+        expect(set(sa_annotations(objs, where)) >= annotations, f"{where}: ServiceAccount lacks {annotations}")
+        expect(set(pod_labels(objs, where)) >= labels, f"{where}: pod lacks labels {labels}")
+        if name == "aks":
+            expect(pod_labels(objs, where).get("azure.workload.identity/use") == "true", f"{where}: use label not \"true\"")
+        if name == "eks-pod-identity":
+            expect(not sa_annotations(objs, where), f"{where}: Pod Identity needs no ServiceAccount annotation")
+
+
+def helm(default_path, full_path, kustomize_path):
+    default = by_kind(load(default_path))
+    check_common(default, "helm defaults", with_monitoring=False)
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        expect(kind not in default, f"helm defaults: {kind} rendered although disabled")
+    full = by_kind(load(full_path))
+    check_common(full, "helm full values", replicas=3)
+    where = "helm full values"
+    values = yaml.safe_load((ROOT / "deploy/helm/pullkeeper/ci/full-values.yaml").read_text())
+    cm = one(full, "ConfigMap", where).get("data") or {}
+    expect(set(cm) == {f"{n}.yaml" for n in values["registries"]}, f"{where}: ConfigMap keys {sorted(cm)}")
+    for name, registry in values["registries"].items():
+        expect(yaml.safe_load(cm.get(f"{name}.yaml", "")) == registry, f"{where}: {name}.yaml does not equal its values")
+    expect(sa_annotations(full, where) == values["serviceAccount"]["annotations"], f"{where}: ServiceAccount annotations")
+    expect(pod_labels(full, where).get("azure.workload.identity/use") == "true", f"{where}: podLabels not applied")
+    c = one(full, "Deployment", where)["spec"]["template"]["spec"]["containers"][0]
+    expect(c.get("resources") == values["resources"], f"{where}: resources not applied")
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        expect(one(full, kind, where)["metadata"].get("labels", {}).get("release") == "kube-prometheus-stack",
+               f"{where}: {kind} labels not applied")
+    # Same permissions and the same pod as the kustomize base.
+    base = by_kind(load(kustomize_path))
+    for kind in ("ClusterRole", "Role"):
+        expect(one(default, kind, "helm")["rules"] == one(base, kind, "kustomize")["rules"],
+               f"helm: {kind} rules differ from deploy/kustomize/base/rbac.yaml")
+    hc = one(default, "Deployment", "helm")["spec"]["template"]["spec"]
+    kc = one(base, "Deployment", "kustomize")["spec"]["template"]["spec"]
+    expect(hc["securityContext"] == kc["securityContext"], "helm: pod securityContext differs from the kustomize base")
+    for field in ("args", "env", "ports", "livenessProbe", "readinessProbe", "resources", "securityContext", "volumeMounts"):
+        expect(hc["containers"][0].get(field) == kc["containers"][0].get(field),
+               f"helm: container {field} differs from the kustomize base")
+
+
+def main():
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode == "kustomize" and len(sys.argv) >= 3:
+        kustomize(sys.argv[2], sys.argv[3:])
+    elif mode == "helm" and len(sys.argv) == 5:
+        helm(*sys.argv[2:])
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    for p in problems:
+        print(f"FAIL: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
