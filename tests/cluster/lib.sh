@@ -1,0 +1,96 @@
+# Shell helpers shared by tests/cluster/{up,down,build} and tests/peers/{up,down}. Sourced, not run.
+# shellcheck shell=bash
+
+pk_log() { printf '%s %s\n' "[$(date -u +%H:%M:%S)]" "$*" >&2; }
+pk_die() { pk_log "error: $*"; exit 1; }
+
+# The cache for the control-plane binary (outside any clone, so a fresh clone reuses it).
+pk_cache_dir() { printf '%s\n' "${PK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pullkeeper}"; }
+
+# pk_free_ports N: prints N distinct loopback TCP ports that were free a moment ago. The caller must
+# still cope with losing a race for one of them (every start below retries on "address in use").
+pk_free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# pk_start NAME LOGFILE PIDFILE CMD...: starts CMD detached (own session, so a Ctrl-C aimed at the
+# caller does not reach it; `down` stops it by pid), appending to LOGFILE, and records its pid.
+pk_start() {
+  local name=$1 log=$2 pidfile=$3
+  shift 3
+  printf '\n===== %s start %s: %s\n' "$name" "$(date -u +%FT%TZ)" "$*" >>"$log"
+  setsid "$@" </dev/null >>"$log" 2>&1 &
+  echo $! >"$pidfile"
+}
+
+# pk_running PID: the process exists and is not a zombie (a child that died but was not reaped yet
+# still answers kill -0).
+pk_running() {
+  local stat
+  kill -0 "$1" 2>/dev/null || return 1
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
+pk_alive() { [[ -s $1 ]] && pk_running "$(cat "$1")"; }
+
+# pk_tail NAME LOGFILE: prints a component's last log lines to stderr (used on a start failure).
+pk_tail() {
+  pk_log "last lines of $1's log ($2):"
+  tail -n "${PK_TAIL_LINES:-40}" "$2" | sed 's/^/    /' >&2
+}
+
+# pk_addr_in_use LOGFILE: true when the last start attempt in LOGFILE died on a taken port.
+pk_addr_in_use() {
+  awk '/^===== .* start /{buf=""} {buf=buf"\n"$0} END{print buf}' "$1" | grep -qi 'address already in use'
+}
+
+# pk_stop PIDFILE: TERM the recorded process, wait up to 30 s, then KILL; removes the pid file.
+pk_stop() {
+  local pidfile=$1 pid i
+  [[ -s $pidfile ]] || { rm -f "$pidfile"; return 0; }
+  pid=$(cat "$pidfile")
+  if pk_running "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 300; i++)); do
+      pk_running "$pid" || break
+      sleep 0.1
+    done
+    if pk_running "$pid"; then
+      pk_log "$(basename "$pidfile" .pid) (pid $pid) ignored TERM for 30 s; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do
+        pk_running "$pid" || break
+        sleep 0.1
+      done
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+# pk_wait_until TIMEOUT_S PIDFILE CMD...: polls CMD until it succeeds; fails early when the process
+# behind PIDFILE died, or after TIMEOUT_S seconds. Return: 0 ready, 1 died, 2 timed out.
+pk_wait_until() {
+  local timeout=$1 pidfile=$2 deadline
+  shift 2
+  deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    pk_alive "$pidfile" || return 1
+    sleep 0.2
+  done
+  return 2
+}
+
+pk_abs_dir() {
+  mkdir -p "$1"
+  (cd "$1" && pwd -P)
+}
