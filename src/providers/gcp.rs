@@ -100,6 +100,30 @@ pub(crate) fn is_host_port(s: &str) -> bool {
             .is_ok_and(|u| u.host().is_some() && u.path() == "/")
 }
 
+/// Whether `host[:port]` names the loopback interface.
+pub(crate) fn is_loopback_host(host_port: &str) -> bool {
+    url::Url::parse(&format!("http://{host_port}/")).is_ok_and(|u| match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    })
+}
+
+/// Whether a URL may carry a secret: https anywhere, plain http only to loopback.
+pub(crate) fn is_safe_url(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        },
+        _ => false,
+    }
+}
+
 #[cfg(any(feature = "gcp", feature = "azure"))]
 pub(super) mod answer {
     //! Failed HTTP answers → [`ProviderError`], shared by the GCP and Azure providers.
@@ -210,20 +234,6 @@ pub(super) mod answer {
         }
     }
 
-    /// Whether a URL may carry a secret: https anywhere, plain http only to loopback.
-    pub(crate) fn is_safe_url(url: &url::Url) -> bool {
-        match url.scheme() {
-            "https" => true,
-            "http" => match url.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            },
-            _ => false,
-        }
-    }
-
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -262,16 +272,6 @@ pub(super) mod answer {
             assert!(!e.message.contains("12345678"), "{}", e.message);
             assert_eq!(e.category, ErrorCategory::BadResponse);
         }
-
-        #[test]
-        fn secrets_go_over_https_or_to_loopback_only() {
-            let ok = |s: &str| is_safe_url(&url::Url::parse(s).expect("url"));
-            assert!(ok("https://oauth2.googleapis.com/token"));
-            assert!(ok("http://127.0.0.1:8080/token"));
-            assert!(ok("http://[::1]:8080/token"));
-            assert!(!ok("http://example.com/token"));
-            assert!(!ok("ftp://127.0.0.1/token"));
-        }
     }
 }
 
@@ -288,7 +288,8 @@ mod client {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Serialize};
 
-    use super::answer::{failed, is_safe_url, json_detail, malformed};
+    use super::answer::{failed, json_detail, malformed};
+    use super::is_safe_url;
     use super::{CLOUD_PLATFORM_SCOPE, DEFAULT_METADATA_HOST, GCP_USERNAME, GcpConfig, GcpSource};
     use crate::credential::{Credential, Login};
     use crate::providers::{ErrorCategory, Provider, ProviderError};
@@ -562,6 +563,18 @@ mod tests {
         assert!(!is_host_port("http://x"));
         assert!(!is_host_port("x/y"));
         assert!(!is_host_port(""));
+    }
+
+    #[test]
+    fn secrets_go_over_https_or_to_loopback_only() {
+        let ok = |s: &str| is_safe_url(&url::Url::parse(s).expect("url"));
+        assert!(ok("https://oauth2.googleapis.com/token"));
+        assert!(ok("http://127.0.0.1:8080/token"));
+        assert!(ok("http://[::1]:8080/token"));
+        assert!(ok("http://localhost:8080/token"));
+        assert!(!ok("http://example.com/token"));
+        assert!(!ok("ftp://127.0.0.1/token"));
+        assert!(is_loopback_host("127.0.0.1:5000") && !is_loopback_host("10.0.0.1:5000"));
     }
 
     #[cfg(not(feature = "gcp"))]
