@@ -94,3 +94,30 @@ pk_abs_dir() {
   mkdir -p "$1"
   (cd "$1" && pwd -P)
 }
+
+# pk_http_status_is URL CODE: the URL answers with that HTTP status (any scheme curl knows).
+pk_http_status_is() {
+  [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$1") == "$2" ]]
+}
+
+# pk_start_with_retry NAME TIMEOUT_S START_FN READY_FN: runs START_FN (which picks fresh ports and
+# calls pk_start NAME "$logs/NAME.log" "$pids/NAME.pid" ...), waits for READY_FN; when the process
+# died on a taken port, tries again with new ports (5 attempts); on any other failure prints the
+# last log lines and exits non-zero. Needs $logs and $pids set by the caller.
+pk_start_with_retry() {
+  local name=$1 timeout=$2 start_fn=$3 ready_fn=$4 attempt rc
+  for attempt in 1 2 3 4 5; do
+    "$start_fn"
+    rc=0
+    pk_wait_until "$timeout" "$pids/$name.pid" "$ready_fn" || rc=$?
+    [[ $rc -eq 0 ]] && return 0
+    pk_stop "$pids/$name.pid"
+    if [[ $rc -eq 1 ]] && pk_addr_in_use "$logs/$name.log" && ((attempt < 5)); then
+      pk_log "$name: a port was taken; retrying with another"
+      continue
+    fi
+    pk_tail "$name" "$logs/$name.log"
+    if [[ $rc -eq 1 ]]; then pk_die "$name exited during start"; fi
+    pk_die "$name was not ready after ${timeout} s"
+  done
+}
