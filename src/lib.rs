@@ -1,7 +1,21 @@
 //! pullkeeper keeps short-lived registry credentials fresh as `kubernetes.io/dockerconfigjson`
 //! Secrets in every target namespace, and keeps ServiceAccounts referencing them.
 
+pub mod admin;
+pub mod apply;
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod credential;
+pub mod engine;
+pub mod logging;
+pub mod metrics;
+pub mod plan;
 pub mod providers;
+pub mod render;
+pub mod schedule;
 pub mod sensitive;
+pub mod verify;
+
+#[cfg(test)]
+pub(crate) mod testing;

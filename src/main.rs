@@ -1,1 +1,17 @@
-fn main() {}
+//! The `pullkeeper` binary: parses arguments and calls into the library.
+
+use clap::Parser;
+use pullkeeper::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    pullkeeper::logging::init(cli.log_format, &cli.log_filter)
+        .map_err(|e| anyhow::anyhow!("invalid log filter: {e}"))?;
+    let code = match cli.command {
+        Command::Check { config } => pullkeeper::commands::check(&config),
+        Command::Run(args) => pullkeeper::commands::run(args, false).await?,
+        Command::Once(args) => pullkeeper::commands::run(args, true).await?,
+    };
+    std::process::exit(code);
+}

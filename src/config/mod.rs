@@ -1,5 +1,548 @@
 //! Configuration: one YAML file per registry in a directory, plus an optional `defaults.yaml`.
+//!
+//! Files are parsed into raw serde types (unknown fields rejected), then validated into typed
+//! config. Validation reports every problem at once, each naming its file and field; a directory
+//! with any problem is rejected as a whole, so a bad reload never replaces a running config.
 
 mod problems;
+pub mod raw;
+mod selector;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 pub use problems::{FieldProblems, Problem};
+pub use selector::{LabelSelector, glob_match};
+
+use crate::providers::ProviderSpec;
+use crate::verify::VerifySpec;
+use raw::{RawDefaults, RawNamespaces, RawRefresh, RawRegistry};
+
+/// Name of the optional daemon-wide defaults file inside the config directory.
+pub const DEFAULTS_FILE: &str = "defaults.yaml";
+
+/// A validated configuration: every registry pullkeeper manages.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub registries: Vec<Arc<Registry>>,
+    /// Hash of every file read; a reload with the same fingerprint is a no-op.
+    pub fingerprint: String,
+}
+
+/// One registry, validated.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    /// Bounded identifier (from `name` or the file stem), used in labels and metrics.
+    pub name: String,
+    pub file: PathBuf,
+    pub provider: ProviderSpec,
+    pub servers: Vec<String>,
+    pub secret_name: String,
+    pub namespaces: NamespaceTargets,
+    pub service_accounts: ServiceAccountTargets,
+    pub refresh: RefreshPolicy,
+    pub verify: Option<VerifySpec>,
+    pub secret_labels: BTreeMap<String, String>,
+}
+
+/// Which namespaces get the Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceTargets {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub selector: LabelSelector,
+}
+
+impl NamespaceTargets {
+    /// Whether a namespace with this name and these labels is in scope. `kube-*` namespaces are
+    /// only in scope when named exactly in `include`.
+    pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        let named = self.include.iter().any(|p| p == name);
+        if name.starts_with("kube-") && !named {
+            return false;
+        }
+        named
+            || (self.include.iter().any(|p| glob_match(p, name))
+                && !self.exclude.iter().any(|p| glob_match(p, name))
+                && self.selector.matches(labels))
+    }
+}
+
+/// Which ServiceAccounts reference the Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceAccountTargets {
+    Names(BTreeSet<String>),
+    /// Every ServiceAccount in the namespace (written `["*"]`).
+    All,
+}
+
+impl ServiceAccountTargets {
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Names(names) => names.contains(name),
+        }
+    }
+}
+
+/// When a registry's credential is renewed (see `schedule.rs`).
+#[derive(Clone, Debug)]
+pub struct RefreshPolicy {
+    pub schedule: Option<cron::Schedule>,
+    pub renew_at: f64,
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    pub jitter: f64,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub default_lifetime: Duration,
+}
+
+/// Reads and validates a config directory. On failure, returns every problem found.
+pub fn load_dir(dir: &Path) -> Result<Config, Vec<Problem>> {
+    let files = list_files(dir)?;
+    let mut hasher = Sha256::new();
+    let mut problems = Vec::new();
+    let mut defaults = RawDefaults::default();
+    let mut raws = Vec::new();
+    for (path, text) in &files {
+        hasher.update(path.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+        let is_defaults = path.file_name().is_some_and(|n| n == DEFAULTS_FILE);
+        if is_defaults {
+            match parse::<RawDefaults>(path, text) {
+                Ok(d) => defaults = d,
+                Err(p) => problems.push(p),
+            }
+        } else {
+            match parse::<RawRegistry>(path, text) {
+                Ok(r) => raws.push((path.clone(), r)),
+                Err(p) => problems.push(p),
+            }
+        }
+    }
+    let mut registries = Vec::new();
+    for (path, raw) in raws {
+        match validate_registry(&path, raw, &defaults) {
+            Ok(r) => registries.push(r),
+            Err(p) => problems.extend(p),
+        }
+    }
+    problems.extend(cross_check(&registries));
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Config {
+        registries: registries.into_iter().map(Arc::new).collect(),
+        fingerprint: hex::encode(hasher.finalize()),
+    })
+}
+
+/// The YAML files of a config directory, sorted by name. Hidden entries (a mounted ConfigMap's
+/// `..data` and timestamped directories) are skipped; symlinks are followed.
+fn list_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<Problem>> {
+    let whole = |message: String| {
+        vec![Problem {
+            file: dir.to_path_buf(),
+            field: String::new(),
+            message,
+        }]
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| whole(format!("cannot read directory: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && p.is_file()
+        })
+        .collect();
+    paths.sort();
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => files.push((path, text)),
+            Err(e) => problems.push(Problem {
+                file: path,
+                field: String::new(),
+                message: format!("cannot read file: {e}"),
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(files)
+    } else {
+        Err(problems)
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, Problem> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        let message = e.into_inner().to_string();
+        // serde_yaml_ng already prefixes some messages with the path; say it once.
+        let message = message
+            .strip_prefix(&format!("{field}: "))
+            .map(str::to_string)
+            .unwrap_or(message);
+        Problem {
+            file: path.to_path_buf(),
+            field,
+            message,
+        }
+    })
+}
+
+fn validate_registry(
+    path: &Path,
+    raw: RawRegistry,
+    defaults: &RawDefaults,
+) -> Result<Registry, Vec<Problem>> {
+    let mut p = FieldProblems::new(path);
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let name = raw.name.clone().unwrap_or(stem);
+    if !is_dns_label(&name) {
+        p.push(
+            if raw.name.is_some() { "name" } else { "" },
+            format!(
+                "registry name {name:?} must be a DNS label (lowercase letters, digits, '-'; at most 63); \
+                 set `name` or rename the file"
+            ),
+        );
+    }
+    p.scoped("provider", |p| raw.provider.validate(p));
+    if !is_dns_subdomain(&raw.secret_name) {
+        p.push(
+            "secretName",
+            format!("{:?} is not a valid Secret name", raw.secret_name),
+        );
+    }
+    if raw.servers.is_empty() && !raw.provider.provides_servers() {
+        p.push(
+            "servers",
+            "list at least one registry host: this provider does not name one",
+        );
+    }
+    for (i, server) in raw.servers.iter().enumerate() {
+        if let Err(why) = check_server(server) {
+            p.push(format!("servers[{i}]"), why);
+        }
+    }
+    let namespaces = namespaces(
+        raw.namespaces.as_ref().or(defaults.namespaces.as_ref()),
+        &mut p,
+    );
+    let service_accounts = service_accounts(
+        raw.service_accounts
+            .as_ref()
+            .or(defaults.service_accounts.as_ref()),
+        &mut p,
+    );
+    let refresh = refresh(
+        raw.refresh.as_ref(),
+        defaults.refresh.as_ref(),
+        raw.provider.default_lifetime(),
+        &mut p,
+    );
+    if let Some(v) = &raw.verify {
+        p.scoped("verify", |p| v.validate(p));
+    }
+    for (k, v) in &raw.secret_labels {
+        if k.starts_with("app.kubernetes.io/managed-by") || k.starts_with("pullkeeper.dev/") {
+            p.push(
+                format!("secretLabels.{k}"),
+                "this label is reserved for pullkeeper",
+            );
+        }
+        if v.len() > 63 {
+            p.push(
+                format!("secretLabels.{k}"),
+                "label values are at most 63 characters",
+            );
+        }
+    }
+    if !p.is_empty() {
+        return Err(p.into_vec());
+    }
+    Ok(Registry {
+        name,
+        file: path.to_path_buf(),
+        provider: raw.provider,
+        servers: raw.servers,
+        secret_name: raw.secret_name,
+        namespaces,
+        service_accounts,
+        refresh,
+        verify: raw.verify,
+        secret_labels: raw.secret_labels,
+    })
+}
+
+fn namespaces(raw: Option<&RawNamespaces>, p: &mut FieldProblems) -> NamespaceTargets {
+    let raw = raw.cloned().unwrap_or_default();
+    let include = raw.include.unwrap_or_else(|| vec!["*".to_string()]);
+    if include.is_empty() {
+        p.push(
+            "namespaces.include",
+            "an empty list selects no namespace; omit it to mean all",
+        );
+    }
+    let selector = match raw.selector.as_deref().map(LabelSelector::from_str) {
+        None => LabelSelector::default(),
+        Some(Ok(s)) => s,
+        Some(Err(why)) => {
+            p.push("namespaces.selector", why);
+            LabelSelector::default()
+        }
+    };
+    NamespaceTargets {
+        include,
+        exclude: raw.exclude.unwrap_or_default(),
+        selector,
+    }
+}
+
+fn service_accounts(raw: Option<&Vec<String>>, p: &mut FieldProblems) -> ServiceAccountTargets {
+    let Some(list) = raw else {
+        return ServiceAccountTargets::Names(BTreeSet::from(["default".to_string()]));
+    };
+    if list.iter().any(|n| n == "*") {
+        if list.len() > 1 {
+            p.push(
+                "serviceAccounts",
+                "\"*\" means every ServiceAccount; list nothing else with it",
+            );
+        }
+        return ServiceAccountTargets::All;
+    }
+    if list.is_empty() {
+        p.push(
+            "serviceAccounts",
+            "list at least one ServiceAccount (or \"*\")",
+        );
+    }
+    for (i, n) in list.iter().enumerate() {
+        if !is_dns_subdomain(n) {
+            p.push(
+                format!("serviceAccounts[{i}]"),
+                format!("{n:?} is not a valid ServiceAccount name"),
+            );
+        }
+    }
+    ServiceAccountTargets::Names(list.iter().cloned().collect())
+}
+
+fn refresh(
+    raw: Option<&RawRefresh>,
+    defaults: Option<&RawRefresh>,
+    provider_lifetime: Duration,
+    p: &mut FieldProblems,
+) -> RefreshPolicy {
+    let empty = RawRefresh::default();
+    let (r, d) = (raw.unwrap_or(&empty), defaults.unwrap_or(&empty));
+    let mut duration =
+        |field: &str, own: &Option<String>, def: &Option<String>, fallback: Duration| match own
+            .as_ref()
+            .or(def.as_ref())
+        {
+            None => fallback,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    p.push(format!("refresh.{field}"), "must be longer than zero");
+                    fallback
+                }
+                Err(e) => {
+                    p.push(
+                        format!("refresh.{field}"),
+                        format!("{text:?} is not a duration like \"90s\" or \"6h\": {e}"),
+                    );
+                    fallback
+                }
+            },
+        };
+    let min_interval = duration(
+        "minInterval",
+        &r.min_interval,
+        &d.min_interval,
+        Duration::from_secs(60),
+    );
+    let max_interval = duration(
+        "maxInterval",
+        &r.max_interval,
+        &d.max_interval,
+        Duration::from_secs(24 * 3600),
+    );
+    let backoff_initial = duration(
+        "backoffInitial",
+        &r.backoff_initial,
+        &d.backoff_initial,
+        Duration::from_secs(10),
+    );
+    let backoff_max = duration(
+        "backoffMax",
+        &r.backoff_max,
+        &d.backoff_max,
+        Duration::from_secs(300),
+    );
+    let default_lifetime = duration(
+        "defaultLifetime",
+        &r.default_lifetime,
+        &d.default_lifetime,
+        provider_lifetime,
+    );
+    if min_interval > max_interval {
+        p.push("refresh.minInterval", "must not be longer than maxInterval");
+    }
+    if backoff_initial > backoff_max {
+        p.push(
+            "refresh.backoffInitial",
+            "must not be longer than backoffMax",
+        );
+    }
+    let renew_at = r.renew_at.or(d.renew_at).unwrap_or(2.0 / 3.0);
+    if !(renew_at > 0.0 && renew_at < 1.0) {
+        p.push(
+            "refresh.renewAt",
+            format!("{renew_at} must be a fraction of the lifetime between 0 and 1"),
+        );
+    }
+    let jitter = r.jitter.or(d.jitter).unwrap_or(0.1);
+    if !(0.0..0.5).contains(&jitter) {
+        p.push(
+            "refresh.jitter",
+            format!("{jitter} must be at least 0 and below 0.5"),
+        );
+    }
+    let schedule = match r.schedule.as_ref().or(d.schedule.as_ref()) {
+        None => None,
+        Some(expr) => match parse_cron(expr) {
+            Ok(s) => Some(s),
+            Err(why) => {
+                p.push("refresh.schedule", why);
+                None
+            }
+        },
+    };
+    RefreshPolicy {
+        schedule,
+        renew_at,
+        min_interval,
+        max_interval,
+        jitter,
+        backoff_initial,
+        backoff_max,
+        default_lifetime,
+    }
+}
+
+/// Parses a cron expression in UTC: 5 fields (minute hour day month weekday) as users write
+/// them for Kubernetes CronJobs, or 6–7 fields with seconds first.
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    let fields = expr.split_whitespace().count();
+    let full = match fields {
+        5 => format!("0 {expr}"),
+        6 | 7 => expr.to_string(),
+        n => {
+            return Err(format!(
+                "{expr:?} has {n} fields; expected 5 (minute hour day month weekday)"
+            ));
+        }
+    };
+    cron::Schedule::from_str(&full)
+        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
+}
+
+/// Problems spanning files: duplicate registry names, and two registries that could write the
+/// same Secret into the same namespace.
+fn cross_check(registries: &[Registry]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (i, a) in registries.iter().enumerate() {
+        for b in &registries[..i] {
+            if a.name == b.name {
+                problems.push(Problem {
+                    file: a.file.clone(),
+                    field: "name".into(),
+                    message: format!(
+                        "registry name {:?} is also used by {}",
+                        a.name,
+                        b.file.display()
+                    ),
+                });
+            }
+            if a.secret_name == b.secret_name && could_overlap(&a.namespaces, &b.namespaces) {
+                problems.push(Problem {
+                    file: a.file.clone(),
+                    field: "secretName".into(),
+                    message: format!(
+                        "Secret {:?} is also written by {} into namespaces this file selects too; \
+                         give one a different secretName or make their namespace lists disjoint",
+                        a.secret_name,
+                        b.file.display()
+                    ),
+                });
+            }
+        }
+    }
+    problems
+}
+
+/// Conservative: two targets are disjoint only when both name exact namespaces (no globs) and
+/// share none.
+fn could_overlap(a: &NamespaceTargets, b: &NamespaceTargets) -> bool {
+    let exact = |t: &NamespaceTargets| t.include.iter().all(|p| !p.contains(['*', '?']));
+    if exact(a) && exact(b) {
+        return a.include.iter().any(|n| b.include.contains(n));
+    }
+    true
+}
+
+fn check_server(server: &str) -> Result<(), String> {
+    if server.contains("://") {
+        return Err(format!(
+            "{server:?}: write the bare host[:port], without a scheme"
+        ));
+    }
+    if server.trim().is_empty() || server.contains(['/', ' ']) {
+        return Err(format!("{server:?} is not a host[:port]"));
+    }
+    if let Some((_, port)) = server.rsplit_once(':')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("{server:?} has an invalid port"));
+    }
+    Ok(())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,92 @@
+//! The admin server on its own port: `/metrics`, `/livez`, `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Metrics,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// The admin routes. `ready` says whether the initial watches have synced.
+pub fn router(metrics: Metrics, ready: Arc<dyn Fn() -> bool + Send + Sync>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { metrics, ready })
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if (state.ready)() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n")
+    }
+}
+
+/// Serves the admin routes until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = router(metrics, Arc::new(move || ready.load(Ordering::SeqCst)));
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get_path(app: Router, path: &str) -> (StatusCode, String) {
+        let res = app
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_cache_sync_flag() {
+        let metrics = Metrics::new().expect("metrics");
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        let app = router(metrics, Arc::new(move || f.load(Ordering::SeqCst)));
+        assert_eq!(
+            get_path(app.clone(), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(get_path(app.clone(), "/livez").await.0, StatusCode::OK);
+        flag.store(true, Ordering::SeqCst);
+        assert_eq!(get_path(app.clone(), "/readyz").await.0, StatusCode::OK);
+        let (status, body) = get_path(app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("pullkeeper_build_info"));
+    }
+}

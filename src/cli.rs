@@ -1,0 +1,69 @@
+//! Command-line interface: `run`, `once` and `check`, with environment equivalents.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pullkeeper",
+    version,
+    about = "Keeps registry pull credentials fresh in every namespace"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log output format.
+    #[arg(long, env = "PULLKEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `pullkeeper=debug`.
+    #[arg(long, env = "PULLKEEPER_LOG", default_value = "info", global = true)]
+    pub log_filter: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Do one full pass (fetch every registry, sync every namespace) and exit; the exit code
+    /// says whether everything succeeded.
+    Once(RunArgs),
+    /// Validate a config directory without touching a cluster; exit 2 when invalid.
+    Check {
+        #[arg(long, env = "PULLKEEPER_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory with one YAML file per registry (and an optional defaults.yaml).
+    #[arg(long, env = "PULLKEEPER_CONFIG")]
+    pub config: PathBuf,
+    /// Kubeconfig file; in-cluster config (or $KUBECONFIG) when absent.
+    #[arg(long, env = "PULLKEEPER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of the admin server (`/metrics`, `/livez`, `/readyz`).
+    #[arg(long, env = "PULLKEEPER_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    /// How often the config directory is checked for changes.
+    #[arg(long, env = "PULLKEEPER_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+    /// Namespaces reconciled at once.
+    #[arg(long, env = "PULLKEEPER_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Upper bound on write requests per second to the API server (0: unlimited).
+    #[arg(long, env = "PULLKEEPER_WRITES_PER_SECOND", default_value_t = 50.0)]
+    pub writes_per_second: f64,
+    /// Time limit of one provider call.
+    #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub fetch_timeout: Duration,
+}

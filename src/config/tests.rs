@@ -1,0 +1,192 @@
+use std::fs;
+use std::path::Path;
+
+use super::*;
+
+fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in files {
+        fs::write(dir.path().join(name), text).expect("write");
+    }
+    dir
+}
+
+const GOOD: &str = "provider:\n  type: static\n  username: {value: robot}\n  password: {env: PK_PW}\nservers: [registry.example]\nsecretName: example-pull\n";
+
+fn problems(files: &[(&str, &str)]) -> Vec<String> {
+    let dir = dir_with(files);
+    let errs = load_dir(dir.path()).expect_err("invalid");
+    errs.iter()
+        .map(|p| {
+            format!(
+                "{}|{}|{}",
+                p.file.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+                p.field,
+                p.message
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_shipped_example_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let mut dirs = vec![root.clone()];
+    dirs.extend(
+        fs::read_dir(&root)
+            .expect("config/examples")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir()),
+    );
+    let mut count = 0;
+    for dir in dirs {
+        // Each example file is checked alone: examples may reuse Secret names across files.
+        for entry in fs::read_dir(&dir).expect("dir").filter_map(Result::ok) {
+            let path = entry.path();
+            if !path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                || path.file_name().is_some_and(|n| n == DEFAULTS_FILE)
+            {
+                continue;
+            }
+            let one = tempfile::tempdir().expect("tempdir");
+            fs::copy(&path, one.path().join(path.file_name().expect("name"))).expect("copy");
+            if let Err(p) = load_dir(one.path()) {
+                panic!("{} is invalid: {p:?}", path.display());
+            }
+            count += 1;
+        }
+    }
+    assert!(count >= 2, "expected example files, found {count}");
+}
+
+#[test]
+fn a_valid_file_gets_defaults_for_everything_it_leaves_out() {
+    let dir = dir_with(&[("harbor.yaml", GOOD)]);
+    let config = load_dir(dir.path()).expect("valid");
+    let reg = &config.registries[0];
+    assert_eq!(reg.name, "harbor");
+    assert_eq!(reg.namespaces.include, ["*"]);
+    assert_eq!(
+        reg.service_accounts,
+        ServiceAccountTargets::Names(BTreeSet::from(["default".to_string()]))
+    );
+    assert!((reg.refresh.renew_at - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(reg.refresh.min_interval, Duration::from_secs(60));
+}
+
+#[test]
+fn the_defaults_file_applies_where_a_registry_file_is_silent() {
+    let dir = dir_with(&[
+        ("harbor.yaml", GOOD),
+        (
+            DEFAULTS_FILE,
+            "serviceAccounts: [\"*\"]\nrefresh:\n  minInterval: 2m\n  schedule: \"0 */6 * * *\"\n",
+        ),
+    ]);
+    let config = load_dir(dir.path()).expect("valid");
+    assert_eq!(config.registries.len(), 1);
+    let reg = &config.registries[0];
+    assert_eq!(reg.service_accounts, ServiceAccountTargets::All);
+    assert_eq!(reg.refresh.min_interval, Duration::from_secs(120));
+    assert!(reg.refresh.schedule.is_some());
+}
+
+#[test]
+fn unknown_fields_and_wrong_types_name_the_file_and_field() {
+    let errs = problems(&[
+        ("a.yaml", &format!("{GOOD}secretNmae: typo\n")),
+        (
+            "b.yaml",
+            &GOOD.replace("servers: [registry.example]", "servers: registry.example"),
+        ),
+    ]);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("a.yaml|") && errs[0].contains("secretNmae"),
+        "{errs:?}"
+    );
+    assert!(errs[1].starts_with("b.yaml|servers|"), "{errs:?}");
+}
+
+#[test]
+fn every_problem_in_every_file_is_reported_at_once() {
+    let bad = GOOD
+        .replace("secretName: example-pull", "secretName: Not_Valid")
+        .replace(
+            "servers: [registry.example]",
+            "servers: [\"https://registry.example/v2/\"]",
+        )
+        + "refresh:\n  schedule: \"not a cron\"\n  renewAt: 1.5\n  minInterval: 10h\n  maxInterval: 1h\nnamespaces:\n  selector: \"env in (a)\"\n";
+    let errs = problems(&[
+        ("bad.yaml", &bad),
+        ("worse.yaml", "provider:\n  type: nosuch\nsecretName: x\n"),
+    ]);
+    let fields: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split('|').nth(1).unwrap_or(""))
+        .collect();
+    for want in [
+        "secretName",
+        "servers[0]",
+        "refresh.schedule",
+        "refresh.renewAt",
+        "refresh.minInterval",
+        "namespaces.selector",
+    ] {
+        assert!(fields.contains(&want), "missing {want} in {errs:?}");
+    }
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("worse.yaml|provider.type|unknown variant `nosuch`")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn two_files_claiming_the_same_secret_in_the_same_namespace_are_rejected() {
+    let errs = problems(&[("a.yaml", GOOD), ("b.yaml", GOOD)]);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("b.yaml|secretName|") && e.contains("a.yaml")),
+        "{errs:?}"
+    );
+    // Disjoint exact namespace lists may share a Secret name.
+    let a = format!("{GOOD}namespaces: {{include: [team-a]}}\n");
+    let b = format!("{GOOD}namespaces: {{include: [team-b]}}\n");
+    let dir = dir_with(&[("a.yaml", &a), ("b.yaml", &b)]);
+    assert!(load_dir(dir.path()).is_ok());
+}
+
+#[test]
+fn a_missing_directory_is_named() {
+    let errs = load_dir(Path::new("/nonexistent/pullkeeper-config")).expect_err("missing");
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("/nonexistent/pullkeeper-config: cannot read directory"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn configmap_mounts_are_read_through_their_symlinks_and_hidden_entries_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("..2026_11_29_00_00_00.1");
+    fs::create_dir(&data).expect("mkdir");
+    fs::write(data.join("harbor.yaml"), GOOD).expect("write");
+    std::os::unix::fs::symlink("..2026_11_29_00_00_00.1", dir.path().join("..data"))
+        .expect("symlink");
+    std::os::unix::fs::symlink("..data/harbor.yaml", dir.path().join("harbor.yaml"))
+        .expect("symlink");
+    let config = load_dir(dir.path()).expect("valid");
+    assert_eq!(config.registries.len(), 1);
+}
+
+#[test]
+fn five_field_cron_expressions_are_accepted_and_bad_ones_explained() {
+    assert!(parse_cron("*/15 * * * *").is_ok());
+    assert!(parse_cron("0 0 */6 * * *").is_ok());
+    assert!(parse_cron("61 * * * *").is_err());
+    assert!(parse_cron("* *").expect_err("short").contains("2 fields"));
+}

@@ -1,0 +1,864 @@
+//! The daemon: watches Namespaces, ServiceAccounts and pullkeeper's own Secrets into caches,
+//! refreshes each registry's credential on its schedule (once per rotation, shared by every
+//! namespace), and reconciles namespaces through the pure planner and the applier.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::channel::mpsc;
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret, ServiceAccount};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::apply::{Applier, SecretOutcome, WriteError};
+use crate::config::{self, Config, Registry};
+use crate::metrics::Metrics;
+use crate::plan::{self, Issued, MANAGED_SELECTOR, Observed, SecretChange};
+use crate::providers::{Provider, ProviderError};
+use crate::render;
+use crate::schedule;
+
+/// How long a Secret found to be someone else's is left alone before it is looked at again.
+const FOREIGN_RECHECK: Duration = Duration::from_secs(300);
+
+/// Process-level settings (from the command line).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub config_dir: PathBuf,
+    pub reload_interval: Duration,
+    pub concurrency: u16,
+    pub writes_per_second: f64,
+    /// The object failed-rotation events are attached to (pullkeeper's own Pod), if known.
+    pub event_object: Option<ObjectReference>,
+    pub fetch_timeout: Duration,
+}
+
+/// Why a refresh failed, with a bounded category.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("fetching from the {provider} provider failed")]
+    Provider {
+        provider: &'static str,
+        #[source]
+        source: ProviderError,
+    },
+    #[error("the {provider} provider did not answer within {0:?}", .timeout)]
+    Timeout {
+        provider: &'static str,
+        timeout: Duration,
+    },
+    #[error("the provider returned an unusable credential")]
+    Invalid(#[source] crate::credential::CredentialError),
+    #[error("the new credential was refused by the registry")]
+    Verification(#[source] crate::verify::VerifyError),
+}
+
+impl RefreshError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Provider { source, .. } => source.category(),
+            Self::Timeout { .. } => "unreachable",
+            Self::Invalid(_) => "invalid_credential",
+            Self::Verification(_) => "verification_failed",
+        }
+    }
+}
+
+/// Errors of one namespace reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{failed} write(s) failed in namespace {namespace}")]
+    Writes { namespace: String, failed: usize },
+}
+
+/// State shared by the refresh tasks, the reconciler and the admin server.
+pub struct Shared {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub settings: Settings,
+    config: RwLock<Arc<Config>>,
+    providers: RwLock<HashMap<String, Arc<dyn Provider>>>,
+    credentials: RwLock<HashMap<String, Arc<Issued>>>,
+    foreign: RwLock<HashMap<(String, String), DateTime<Utc>>>,
+    namespaces: Store<Namespace>,
+    secrets: Store<Secret>,
+    accounts: Store<ServiceAccount>,
+    applier: Applier,
+    recorder: Recorder,
+    trigger: mpsc::UnboundedSender<()>,
+    pub ready: AtomicBool,
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<Config> {
+        read(&self.config)
+    }
+
+    fn credentials(&self) -> HashMap<String, Arc<Issued>> {
+        read(&self.credentials)
+    }
+
+    fn reconcile_all(&self) {
+        let _ = self.trigger.unbounded_send(());
+    }
+
+    fn foreign_in(&self, namespace: &str) -> HashSet<String> {
+        let now = Utc::now();
+        self.foreign
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|((ns, _), until)| ns == namespace && **until > now)
+            .map(|((_, name), _)| name.clone())
+            .collect()
+    }
+
+    async fn event(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    /// Plans and applies one namespace.
+    pub async fn sync_namespace(&self, ns: &Namespace) -> Result<(), ReconcileError> {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        let config = self.config();
+        let credentials = self.credentials();
+        let secrets = self
+            .secrets
+            .state_filter(|s| s.metadata.namespace.as_deref() == Some(&name));
+        let accounts = self
+            .accounts
+            .state_filter(|s| s.metadata.namespace.as_deref() == Some(&name));
+        let mut foreign = self.foreign_in(&name);
+        let mut failed = 0;
+
+        let observed = Observed {
+            namespace: ns,
+            secrets: secrets.clone(),
+            service_accounts: accounts.clone(),
+            foreign: &foreign,
+        };
+        let plan = plan::plan_namespace(&config.registries, &credentials, &observed);
+        let mut found_foreign = false;
+        for change in &plan.secrets {
+            match change {
+                SecretChange::Apply {
+                    registry,
+                    secret,
+                    existing,
+                } => match self.applier.apply_secret(secret, *existing).await {
+                    Ok(SecretOutcome::Written) => {}
+                    Ok(SecretOutcome::Foreign) => {
+                        let secret_name = secret.metadata.name.clone().unwrap_or_default();
+                        warn!(namespace = %name, secret = %secret_name, registry = %registry,
+                            "a Secret of that name exists and is not pullkeeper's; leaving it untouched");
+                        let until = Utc::now()
+                            + chrono::TimeDelta::from_std(FOREIGN_RECHECK).unwrap_or_default();
+                        self.foreign
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert((name.clone(), secret_name.clone()), until);
+                        foreign.insert(secret_name.clone());
+                        found_foreign = true;
+                        let reference = ObjectReference {
+                            api_version: Some("v1".into()),
+                            kind: Some("Secret".into()),
+                            namespace: Some(name.clone()),
+                            name: Some(secret_name.clone()),
+                            ..ObjectReference::default()
+                        };
+                        self.event(&reference, EventType::Warning, "ForeignSecret", "Skip",
+                            format!("Secret {secret_name} is not managed by pullkeeper (registry {registry}); it was left untouched")).await;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        error!(namespace = %name, registry = %registry, category = e.category(), error = %error_chain(&e), "writing secret failed");
+                    }
+                },
+                SecretChange::Delete {
+                    name: secret_name,
+                    registry,
+                } => {
+                    let uid = secrets
+                        .iter()
+                        .find(|s| s.metadata.name.as_deref() == Some(secret_name))
+                        .and_then(|s| s.metadata.uid.clone());
+                    if let Err(e) = self.applier.delete_secret(&name, secret_name, uid).await {
+                        failed += 1;
+                        error!(namespace = %name, registry = ?registry, category = e.category(), error = %error_chain(&e), "pruning secret failed");
+                    }
+                }
+            }
+        }
+        // ServiceAccounts must never reference a Secret someone else owns: re-plan with what the
+        // writes just learnt.
+        let accounts_plan = if found_foreign {
+            let observed = Observed {
+                namespace: ns,
+                secrets,
+                service_accounts: accounts,
+                foreign: &foreign,
+            };
+            plan::plan_namespace(&config.registries, &credentials, &observed).accounts
+        } else {
+            plan.accounts
+        };
+        for change in &accounts_plan {
+            if let Err(e) = self.applier.patch_account(&name, change).await {
+                failed += 1;
+                error!(namespace = %name, serviceaccount = %change.name, category = e.category(), error = %error_chain(&e), "patching serviceaccount failed");
+            }
+        }
+        if failed > 0 {
+            return Err(ReconcileError::Writes {
+                namespace: name,
+                failed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Fetches, validates, renders and (optionally) verifies one registry's credential.
+    pub async fn fetch(&self, registry: &Registry) -> Result<Issued, RefreshError> {
+        let provider_type = registry.provider.type_name();
+        let provider = read(&self.providers).get(&registry.name).cloned();
+        let Some(provider) = provider else {
+            return Err(RefreshError::Provider {
+                provider: provider_type,
+                source: ProviderError::new(
+                    crate::providers::ErrorCategory::LocalInput,
+                    "provider was not built",
+                ),
+            });
+        };
+        let timer = self
+            .metrics
+            .provider_duration
+            .with_label_values(&[provider_type])
+            .start_timer();
+        let result = tokio::time::timeout(self.settings.fetch_timeout, provider.fetch()).await;
+        timer.observe_duration();
+        let credential = match result {
+            Ok(Ok(c)) => c,
+            Ok(Err(source)) => {
+                self.metrics
+                    .provider_errors
+                    .with_label_values(&[provider_type, source.category()])
+                    .inc();
+                return Err(RefreshError::Provider {
+                    provider: provider_type,
+                    source,
+                });
+            }
+            Err(_) => {
+                self.metrics
+                    .provider_errors
+                    .with_label_values(&[provider_type, "unreachable"])
+                    .inc();
+                return Err(RefreshError::Timeout {
+                    provider: provider_type,
+                    timeout: self.settings.fetch_timeout,
+                });
+            }
+        };
+        let rendered = render::render(registry, &credential).map_err(RefreshError::Invalid)?;
+        if let Some(spec) = &registry.verify {
+            for login in &credential.logins {
+                let servers: Vec<&String> = match &login.server {
+                    Some(s) => vec![s],
+                    None => registry.servers.iter().collect(),
+                };
+                for server in servers {
+                    let result =
+                        crate::verify::verify(spec, server, &login.username, &login.password).await;
+                    let outcome = if result.is_ok() { "success" } else { "failure" };
+                    self.metrics
+                        .verifications
+                        .with_label_values(&[&registry.name, outcome])
+                        .inc();
+                    result.map_err(RefreshError::Verification)?;
+                }
+            }
+        }
+        Ok(Issued {
+            rendered,
+            expires_at: credential.expires_at,
+        })
+    }
+}
+
+/// Renders an error with its sources, once each (never containing credential material: no
+/// error in this crate carries any).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Builds every provider of a config; any failure rejects the config.
+pub async fn build_providers(
+    config: &Config,
+) -> Result<HashMap<String, Arc<dyn Provider>>, Vec<config::Problem>> {
+    let mut built = HashMap::new();
+    let mut problems = Vec::new();
+    for reg in &config.registries {
+        match reg.provider.build().await {
+            Ok(p) => {
+                built.insert(reg.name.clone(), p);
+            }
+            Err(e) => problems.push(config::Problem {
+                file: reg.file.clone(),
+                field: "provider".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(built)
+    } else {
+        Err(problems)
+    }
+}
+
+/// One registry's refresh loop: fetch, store the credential if it changed, schedule the next
+/// refresh (or the next retry), repeat.
+async fn refresh_loop(shared: Arc<Shared>, registry: Arc<Registry>) {
+    let name = registry.name.clone();
+    let mut attempt = 0u32;
+    loop {
+        let span =
+            info_span!("refresh", registry = %name, provider = registry.provider.type_name());
+        let now = Utc::now();
+        let timer = shared
+            .metrics
+            .refresh_duration
+            .with_label_values(&[&name])
+            .start_timer();
+        let result = shared.fetch(&registry).instrument(span.clone()).await;
+        timer.observe_duration();
+        let next = match result {
+            Ok(issued) => {
+                attempt = 0;
+                let _entered = span.enter();
+                shared
+                    .metrics
+                    .refreshes
+                    .with_label_values(&[&name, "success"])
+                    .inc();
+                shared
+                    .metrics
+                    .last_success
+                    .with_label_values(&[&name])
+                    .set(now.timestamp() as f64);
+                match issued.expires_at {
+                    Some(e) => shared
+                        .metrics
+                        .credential_expiry
+                        .with_label_values(&[&name])
+                        .set(e.timestamp() as f64),
+                    None => {
+                        let _ = shared
+                            .metrics
+                            .credential_expiry
+                            .remove_label_values(&[&name]);
+                    }
+                }
+                let next = schedule::next_refresh(
+                    &registry.refresh,
+                    now,
+                    now,
+                    issued.expires_at,
+                    rand::random_range(-1.0..=1.0),
+                );
+                let changed = {
+                    let mut creds = shared
+                        .credentials
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let changed = creds.get(&name).is_none_or(|c| **c != issued);
+                    if changed {
+                        creds.insert(name.clone(), Arc::new(issued));
+                    }
+                    changed
+                };
+                info!(parent: &span, changed, next_refresh = %next.to_rfc3339(), "credential refreshed");
+                if changed {
+                    shared.reconcile_all();
+                }
+                next
+            }
+            Err(e) => {
+                attempt += 1;
+                let category = e.category();
+                shared
+                    .metrics
+                    .refreshes
+                    .with_label_values(&[&name, "failure"])
+                    .inc();
+                shared
+                    .metrics
+                    .refresh_failures
+                    .with_label_values(&[&name, category])
+                    .inc();
+                let current_expiry = read(&shared.credentials)
+                    .get(&name)
+                    .and_then(|c| c.expires_at);
+                let retry_after = match &e {
+                    RefreshError::Provider { source, .. } => source.retry_after,
+                    _ => None,
+                };
+                let wait = schedule::backoff(
+                    &registry.refresh,
+                    attempt,
+                    now,
+                    current_expiry,
+                    retry_after,
+                    rand::random_range(0.0..=1.0),
+                );
+                let chain = error_chain(&e);
+                warn!(parent: &span, category, attempt, retry_in = ?wait, error = %chain, "refresh failed; the last good Secret stays");
+                if let Some(reference) = &shared.settings.event_object {
+                    shared
+                        .event(
+                            reference,
+                            EventType::Warning,
+                            "RotationFailed",
+                            "Refresh",
+                            format!("registry {name}: {chain}; retrying in {}s", wait.as_secs()),
+                        )
+                        .await;
+                }
+                now + chrono::TimeDelta::from_std(wait).unwrap_or_default()
+            }
+        };
+        shared
+            .metrics
+            .next_refresh
+            .with_label_values(&[&name])
+            .set(next.timestamp() as f64);
+        let sleep = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::time::sleep(sleep).await;
+    }
+}
+
+/// Keeps one refresh task per registry, restarting only the registries whose file changed.
+struct Refreshers {
+    tasks: HashMap<String, (Arc<Registry>, JoinHandle<()>)>,
+}
+
+impl Refreshers {
+    fn sync(&mut self, shared: &Arc<Shared>, config: &Config) {
+        let wanted: HashMap<&str, &Arc<Registry>> = config
+            .registries
+            .iter()
+            .map(|r| (r.name.as_str(), r))
+            .collect();
+        self.tasks.retain(|name, (reg, handle)| {
+            let keep = wanted
+                .get(name.as_str())
+                .is_some_and(|w| same_source(w, reg));
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for (name, reg) in wanted {
+            if !self.tasks.contains_key(name) {
+                let handle = tokio::spawn(refresh_loop(shared.clone(), reg.clone()));
+                self.tasks.insert(name.to_string(), (reg.clone(), handle));
+            }
+        }
+    }
+}
+
+/// Two registries have the same source when their file content (as parsed) is unchanged;
+/// compared through the debug form, which redacts nothing secret because config holds none.
+fn same_source(a: &Registry, b: &Registry) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+/// Loads a new config: validate, build providers, swap; the old one keeps running on failure.
+async fn reload(shared: &Arc<Shared>, refreshers: &mut Refreshers) -> bool {
+    let dir = &shared.settings.config_dir;
+    let config = match config::load_dir(dir) {
+        Ok(c) => c,
+        Err(problems) => return reject(shared, &problems),
+    };
+    if config.fingerprint == shared.config().fingerprint {
+        return true;
+    }
+    let providers = match build_providers(&config).await {
+        Ok(p) => p,
+        Err(problems) => return reject(shared, &problems),
+    };
+    let old = shared.config();
+    for gone in old
+        .registries
+        .iter()
+        .filter(|o| !config.registries.iter().any(|n| n.name == o.name))
+    {
+        shared
+            .credentials
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&gone.name);
+        shared.metrics.forget_registry(&gone.name);
+    }
+    // A registry whose file changed gets a fresh credential from its (possibly new) provider.
+    for reg in &config.registries {
+        if old
+            .registries
+            .iter()
+            .any(|o| o.name == reg.name && !same_source(o, reg))
+        {
+            shared
+                .credentials
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&reg.name);
+        }
+    }
+    *shared
+        .providers
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = providers;
+    let config = Arc::new(config);
+    *shared
+        .config
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = config.clone();
+    refreshers.sync(shared, &config);
+    shared
+        .metrics
+        .config_reloads
+        .with_label_values(&["success"])
+        .inc();
+    shared.metrics.config_last_reload_ok.set(1);
+    shared
+        .metrics
+        .registries_configured
+        .set(config.registries.len() as i64);
+    info!(registries = config.registries.len(), "config loaded");
+    shared.reconcile_all();
+    true
+}
+
+fn reject(shared: &Shared, problems: &[config::Problem]) -> bool {
+    shared
+        .metrics
+        .config_reloads
+        .with_label_values(&["failure"])
+        .inc();
+    shared.metrics.config_last_reload_ok.set(0);
+    for p in problems {
+        error!(file = %p.file.display(), field = %p.field, problem = %p.message, "config rejected; the previous config keeps running");
+    }
+    false
+}
+
+/// Recomputes the per-registry gauges from the caches.
+fn update_gauges(shared: &Shared) {
+    let config = shared.config();
+    for reg in &config.registries {
+        let secrets = shared.secrets.state_filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(plan::REGISTRY_LABEL))
+                == Some(&reg.name)
+                && s.metadata.name.as_deref() == Some(&reg.secret_name)
+        });
+        let accounts = shared.accounts.state_filter(|sa| {
+            plan::owned_entries(sa).contains(&reg.secret_name)
+                && sa
+                    .image_pull_secrets
+                    .iter()
+                    .flatten()
+                    .any(|r| r.name == reg.secret_name)
+        });
+        let foreign = read(&shared.foreign)
+            .keys()
+            .filter(|(_, n)| *n == reg.secret_name)
+            .count();
+        shared
+            .metrics
+            .managed_secrets
+            .with_label_values(&[&reg.name])
+            .set(secrets.len() as i64);
+        shared
+            .metrics
+            .managed_service_accounts
+            .with_label_values(&[&reg.name])
+            .set(accounts.len() as i64);
+        shared
+            .metrics
+            .foreign_secrets
+            .with_label_values(&[&reg.name])
+            .set(foreign as i64);
+    }
+}
+
+/// The caches and their watch streams.
+pub struct Caches {
+    shared: Arc<Shared>,
+    controller: Controller<Namespace>,
+    trigger_rx: mpsc::UnboundedReceiver<()>,
+}
+
+/// Starts the watches and builds the shared state. The config must already be valid.
+pub async fn start(
+    client: Client,
+    metrics: Metrics,
+    settings: Settings,
+    config: Config,
+    providers: HashMap<String, Arc<dyn Provider>>,
+) -> Caches {
+    let (trigger, trigger_rx) = mpsc::unbounded();
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let controller = Controller::new(ns_api, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(settings.concurrency),
+    );
+    let namespaces = controller.store();
+    let (secrets, secret_writer) = reflector::store();
+    let (accounts, account_writer) = reflector::store();
+    let secret_stream = reflector::reflector(
+        secret_writer,
+        watcher(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(MANAGED_SELECTOR),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let account_stream = reflector::reflector(
+        account_writer,
+        watcher(
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let controller = controller
+        .watches_stream(secret_stream, |s: Secret| {
+            s.metadata.namespace.map(|ns| ObjectRef::new(&ns))
+        })
+        .watches_stream(account_stream, |s: ServiceAccount| {
+            s.metadata.namespace.map(|ns| ObjectRef::new(&ns))
+        });
+    let reporter = Reporter {
+        controller: "pullkeeper".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let applier = Applier::new(client.clone(), metrics.clone(), settings.writes_per_second);
+    metrics.config_reloads.with_label_values(&["success"]).inc();
+    metrics.config_last_reload_ok.set(1);
+    metrics
+        .registries_configured
+        .set(config.registries.len() as i64);
+    let shared = Arc::new(Shared {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        metrics,
+        settings,
+        config: RwLock::new(Arc::new(config)),
+        providers: RwLock::new(providers),
+        credentials: RwLock::default(),
+        foreign: RwLock::default(),
+        namespaces,
+        secrets,
+        accounts,
+        applier,
+        trigger,
+        ready: AtomicBool::new(false),
+    });
+    Caches {
+        shared,
+        controller,
+        trigger_rx,
+    }
+}
+
+impl Caches {
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Runs the daemon until a shutdown signal.
+    pub async fn run(self) {
+        let Caches {
+            shared,
+            controller,
+            trigger_rx,
+        } = self;
+        let mut refreshers = Refreshers {
+            tasks: HashMap::new(),
+        };
+        refreshers.sync(&shared, &shared.config());
+
+        // Readiness: all three caches have listed once.
+        let ready = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let ok = shared.namespaces.wait_until_ready().await.is_ok()
+                    && shared.secrets.wait_until_ready().await.is_ok()
+                    && shared.accounts.wait_until_ready().await.is_ok();
+                if ok {
+                    shared.ready.store(true, Ordering::SeqCst);
+                    info!("caches synced; ready");
+                }
+            })
+        };
+        let reloader = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(shared.settings.reload_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    reload(&shared, &mut refreshers).await;
+                    update_gauges(&shared);
+                }
+            })
+        };
+        let ctx = shared.clone();
+        controller
+            .reconcile_all_on(trigger_rx)
+            .shutdown_on_signal()
+            .run(
+                |ns: Arc<Namespace>, ctx: Arc<Shared>| async move {
+                    let name = ns.metadata.name.clone().unwrap_or_default();
+                    ctx.sync_namespace(&ns)
+                        .instrument(info_span!("sync", namespace = %name))
+                        .await?;
+                    Ok::<_, ReconcileError>(Action::await_change())
+                },
+                |_ns, _err, _ctx| Action::requeue(Duration::from_secs(15)),
+                ctx,
+            )
+            .for_each(|_| future::ready(()))
+            .await;
+        reloader.abort();
+        ready.abort();
+        info!("shut down");
+    }
+
+    /// One full pass: fetch every registry once, wait for the caches, sync every namespace.
+    /// Returns whether every registry refreshed and every write succeeded.
+    pub async fn once(self) -> bool {
+        let Caches {
+            shared,
+            controller,
+            trigger_rx: _,
+        } = self;
+        // Drive the watches (the controller owns their streams) while the pass runs.
+        let driver = tokio::spawn(
+            controller
+                .run(
+                    |_ns, _ctx: Arc<()>| async { Ok::<_, WriteError>(Action::await_change()) },
+                    |_, _, _| Action::await_change(),
+                    Arc::new(()),
+                )
+                .for_each(|_| future::ready(())),
+        );
+        let mut ok = true;
+        for reg in shared.config().registries.clone() {
+            let span =
+                info_span!("refresh", registry = %reg.name, provider = reg.provider.type_name());
+            match shared.fetch(&reg).instrument(span.clone()).await {
+                Ok(issued) => {
+                    shared
+                        .metrics
+                        .refreshes
+                        .with_label_values(&[&reg.name, "success"])
+                        .inc();
+                    info!(parent: &span, "credential fetched");
+                    shared
+                        .credentials
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(reg.name.clone(), Arc::new(issued));
+                }
+                Err(e) => {
+                    ok = false;
+                    shared
+                        .metrics
+                        .refreshes
+                        .with_label_values(&[&reg.name, "failure"])
+                        .inc();
+                    error!(parent: &span, category = e.category(), error = %error_chain(&e), "refresh failed; the last good Secret stays");
+                }
+            }
+        }
+        let synced = shared.namespaces.wait_until_ready().await.is_ok()
+            && shared.secrets.wait_until_ready().await.is_ok()
+            && shared.accounts.wait_until_ready().await.is_ok();
+        if !synced {
+            error!("caches never synced");
+            driver.abort();
+            return false;
+        }
+        for ns in shared.namespaces.state() {
+            let name = ns.metadata.name.clone().unwrap_or_default();
+            if let Err(e) = shared
+                .sync_namespace(&ns)
+                .instrument(info_span!("sync", namespace = %name))
+                .await
+            {
+                ok = false;
+                error!(error = %e, "namespace sync failed");
+            }
+        }
+        driver.abort();
+        ok
+    }
+}
+
+/// The event target for failed rotations: pullkeeper's own Pod, when the downward API says.
+pub fn own_pod_reference() -> Option<ObjectReference> {
+    let name = std::env::var("POD_NAME").ok()?;
+    let namespace = std::env::var("POD_NAMESPACE").ok()?;
+    Some(ObjectReference {
+        api_version: Some(k8s_openapi::api::core::v1::Pod::api_version(&()).into_owned()),
+        kind: Some("Pod".into()),
+        name: Some(name),
+        namespace: Some(namespace),
+        ..ObjectReference::default()
+    })
+}

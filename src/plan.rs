@@ -1,0 +1,388 @@
+//! What must change in one namespace: a pure function of the config, the current credentials
+//! and the cached cluster objects. The applier only executes what this returns.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, TestOperation};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::ObjectMeta;
+use serde_json::{Value, json};
+
+use crate::config::Registry;
+use crate::render::{DATA_KEY, Rendered, SECRET_TYPE, content_hash};
+
+/// Label marking every object pullkeeper owns.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "pullkeeper";
+/// Label naming the registry file a Secret comes from.
+pub const REGISTRY_LABEL: &str = "pullkeeper.dev/registry";
+/// Annotation with the hex SHA-256 of the Secret's `.dockerconfigjson`.
+pub const HASH_ANNOTATION: &str = "pullkeeper.dev/content-hash";
+/// Annotation with the credential's expiry (RFC 3339), when the provider states one.
+pub const EXPIRES_ANNOTATION: &str = "pullkeeper.dev/expires-at";
+/// Annotation on a ServiceAccount listing the `imagePullSecrets` entries pullkeeper added.
+pub const SA_ANNOTATION: &str = "pullkeeper.dev/image-pull-secrets";
+/// Namespace annotation that opts a namespace out (`"true"`).
+pub const OPT_OUT_ANNOTATION: &str = "pullkeeper.dev/ignore";
+/// Label selector for pullkeeper's own Secrets.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=pullkeeper";
+
+/// The current good credential of one registry, rendered once and shared by every namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    pub rendered: Rendered,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What the cluster looks like in one namespace, from the caches.
+pub struct Observed<'a> {
+    pub namespace: &'a Namespace,
+    /// pullkeeper's own Secrets in this namespace (label-selected).
+    pub secrets: Vec<Arc<Secret>>,
+    pub service_accounts: Vec<Arc<ServiceAccount>>,
+    /// Names of Secrets here that exist but are not pullkeeper's (learnt when writing).
+    pub foreign: &'a HashSet<String>,
+}
+
+/// One change to a Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SecretChange {
+    /// Create or update by server-side apply. `existing` is false when the cache has no
+    /// managed Secret of that name (the applier then checks for a foreign one first).
+    Apply {
+        registry: String,
+        secret: Box<Secret>,
+        existing: bool,
+    },
+    /// Remove a Secret pullkeeper wrote that left scope or config.
+    Delete {
+        name: String,
+        registry: Option<String>,
+    },
+}
+
+/// One ServiceAccount whose `imagePullSecrets` must change, with the full set of entries
+/// pullkeeper wants there (used to recompute the patch after a conflict).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountChange {
+    pub name: String,
+    pub wanted: BTreeSet<String>,
+    pub patch: Patch,
+}
+
+/// Everything to do in one namespace.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NamespacePlan {
+    pub secrets: Vec<SecretChange>,
+    pub accounts: Vec<AccountChange>,
+    /// Registry name → whether its Secret is in place or planned here (for gauges).
+    pub in_scope: Vec<String>,
+}
+
+/// Whether a namespace may be written at all.
+pub fn namespace_writable(ns: &Namespace) -> bool {
+    let terminating = ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+    let opted_out = ns
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OPT_OUT_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    !terminating && !opted_out
+}
+
+/// The registries whose Secret belongs in this namespace.
+pub fn registries_in_scope<'r>(
+    registries: &'r [Arc<Registry>],
+    ns: &Namespace,
+) -> Vec<&'r Arc<Registry>> {
+    let name = ns.metadata.name.as_deref().unwrap_or_default();
+    let empty = BTreeMap::new();
+    let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
+    registries
+        .iter()
+        .filter(|r| r.namespaces.matches(name, labels))
+        .collect()
+}
+
+/// Computes the plan for one namespace.
+pub fn plan_namespace(
+    registries: &[Arc<Registry>],
+    credentials: &HashMap<String, Arc<Issued>>,
+    observed: &Observed<'_>,
+) -> NamespacePlan {
+    let ns = observed.namespace;
+    let mut plan = NamespacePlan::default();
+    // A terminating namespace is left alone: its objects are going away anyway.
+    if ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+    {
+        return plan;
+    }
+    let ns_name = ns.metadata.name.clone().unwrap_or_default();
+    let in_scope = if namespace_writable(ns) {
+        registries_in_scope(registries, ns)
+    } else {
+        Vec::new()
+    };
+    let managed: HashMap<&str, &Arc<Secret>> = observed
+        .secrets
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref().map(|n| (n, s)))
+        .collect();
+
+    // Secrets that should exist here (registry name → secret name).
+    let mut present: BTreeMap<&str, &Arc<Registry>> = BTreeMap::new();
+    for reg in &in_scope {
+        if observed.foreign.contains(&reg.secret_name) {
+            continue;
+        }
+        let existing = managed.get(reg.secret_name.as_str());
+        match credentials.get(&reg.name) {
+            Some(issued) => {
+                let desired = desired_secret(reg, &ns_name, issued);
+                if existing.is_none_or(|s| !secret_up_to_date(s, &desired)) {
+                    plan.secrets.push(SecretChange::Apply {
+                        registry: reg.name.clone(),
+                        secret: Box::new(desired),
+                        existing: existing.is_some(),
+                    });
+                }
+                present.insert(reg.secret_name.as_str(), reg);
+            }
+            // No good credential yet (first fetch failing): keep what is there, write nothing.
+            None if existing.is_some() => {
+                present.insert(reg.secret_name.as_str(), reg);
+            }
+            None => {}
+        }
+        plan.in_scope.push(reg.name.clone());
+    }
+
+    for (name, secret) in &managed {
+        if !present.contains_key(name) {
+            plan.secrets.push(SecretChange::Delete {
+                name: (*name).to_string(),
+                registry: secret
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(REGISTRY_LABEL).cloned()),
+            });
+        }
+    }
+
+    for sa in &observed.service_accounts {
+        let sa_name = sa.metadata.name.as_deref().unwrap_or_default();
+        let wanted: BTreeSet<String> = present
+            .iter()
+            .filter(|(_, reg)| reg.service_accounts.matches(sa_name))
+            .map(|(secret, _)| (*secret).to_string())
+            .collect();
+        if let Some(patch) = account_patch(sa, &wanted) {
+            plan.accounts.push(AccountChange {
+                name: sa_name.to_string(),
+                wanted,
+                patch,
+            });
+        }
+    }
+    plan
+}
+
+/// The Secret pullkeeper wants for a registry in a namespace.
+pub fn desired_secret(reg: &Registry, namespace: &str, issued: &Issued) -> Secret {
+    let mut labels = reg.secret_labels.clone();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    labels.insert(REGISTRY_LABEL.into(), reg.name.clone());
+    let mut annotations =
+        BTreeMap::from([(HASH_ANNOTATION.to_string(), issued.rendered.hash.clone())]);
+    if let Some(exp) = issued.expires_at {
+        annotations.insert(
+            EXPIRES_ANNOTATION.into(),
+            exp.to_rfc3339_opts(SecondsFormat::Secs, true),
+        );
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(reg.secret_name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        type_: Some(SECRET_TYPE.into()),
+        data: Some(BTreeMap::from([(
+            DATA_KEY.to_string(),
+            ByteString(issued.rendered.bytes.clone()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// Whether the observed Secret already carries the desired content, type, labels and
+/// annotations (a hand-edited `.dockerconfigjson` no longer matches its hash and is repaired).
+fn secret_up_to_date(observed: &Secret, desired: &Secret) -> bool {
+    let data_hash = observed
+        .data
+        .as_ref()
+        .and_then(|d| d.get(DATA_KEY))
+        .map(|b| content_hash(&b.0));
+    let want_hash = desired
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(HASH_ANNOTATION));
+    let extra_keys = observed.data.as_ref().is_some_and(|d| d.len() != 1);
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    let stale_expiry = desired
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| !a.contains_key(EXPIRES_ANNOTATION))
+        && observed
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(EXPIRES_ANNOTATION));
+    observed.type_ == desired.type_
+        && data_hash.as_ref() == want_hash
+        && !extra_keys
+        && !stale_expiry
+        && subset(&desired.metadata.labels, &observed.metadata.labels)
+        && subset(
+            &desired.metadata.annotations,
+            &observed.metadata.annotations,
+        )
+}
+
+/// The entries pullkeeper recorded as its own on a ServiceAccount.
+pub fn owned_entries(sa: &ServiceAccount) -> BTreeSet<String> {
+    sa.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SA_ANNOTATION))
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A JSON patch bringing the ServiceAccount's `imagePullSecrets` to contain `wanted`, removing
+/// only entries pullkeeper itself added, guarded by a `test` of the list as observed (or of the
+/// resourceVersion when the list is absent). `None` when nothing must change.
+pub fn account_patch(sa: &ServiceAccount, wanted: &BTreeSet<String>) -> Option<Patch> {
+    let owned = owned_entries(sa);
+    let current: Vec<Option<String>> = sa
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| Some(r.name.clone()).filter(|n| !n.is_empty()))
+        .collect();
+    let present: BTreeSet<&str> = current.iter().flatten().map(String::as_str).collect();
+    let remove: Vec<usize> = current
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            n.as_ref()
+                .is_some_and(|n| owned.contains(n) && !wanted.contains(n))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let add: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !present.contains(w.as_str()))
+        .collect();
+    // pullkeeper owns what it adds now, plus what it owned before and still wants; an entry a
+    // person added by hand before pullkeeper wanted it stays theirs.
+    let new_owned: BTreeSet<String> = owned
+        .iter()
+        .filter(|n| wanted.contains(*n) && present.contains(n.as_str()))
+        .cloned()
+        .chain(add.iter().map(|s| (*s).clone()))
+        .collect();
+    if remove.is_empty() && add.is_empty() && new_owned == owned {
+        return None;
+    }
+
+    let mut ops = Vec::new();
+    match &sa.image_pull_secrets {
+        Some(list) => ops.push(test(
+            "/imagePullSecrets",
+            serde_json::to_value(list).unwrap_or(Value::Null),
+        )),
+        None => ops.push(test(
+            "/metadata/resourceVersion",
+            json!(sa.metadata.resource_version.clone().unwrap_or_default()),
+        )),
+    }
+    for i in remove.iter().rev() {
+        ops.push(PatchOperation::Remove(RemoveOperation {
+            path: pointer(&["imagePullSecrets", &i.to_string()]),
+        }));
+    }
+    if sa.image_pull_secrets.is_some() {
+        for name in &add {
+            ops.push(add_op(&["imagePullSecrets", "-"], json!({ "name": name })));
+        }
+    } else if !add.is_empty() {
+        let list: Vec<Value> = add.iter().map(|n| json!({ "name": n })).collect();
+        ops.push(add_op(&["imagePullSecrets"], Value::Array(list)));
+    }
+    if new_owned != owned {
+        let value = new_owned.iter().cloned().collect::<Vec<_>>().join(",");
+        let has_annotations = sa.metadata.annotations.is_some();
+        if new_owned.is_empty() {
+            ops.push(PatchOperation::Remove(RemoveOperation {
+                path: pointer(&["metadata", "annotations", SA_ANNOTATION]),
+            }));
+        } else if has_annotations {
+            ops.push(add_op(
+                &["metadata", "annotations", SA_ANNOTATION],
+                json!(value),
+            ));
+        } else {
+            ops.push(add_op(
+                &["metadata", "annotations"],
+                json!({ SA_ANNOTATION: value }),
+            ));
+        }
+    }
+    Some(Patch(ops))
+}
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn test(path: &str, value: Value) -> PatchOperation {
+    let tokens: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    PatchOperation::Test(TestOperation {
+        path: pointer(&tokens),
+        value,
+    })
+}
+
+fn add_op(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,460 @@
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    LocalObjectReference, Namespace, NamespaceStatus, Secret, ServiceAccount,
+};
+use kube::api::ObjectMeta;
+use serde_json::json;
+
+use super::*;
+use crate::config::ServiceAccountTargets;
+use crate::credential::{Credential, Login};
+use crate::render::render;
+use crate::sensitive::Sensitive;
+use crate::testing::registry;
+
+fn ns(name: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+fn sa(name: &str, pull: &[&str], owned: Option<&str>) -> Arc<ServiceAccount> {
+    Arc::new(ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("team-a".into()),
+            resource_version: Some("42".into()),
+            annotations: owned
+                .map(|o| BTreeMap::from([(SA_ANNOTATION.to_string(), o.to_string())])),
+            ..ObjectMeta::default()
+        },
+        image_pull_secrets: if pull.is_empty() {
+            None
+        } else {
+            Some(
+                pull.iter()
+                    .map(|n| LocalObjectReference { name: (*n).into() })
+                    .collect(),
+            )
+        },
+        ..ServiceAccount::default()
+    })
+}
+
+fn issued(reg: &crate::config::Registry, password: &str) -> Arc<Issued> {
+    let cred = Credential {
+        logins: vec![Login {
+            server: None,
+            username: "robot".into(),
+            password: Sensitive::new(password),
+        }],
+        expires_at: None,
+    };
+    Arc::new(Issued {
+        rendered: render(reg, &cred).expect("renders"),
+        expires_at: None,
+    })
+}
+
+fn creds(pairs: &[(&str, Arc<Issued>)]) -> HashMap<String, Arc<Issued>> {
+    pairs
+        .iter()
+        .map(|(n, i)| ((*n).to_string(), i.clone()))
+        .collect()
+}
+
+/// Applies a JSON patch to the ServiceAccount the way the API server would.
+fn patched(account: &ServiceAccount, patch: &Patch) -> ServiceAccount {
+    let mut doc = serde_json::to_value(account).expect("to json");
+    json_patch::patch(&mut doc, patch).expect("patch applies to the observed object");
+    serde_json::from_value(doc).expect("from json")
+}
+
+fn pull_names(account: &ServiceAccount) -> Vec<String> {
+    account
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[test]
+fn new_namespace_gets_the_secret_and_a_patched_default_account() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let c = creds(&[("harbor", issued(&reg, "pw1"))]);
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let default = sa("default", &[], None);
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![],
+        service_accounts: vec![default.clone(), sa("builder", &[], None)],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(&[reg], &c, &observed);
+    assert_eq!(plan.secrets.len(), 1);
+    let SecretChange::Apply {
+        secret, existing, ..
+    } = &plan.secrets[0]
+    else {
+        panic!("expected apply")
+    };
+    assert!(!existing);
+    assert_eq!(
+        secret.type_.as_deref(),
+        Some("kubernetes.io/dockerconfigjson")
+    );
+    let labels = secret.metadata.labels.clone().expect("labels");
+    assert_eq!(
+        labels.get(MANAGED_BY_LABEL).map(String::as_str),
+        Some("pullkeeper")
+    );
+    assert_eq!(
+        labels.get(REGISTRY_LABEL).map(String::as_str),
+        Some("harbor")
+    );
+    // Only `default` is targeted; `builder` is untouched.
+    assert_eq!(plan.accounts.len(), 1);
+    let after = patched(&default, &plan.accounts[0].patch);
+    assert_eq!(pull_names(&after), ["harbor-pull"]);
+    assert_eq!(
+        owned_entries(&after),
+        BTreeSet::from(["harbor-pull".to_string()])
+    );
+}
+
+#[test]
+fn an_unchanged_namespace_plans_no_write() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let i = issued(&reg, "pw1");
+    let secret = Arc::new(desired_secret(&reg, "team-a", &i));
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![secret],
+        service_accounts: vec![sa("default", &["harbor-pull"], Some("harbor-pull"))],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(&[reg], &creds(&[("harbor", i)]), &observed);
+    assert!(
+        plan.secrets.is_empty() && plan.accounts.is_empty(),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn a_hand_edited_secret_is_planned_for_repair_and_a_rotation_for_update() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let i = issued(&reg, "pw1");
+    let mut edited = desired_secret(&reg, "team-a", &i);
+    edited.data = Some(BTreeMap::from([(
+        DATA_KEY.to_string(),
+        ByteString(b"{\"auths\":{}}".to_vec()),
+    )]));
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![Arc::new(edited)],
+        service_accounts: vec![],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(&[reg.clone()], &creds(&[("harbor", i.clone())]), &observed);
+    assert!(matches!(
+        &plan.secrets[..],
+        [SecretChange::Apply { existing: true, .. }]
+    ));
+
+    let current = Arc::new(desired_secret(&reg, "team-a", &i));
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![current],
+        service_accounts: vec![],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(
+        &[reg.clone()],
+        &creds(&[("harbor", issued(&reg, "pw2"))]),
+        &observed,
+    );
+    assert!(matches!(
+        &plan.secrets[..],
+        [SecretChange::Apply { existing: true, .. }]
+    ));
+}
+
+#[test]
+fn entries_pullkeeper_did_not_add_are_never_removed_or_reordered() {
+    let account = sa(
+        "default",
+        &["user-a", "harbor-pull", "user-b", "old-pull"],
+        Some("harbor-pull,old-pull"),
+    );
+    // pullkeeper now wants nothing: only its two entries go, the user's keep their order.
+    let patch = account_patch(&account, &BTreeSet::new()).expect("a change");
+    let after = patched(&account, &patch);
+    assert_eq!(pull_names(&after), ["user-a", "user-b"]);
+    assert!(owned_entries(&after).is_empty());
+    assert!(
+        after
+            .metadata
+            .annotations
+            .expect("annotations")
+            .get(SA_ANNOTATION)
+            .is_none()
+    );
+    // The patch is guarded by a test of the observed list.
+    assert_eq!(
+        serde_json::to_value(&patch.0[0]).expect("json"),
+        json!({"op": "test", "path": "/imagePullSecrets", "value": [{"name": "user-a"}, {"name": "harbor-pull"}, {"name": "user-b"}, {"name": "old-pull"}]})
+    );
+}
+
+#[test]
+fn an_entry_a_person_added_by_hand_stays_theirs() {
+    let account = sa("default", &["harbor-pull"], None);
+    assert!(account_patch(&account, &BTreeSet::from(["harbor-pull".to_string()])).is_none());
+    assert!(account_patch(&account, &BTreeSet::new()).is_none());
+}
+
+#[test]
+fn a_dropped_reference_is_added_back() {
+    let account = sa("default", &["user-a"], Some("harbor-pull"));
+    let patch =
+        account_patch(&account, &BTreeSet::from(["harbor-pull".to_string()])).expect("a change");
+    let after = patched(&account, &patch);
+    assert_eq!(pull_names(&after), ["user-a", "harbor-pull"]);
+}
+
+#[test]
+fn a_guarded_patch_fails_when_the_list_changed_since_it_was_observed() {
+    let observed = sa("default", &["user-a"], None);
+    let patch =
+        account_patch(&observed, &BTreeSet::from(["harbor-pull".to_string()])).expect("a change");
+    let changed = sa("default", &["user-a", "user-b"], None);
+    let mut doc = serde_json::to_value(&*changed).expect("json");
+    assert!(json_patch::patch(&mut doc, &patch).is_err());
+}
+
+#[test]
+fn a_registry_removed_from_config_prunes_its_secret_and_only_its_references() {
+    let reg = registry("harbor", |_| {});
+    let i = issued(&reg, "pw1");
+    let secret = Arc::new(desired_secret(&reg, "team-a", &i));
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let account = sa("default", &["user-a", "harbor-pull"], Some("harbor-pull"));
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![secret],
+        service_accounts: vec![account.clone()],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(&[], &HashMap::new(), &observed);
+    assert_eq!(
+        plan.secrets,
+        [SecretChange::Delete {
+            name: "harbor-pull".into(),
+            registry: Some("harbor".into())
+        }]
+    );
+    assert_eq!(
+        pull_names(&patched(&account, &plan.accounts[0].patch)),
+        ["user-a"]
+    );
+}
+
+#[test]
+fn a_foreign_secret_is_neither_written_nor_referenced() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let namespace = ns("team-a");
+    let foreign = HashSet::from(["harbor-pull".to_string()]);
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![],
+        service_accounts: vec![sa("default", &[], None)],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(
+        &[reg.clone()],
+        &creds(&[("harbor", issued(&reg, "pw"))]),
+        &observed,
+    );
+    assert!(
+        plan.secrets.is_empty() && plan.accounts.is_empty(),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn without_a_good_credential_the_existing_secret_stays_and_nothing_is_written() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let old = Arc::new(desired_secret(&reg, "team-a", &issued(&reg, "old")));
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![old],
+        service_accounts: vec![sa("default", &["harbor-pull"], Some("harbor-pull"))],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(&[reg.clone()], &HashMap::new(), &observed);
+    assert!(
+        plan.secrets.is_empty() && plan.accounts.is_empty(),
+        "{plan:?}"
+    );
+    // And without any Secret yet, nothing is created or referenced.
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![],
+        service_accounts: vec![sa("default", &[], None)],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(&[reg], &HashMap::new(), &observed);
+    assert!(plan.secrets.is_empty() && plan.accounts.is_empty());
+}
+
+#[test]
+fn system_terminating_and_opted_out_namespaces_are_left_alone() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let c = creds(&[("harbor", issued(&reg, "pw"))]);
+    let foreign = HashSet::new();
+    let mut system = ns("kube-system");
+    let plan_for = |n: &Namespace| {
+        let observed = Observed {
+            namespace: n,
+            secrets: vec![],
+            service_accounts: vec![],
+            foreign: &foreign,
+        };
+        plan_namespace(&[reg.clone()], &c, &observed)
+    };
+    assert!(plan_for(&system).secrets.is_empty());
+    let named = Arc::new(registry("harbor", |r| {
+        r.namespaces.include = vec!["kube-system".into()]
+    }));
+    let observed = Observed {
+        namespace: &system,
+        secrets: vec![],
+        service_accounts: vec![],
+        foreign: &foreign,
+    };
+    assert_eq!(plan_namespace(&[named], &c, &observed).secrets.len(), 1);
+
+    system.metadata.name = Some("team-t".into());
+    system.status = Some(NamespaceStatus {
+        phase: Some("Terminating".into()),
+        ..NamespaceStatus::default()
+    });
+    assert!(plan_for(&system).secrets.is_empty());
+
+    let mut opted = ns("team-o");
+    opted.metadata.annotations = Some(BTreeMap::from([(
+        OPT_OUT_ANNOTATION.to_string(),
+        "true".to_string(),
+    )]));
+    assert!(plan_for(&opted).secrets.is_empty());
+}
+
+#[test]
+fn all_service_accounts_can_be_targeted() {
+    let reg = Arc::new(registry("harbor", |r| {
+        r.service_accounts = ServiceAccountTargets::All
+    }));
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![],
+        service_accounts: vec![sa("default", &[], None), sa("builder", &["x"], None)],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(
+        &[reg.clone()],
+        &creds(&[("harbor", issued(&reg, "pw"))]),
+        &observed,
+    );
+    assert_eq!(plan.accounts.len(), 2);
+}
+
+#[test]
+fn a_label_selector_limits_the_namespaces() {
+    let reg = Arc::new(registry("harbor", |r| {
+        r.namespaces.selector = "team=payments".parse().expect("selector")
+    }));
+    let c = creds(&[("harbor", issued(&reg, "pw"))]);
+    let foreign = HashSet::new();
+    let mut n = ns("team-a");
+    let observed = Observed {
+        namespace: &n,
+        secrets: vec![],
+        service_accounts: vec![],
+        foreign: &foreign,
+    };
+    assert!(
+        plan_namespace(&[reg.clone()], &c, &observed)
+            .secrets
+            .is_empty()
+    );
+    n.metadata.labels = Some(BTreeMap::from([(
+        "team".to_string(),
+        "payments".to_string(),
+    )]));
+    let observed = Observed {
+        namespace: &n,
+        secrets: vec![],
+        service_accounts: vec![],
+        foreign: &foreign,
+    };
+    assert_eq!(plan_namespace(&[reg], &c, &observed).secrets.len(), 1);
+}
+
+#[test]
+fn rendered_secret_matches_snapshot() {
+    let reg = registry("harbor", |r| r.servers = vec!["harbor.example".into()]);
+    let cred = Credential {
+        logins: vec![Login {
+            server: None,
+            username: "robot".into(),
+            password: Sensitive::new("s3cret"),
+        }],
+        expires_at: Some(
+            chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+                .expect("t")
+                .with_timezone(&chrono::Utc),
+        ),
+    };
+    let i = Issued {
+        rendered: render(&reg, &cred).expect("renders"),
+        expires_at: cred.expires_at,
+    };
+    let secret: Secret = desired_secret(&reg, "team-a", &i);
+    let value = serde_json::to_value(&secret).expect("json");
+    assert_eq!(
+        value,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "harbor-pull",
+                "namespace": "team-a",
+                "labels": {"app.kubernetes.io/managed-by": "pullkeeper", "pullkeeper.dev/registry": "harbor"},
+                "annotations": {
+                    "pullkeeper.dev/content-hash": i.rendered.hash,
+                    "pullkeeper.dev/expires-at": "2026-01-01T12:00:00Z"
+                }
+            },
+            "type": "kubernetes.io/dockerconfigjson",
+            // {"auths":{"harbor.example":{"username":"robot","password":"s3cret","auth":"cm9ib3Q6czNjcmV0"}}}
+            "data": {".dockerconfigjson": "eyJhdXRocyI6eyJoYXJib3IuZXhhbXBsZSI6eyJ1c2VybmFtZSI6InJvYm90IiwicGFzc3dvcmQiOiJzM2NyZXQiLCJhdXRoIjoiY205aWIzUTZjek5qY21WMCJ9fX0="}
+        })
+    );
+}

@@ -1,0 +1,162 @@
+//! Rendering a credential as a `kubernetes.io/dockerconfigjson` Secret body.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Registry;
+use crate::credential::{Credential, CredentialError};
+
+/// The Secret type kubelet reads pull credentials from.
+pub const SECRET_TYPE: &str = "kubernetes.io/dockerconfigjson";
+/// The data key of that Secret type.
+pub const DATA_KEY: &str = ".dockerconfigjson";
+
+/// A rendered `.dockerconfigjson` and its content hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The JSON bytes (secret material: never log).
+    pub bytes: Vec<u8>,
+    /// Hex SHA-256 of `bytes`; safe to show and kept in an annotation.
+    pub hash: String,
+    /// The `auths` keys, in order.
+    pub servers: Vec<String>,
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendered")
+            .field("hash", &self.hash)
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct DockerConfig<'a> {
+    auths: BTreeMap<&'a str, AuthEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct AuthEntry<'a> {
+    username: &'a str,
+    password: &'a str,
+    auth: String,
+}
+
+/// Hex SHA-256 of bytes, as kept in the content-hash annotation.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Renders the credential for a registry. Logins that name their own server go under that key;
+/// the others under every server listed in the registry file. Empty or partial credentials are
+/// refused, so they can never replace a good Secret.
+pub fn render(registry: &Registry, credential: &Credential) -> Result<Rendered, CredentialError> {
+    credential.validate()?;
+    let mut auths = BTreeMap::new();
+    for login in &credential.logins {
+        let servers: Vec<&str> = match &login.server {
+            Some(s) => vec![s.as_str()],
+            None => registry.servers.iter().map(String::as_str).collect(),
+        };
+        for server in servers {
+            let password = login.password.expose();
+            let auth = STANDARD.encode(format!("{}:{password}", login.username));
+            auths.insert(
+                server,
+                AuthEntry {
+                    username: &login.username,
+                    password,
+                    auth,
+                },
+            );
+        }
+    }
+    // Servers listed in the file but not covered by a server-specific login get the first login,
+    // so `servers` can add aliases to a provider-named host (e.g. a pull-through cache name).
+    if let Some(first) = credential.logins.first() {
+        for server in &registry.servers {
+            auths.entry(server.as_str()).or_insert_with(|| AuthEntry {
+                username: &first.username,
+                password: first.password.expose(),
+                auth: STANDARD.encode(format!("{}:{}", first.username, first.password.expose())),
+            });
+        }
+    }
+    if auths.is_empty() {
+        return Err(CredentialError::NoLogin);
+    }
+    let servers = auths.keys().map(|s| (*s).to_string()).collect();
+    let bytes =
+        serde_json::to_vec(&DockerConfig { auths }).map_err(|_| CredentialError::NoLogin)?;
+    Ok(Rendered {
+        hash: content_hash(&bytes),
+        bytes,
+        servers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::Login;
+    use crate::sensitive::Sensitive;
+    use crate::testing::registry;
+
+    #[test]
+    fn renders_padded_auth_and_bare_host_keys() {
+        let reg = registry("harbor", |r| r.servers = vec!["harbor.example:5000".into()]);
+        let cred = Credential {
+            logins: vec![Login {
+                server: None,
+                username: "robot".into(),
+                password: Sensitive::new("p:w="),
+            }],
+            expires_at: None,
+        };
+        let r = render(&reg, &cred).expect("renders");
+        let text = String::from_utf8(r.bytes.clone()).expect("utf8");
+        assert_eq!(
+            text,
+            r#"{"auths":{"harbor.example:5000":{"username":"robot","password":"p:w=","auth":"cm9ib3Q6cDp3PQ=="}}}"#
+        );
+        assert_eq!(r.hash, content_hash(text.as_bytes()));
+        assert!(!format!("{r:?}").contains("p:w="));
+    }
+
+    #[test]
+    fn provider_named_servers_and_file_aliases_both_get_entries() {
+        let reg = registry("ecr", |r| r.servers = vec!["alias.example".into()]);
+        let cred = Credential {
+            logins: vec![Login {
+                server: Some("1.dkr.ecr.eu-west-1.amazonaws.com".into()),
+                username: "AWS".into(),
+                password: Sensitive::new("tok"),
+            }],
+            expires_at: None,
+        };
+        let r = render(&reg, &cred).expect("renders");
+        assert_eq!(
+            r.servers,
+            ["1.dkr.ecr.eu-west-1.amazonaws.com", "alias.example"]
+        );
+    }
+
+    #[test]
+    fn empty_password_is_never_rendered() {
+        let reg = registry("x", |_| {});
+        let cred = Credential {
+            logins: vec![Login {
+                server: None,
+                username: "u".into(),
+                password: Sensitive::new(""),
+            }],
+            expires_at: None,
+        };
+        assert_eq!(render(&reg, &cred), Err(CredentialError::EmptyPassword));
+    }
+}

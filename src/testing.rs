@@ -1,0 +1,51 @@
+//! Small builders shared by unit tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{
+    LabelSelector, NamespaceTargets, RefreshPolicy, Registry, ServiceAccountTargets,
+};
+use crate::providers::ProviderSpec;
+
+/// A registry with a static provider reading the password from `$PK_TEST_PASSWORD`, serving
+/// `registry.example`, writing Secret `<name>-pull` to every namespace and the `default` SA.
+pub fn registry(name: &str, tweak: impl FnOnce(&mut Registry)) -> Registry {
+    let provider: ProviderSpec = serde_yaml_ng::from_str(
+        "type: static\nusername: {value: robot}\npassword: {env: PK_TEST_PASSWORD}\n",
+    )
+    .expect("static provider spec parses");
+    let mut r = Registry {
+        name: name.into(),
+        file: PathBuf::from(format!("/config/{name}.yaml")),
+        provider,
+        servers: vec!["registry.example".into()],
+        secret_name: format!("{name}-pull"),
+        namespaces: NamespaceTargets {
+            include: vec!["*".into()],
+            exclude: vec![],
+            selector: LabelSelector::default(),
+        },
+        service_accounts: ServiceAccountTargets::Names(BTreeSet::from(["default".to_string()])),
+        refresh: policy(),
+        verify: None,
+        secret_labels: BTreeMap::new(),
+    };
+    tweak(&mut r);
+    r
+}
+
+/// The default refresh policy.
+pub fn policy() -> RefreshPolicy {
+    RefreshPolicy {
+        schedule: None,
+        renew_at: 2.0 / 3.0,
+        min_interval: Duration::from_secs(60),
+        max_interval: Duration::from_secs(24 * 3600),
+        jitter: 0.0,
+        backoff_initial: Duration::from_secs(10),
+        backoff_max: Duration::from_secs(300),
+        default_lifetime: Duration::from_secs(3600),
+    }
+}
