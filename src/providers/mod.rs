@@ -93,17 +93,32 @@ impl ProviderError {
         Self::new(category, format!("{what} answered HTTP {status}"))
     }
 
-    /// The category of a transport error from reqwest (never includes a body).
+    /// The category of a transport error from reqwest (never includes a body). `what` names the
+    /// request (method and URL without query), since the URL reqwest holds may carry a token.
     pub fn from_reqwest(err: reqwest::Error, what: &str) -> Self {
-        let category = if err.is_timeout() || err.is_connect() || err.is_request() {
-            ErrorCategory::Unreachable
-        } else if let Some(status) = err.status() {
+        if let Some(status) = err.status() {
             return Self::from_status(status.as_u16(), what);
+        }
+        let transport = err.is_timeout() || err.is_connect() || err.is_request();
+        let category = if transport {
+            ErrorCategory::Unreachable
         } else {
             ErrorCategory::BadResponse
         };
-        // reqwest's Display names the URL but never the body or headers.
-        Self::new(category, format!("{what}: {}", err.without_url()))
+        let err = err.without_url();
+        let mut message = format!("{what}: {err}");
+        // The causes of a transport failure (refused, DNS, TLS, timed out) are what an operator
+        // needs. Decode and body errors keep only reqwest's summary: serde's messages may quote
+        // values from the body.
+        if transport {
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                message.push_str(": ");
+                message.push_str(&cause.to_string());
+                source = cause.source();
+            }
+        }
+        Self::new(category, message)
     }
 
     pub fn category(&self) -> &'static str {
