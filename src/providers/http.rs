@@ -43,7 +43,7 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct HttpConfig {
     /// The endpoint, `http://` or `https://`.
     pub url: String,
-    /// `GET` (default), `POST` or `PUT`, in any letter case.
+    /// `GET` (default), `POST`, `PUT` or `PATCH` (Harbor's robot secret refresh), any letter case.
     #[serde(default = "default_method")]
     pub method: String,
     /// Extra request headers with literal values (credentials go under `auth`).
@@ -510,6 +510,7 @@ fn parse_method(method: &str) -> Option<reqwest::Method> {
         "GET" => Some(reqwest::Method::GET),
         "POST" => Some(reqwest::Method::POST),
         "PUT" => Some(reqwest::Method::PUT),
+        "PATCH" => Some(reqwest::Method::PATCH),
         _ => None,
     }
 }
@@ -572,7 +573,7 @@ impl HttpConfig {
             }
         }
         if parse_method(&self.method).is_none() {
-            problems.push("method", "use GET, POST or PUT");
+            problems.push("method", "use GET, POST, PUT or PATCH");
         }
         for (name, value) in &self.headers {
             let field = format!("headers.{name}");
