@@ -1583,6 +1583,140 @@ response:
         assert!(err.message.contains("larger than"), "{err}");
     }
 
+    /// An HTTPS endpoint: `openssl s_server -WWW` serving files from a temp dir with a
+    /// certificate for 127.0.0.1 signed by a fresh CA. The `openssl` command is required (as by
+    /// `tests/peers/up`); without it the test fails rather than skips.
+    struct TlsStub {
+        child: std::process::Child,
+        base: String,
+        ca: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for TlsStub {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("this test needs the `openssl` command");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn tls_stub(files: &[(&str, &str)]) -> TlsStub {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pullkeeper test CA",
+        ];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        ca.extend(["-addext", "keyUsage=critical,keyCertSign"]);
+        openssl(d, &ca);
+        let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        openssl(d, &csr);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "server.pem",
+            ],
+        );
+        for (name, content) in files {
+            std::fs::write(d.join(name), content).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let accept = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept", &accept])
+            .args(["-cert", "server.pem", "-key", "server.key"])
+            .current_dir(d)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("this test needs the `openssl` command");
+        let stub = TlsStub {
+            child,
+            base: format!("https://{accept}"),
+            ca: d.join("ca.pem"),
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&accept).await.is_ok() {
+                return stub;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("openssl s_server did not listen on {accept}");
+    }
+
+    #[tokio::test]
+    async fn an_https_endpoint_is_trusted_through_ca_file_and_only_then() {
+        let body = json!({"user": "robot", "pass": CANARY_PASSWORD}).to_string();
+        let stub = tls_stub(&[("cred.json", &body)]).await;
+        let yaml = format!(
+            "url: {}/cred.json\nresponse: {{username: /user, password: /pass}}\n",
+            stub.base
+        );
+
+        let err = fetch_err(&yaml).await;
+        assert_eq!(err.category, ErrorCategory::Unreachable);
+        assert!(err.message.to_lowercase().contains("certificate"), "{err}");
+
+        let trusted = provider(&format!("{yaml}caFile: {}\n", stub.ca.display())).await;
+        let c = trusted.fetch().await.unwrap();
+        assert_eq!(c.logins[0].username, "robot");
+        assert_eq!(c.logins[0].password.expose(), CANARY_PASSWORD);
+    }
+
     #[tokio::test]
     async fn a_missing_or_empty_ca_file_fails_the_build_naming_it() {
         let dir = tempfile::tempdir().unwrap();
