@@ -263,11 +263,6 @@ fn is_session_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
 }
 
-/// Splits a decoded ECR token `AWS:password`; `None` when it has no `:`.
-fn split_token(decoded: &str) -> Option<(&str, &str)> {
-    decoded.split_once(':')
-}
-
 #[cfg(feature = "ecr")]
 mod client {
     //! The SDK side: clients, the fetch, and mapping SDK errors onto [`ErrorCategory`].
@@ -284,7 +279,7 @@ mod client {
     use base64::Engine as _;
     use chrono::{DateTime, Utc};
 
-    use super::{ECR_PUBLIC_HOST, Identity, split_token};
+    use super::{ECR_PUBLIC_HOST, Identity};
     use crate::credential::{Credential, Login};
     use crate::providers::{ErrorCategory, Provider, ProviderError};
     use crate::sensitive::Sensitive;
@@ -457,6 +452,11 @@ mod client {
             .unwrap_or(endpoint);
         let host = rest.split('/').next().unwrap_or_default();
         (!host.is_empty()).then(|| host.to_string())
+    }
+
+    /// Splits a decoded ECR token `AWS:password` at the first `:`.
+    pub(super) fn split_token(decoded: &str) -> Option<(&str, &str)> {
+        decoded.split_once(':')
     }
 
     /// Decodes base64(`AWS:password`). Errors never include the token.
@@ -677,12 +677,6 @@ mod tests {
         assert!(serde_yaml_ng::from_str::<EcrPublicConfig>("regions: [eu-west-1]").is_err());
     }
 
-    #[test]
-    fn the_token_splits_at_the_first_colon() {
-        assert_eq!(split_token("AWS:pa:ss"), Some(("AWS", "pa:ss")));
-        assert_eq!(split_token("nocolon"), None);
-    }
-
     #[cfg(not(feature = "ecr"))]
     #[tokio::test]
     async fn building_without_the_feature_says_so() {
@@ -704,6 +698,12 @@ mod tests {
     mod sdk {
         use super::super::client::*;
         use crate::providers::ErrorCategory;
+
+        #[test]
+        fn the_token_splits_at_the_first_colon() {
+            assert_eq!(split_token("AWS:pa:ss"), Some(("AWS", "pa:ss")));
+            assert_eq!(split_token("nocolon"), None);
+        }
 
         #[test]
         fn proxy_endpoints_become_bare_hosts() {

@@ -385,8 +385,8 @@ mod client {
     impl Provider for GcpProvider {
         async fn fetch(&self) -> Result<Credential, ProviderError> {
             let (token, expires_at) = match &self.source {
-                Source::Metadata { url } => self.from_metadata(url).await?,
-                Source::Key { file } => self.from_key(file).await?,
+                Source::Metadata { url } => self.token_from_metadata(url).await?,
+                Source::Key { file } => self.token_from_key(file).await?,
             };
             Ok(Credential {
                 logins: vec![Login {
@@ -400,7 +400,7 @@ mod client {
     }
 
     impl GcpProvider {
-        async fn from_metadata(
+        async fn token_from_metadata(
             &self,
             url: &str,
         ) -> Result<(Sensitive, Option<DateTime<Utc>>), ProviderError> {
@@ -415,7 +415,7 @@ mod client {
             token_from(resp, what).await
         }
 
-        async fn from_key(
+        async fn token_from_key(
             &self,
             file: &Path,
         ) -> Result<(Sensitive, Option<DateTime<Utc>>), ProviderError> {
