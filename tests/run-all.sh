@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# tests/run-all.sh (what `make test` and .ci/run run): on a fresh machine of this project's kind,
+# installs what is missing, builds the test control plane, starts it and the peers, runs every
+# check and test, and stops everything again, even on failure or Ctrl-C. Exits non-zero when
+# anything failed. Nothing is skipped: a missing component is a failure.
+#
+#   1. Debian packages (only those missing): docker-registry skopeo prometheus openssl
+#      apache2-utils curl; PyPI: moto[server] (only when python3 cannot import it)
+#   2. tests/cluster/build (cached outside the clone), tests/cluster/up, tests/peers/up
+#   3. cargo fmt --check; cargo clippy --all-targets --all-features -- -D warnings;
+#      cargo test --all-features (unit + tests/*.rs, with the platform's env);
+#      cargo build --no-default-features; every tests/checks/*.sh
+#
+# Env: PK_TEST_DIR=DIR to use a fixed directory (default: a new one under /tmp, kept for its logs);
+# CARGO_TARGET_DIR as usual. Extra arguments are passed to `cargo test` (e.g. a test name filter).
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$root"
+# shellcheck source=tests/cluster/lib.sh
+. tests/cluster/lib.sh
+
+step() { printf '\n=== %s\n' "$*" >&2; }
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# --- 1. prerequisites ----------------------------------------------------------------------------
+step "prerequisites"
+declare -A debian_package_of=(
+  [docker-registry]=docker-registry [skopeo]=skopeo [promtool]=prometheus [openssl]=openssl
+  [htpasswd]=apache2-utils [curl]=curl [setsid]=util-linux [flock]=util-linux [make]=make
+)
+missing=()
+for cmd in "${!debian_package_of[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${debian_package_of[$cmd]}")
+done
+if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  pk_log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq || pk_die "apt-get update failed"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    || pk_die "apt-get install ${missing[*]} failed"
+fi
+command -v python3 >/dev/null || pk_die "python3 is required (moto, the token server)"
+if ! python3 -c 'import moto.server, cryptography' >/dev/null 2>&1; then
+  pk_log "installing moto[server] with pip"
+  python3 -m pip install --quiet "moto[server]" || pk_die "pip install moto[server] failed"
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+fi
+command -v go >/dev/null || pk_die "Go (1.26) is required: the test control plane is built from Kubernetes' Go modules"
+for tool in cargo rustfmt cargo-clippy; do
+  command -v "$tool" >/dev/null || pk_die "$tool is required (rust toolchain with rustfmt and clippy)"
+done
+pk_log "prerequisites present"
+
+# --- 2. platform ---------------------------------------------------------------------------------
+dir=${PK_TEST_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/pullkeeper-test.XXXXXX")}
+dir=$(pk_abs_dir "$dir")
+stop_platform() {
+  local rc=$?
+  trap - EXIT INT TERM
+  step "stopping the platform ($dir)"
+  tests/peers/down "$dir" || true
+  tests/cluster/down "$dir" || true
+  pk_log "logs kept in $dir/logs"
+  exit "$rc"
+}
+trap stop_platform EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "building the test control plane"
+t=$SECONDS
+tests/cluster/build >/dev/null || pk_die "building the test control plane failed"
+pk_log "control-plane binary ready in $((SECONDS - t)) s"
+
+step "starting the control plane and peers in $dir"
+t=$SECONDS
+tests/cluster/up "$dir" || pk_die "tests/cluster/up failed"
+tests/peers/up "$dir" || pk_die "tests/peers/up failed"
+pk_log "platform up in $((SECONDS - t)) s"
+# shellcheck disable=SC1091
+. "$dir/env"
+# shellcheck disable=SC1091
+. "$dir/peers.env"
+
+# --- 3. checks and tests -------------------------------------------------------------------------
+failed=()
+run() {
+  local name=$1
+  shift
+  step "$name"
+  local t=$SECONDS
+  if "$@"; then
+    pk_log "ok: $name ($((SECONDS - t)) s)"
+  else
+    pk_log "FAILED: $name ($((SECONDS - t)) s)"
+    failed+=("$name")
+  fi
+}
+
+test_log=$dir/logs/cargo-test.log
+run "cargo fmt --check" cargo fmt --all --check
+run "cargo clippy" cargo clippy --all-targets --all-features -- -D warnings
+# A hung test must not eat CI's whole budget: 45 minutes is far above a normal run.
+run "cargo test --all-features" bash -c 'set -o pipefail; timeout 2700 cargo test --all-features "$@" 2>&1 | tee "$0"' \
+  "$test_log" "$@"
+run "cargo build --no-default-features" cargo build --no-default-features
+for check in tests/checks/*.sh; do
+  [[ -e $check ]] || continue
+  run "$check" bash "$check"
+done
+
+# One closing line for the whole run, summed over every `cargo test` result line.
+read -r passed failed_tests < <(
+  awk '/^test result:/ {for (i = 1; i <= NF; i++) {if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1)}}
+       END {print p + 0, f + 0}' "$test_log" 2>/dev/null || echo "0 0"
+)
+step "summary"
+if ((${#failed[@]})); then
+  pk_log "failed steps: ${failed[*]}"
+else
+  pk_log "every step passed"
+fi
+echo "tests: $passed passed, $failed_tests failed"
+((${#failed[@]} == 0))
