@@ -38,7 +38,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Settings of `provider: {type: http, …}`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpConfig {
     /// The endpoint, `http://` or `https://`.
@@ -523,16 +523,20 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// `METHOD scheme://host[:port]/path`: the request as named in errors and logs. Query, fragment
-/// and userinfo are dropped, since they may carry tokens.
+/// `METHOD scheme://host[:port]/path`: the request as named in errors and logs.
 fn describe_request(method: &reqwest::Method, url: &Url) -> String {
+    format!("{method} {}", describe_url(url))
+}
+
+/// The URL without query, fragment and userinfo, which may carry tokens.
+fn describe_url(url: &Url) -> String {
     let mut shown = url.clone();
     shown.set_query(None);
     shown.set_fragment(None);
     // Only fails for URLs that cannot have credentials, which then have none to hide.
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
-    format!("{method} {shown}")
+    shown.to_string()
 }
 
 /// The delay a 429 or 503 answer asks for: delta-seconds or an HTTP date.
@@ -547,6 +551,28 @@ fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
 
 fn config_error(message: String) -> ProviderError {
     ProviderError::new(ErrorCategory::LocalInput, message)
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values, the body and the URL's query are literals that should hold no secret,
+        // but a config Debug may reach a log: show their shape only.
+        let url =
+            Url::parse(&self.url).map_or_else(|_| "(invalid)".to_string(), |u| describe_url(&u));
+        f.debug_struct("HttpConfig")
+            .field("url", &url)
+            .field("method", &self.method)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field(
+                "body",
+                &self.body.as_ref().map(|b| format!("({} bytes)", b.len())),
+            )
+            .field("timeout", &self.timeout)
+            .field("ca_file", &self.ca_file)
+            .field("auth", &self.auth)
+            .field("response", &self.response)
+            .finish()
+    }
 }
 
 impl HttpConfig {
@@ -703,27 +729,15 @@ impl HttpProvider {
         if let Some(body) = &self.body {
             request = request.body(body.clone());
         }
-        let local = |mut e: ProviderError, part: &str| {
-            e.message = format!("cannot read the {part} for {what}: {}", e.message);
-            e
-        };
         request = match &self.auth {
             EndpointAuth::None => request,
             EndpointAuth::Basic(basic) => {
-                let user = basic
-                    .username
-                    .read()
-                    .await
-                    .map_err(|e| local(e, "basic auth username"))?;
-                let pass = basic
-                    .password
-                    .read()
-                    .await
-                    .map_err(|e| local(e, "basic auth password"))?;
+                let user = read_part(&basic.username, "basic auth username", what).await?;
+                let pass = read_part(&basic.password, "basic auth password", what).await?;
                 request.basic_auth(user.expose().trim(), Some(pass.expose()))
             }
             EndpointAuth::Bearer(token) => {
-                let token = token.read().await.map_err(|e| local(e, "bearer token"))?;
+                let token = read_part(token, "bearer token", what).await?;
                 request.bearer_auth(token.expose().trim())
             }
         };
@@ -734,6 +748,23 @@ impl HttpProvider {
             ))
         })
     }
+}
+
+/// Reads one part of the endpoint credential now. An empty one (a projected token not written
+/// yet) is a local problem, not something to send and have refused.
+async fn read_part(
+    source: &TextSource,
+    part: &str,
+    what: &str,
+) -> Result<Sensitive, ProviderError> {
+    let text = source.read().await.map_err(|mut e| {
+        e.message = format!("cannot read the {part} for {what}: {}", e.message);
+        e
+    })?;
+    if text.is_empty() {
+        return Err(config_error(format!("the {part} for {what} is empty")));
+    }
+    Ok(text)
 }
 
 #[async_trait]
@@ -1249,9 +1280,12 @@ response:
     fn debug_output_hides_literals_query_and_body() {
         let c = parse(&format!(
             "url: http://h/t?sig={CANARY_TOKEN}\nbody: '{CANARY_TOKEN}'\n\
+             headers: {{X-Vault-Token: {CANARY_TOKEN}}}\n\
              response: {{username: {{value: {CANARY_PASSWORD}}}, password: /p}}\n"
         ));
-        assert!(!format!("{:?}", c.response).contains(CANARY_PASSWORD));
+        let config = format!("{c:?}");
+        assert!(config.contains("http://h/t"), "{config}");
+        assert_no_canary(&config);
         let provider = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
@@ -1447,6 +1481,28 @@ response:
         assert!(
             seen.lock().unwrap().is_empty(),
             "no request without the token"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_bearer_token_file_is_a_local_input_error_and_nothing_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "\n").unwrap();
+        let (base, seen) = json_stub(200, json!({"a": "dTpw"})).await;
+        let err = fetch_err(&format!(
+            "url: {base}/t?k=v\nauth: {{bearer: {{file: {}}}}}\nresponse: {{auth: /a}}\n",
+            token.display()
+        ))
+        .await;
+        assert_eq!(err.category, ErrorCategory::LocalInput);
+        assert_eq!(
+            err.message,
+            format!("the bearer token for GET {base}/t is empty")
+        );
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "no request with an empty token"
         );
     }
 
