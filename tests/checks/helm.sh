@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The Helm chart: `helm lint --strict` with default and full values, `helm template` of both, and
+# checks of the rendered objects (deploy/check_rendered.py): registry files from values, cloud
+# annotations and pod labels, monitoring switches, and the same RBAC rules and pod spec as the
+# kustomize base. A reserved or invalid registry name must make rendering fail.
+#
+# Installs helm from the Go module proxy into $HOME/.cache/pullkeeper/bin when it is missing
+# (a cold `go install` takes a few minutes on two cores).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+HELM_VERSION=v3.22.0
+# The Kubernetes minor version helm v3.22.0 is built against (its k8s.io modules are v0.37).
+HELM_K8S_MAJOR=1 HELM_K8S_MINOR=37
+chart=deploy/helm/pullkeeper
+bindir="${PULLKEEPER_BIN:-$HOME/.cache/pullkeeper/bin}"
+
+fail() { echo "helm.sh: FAIL: $*" >&2; exit 1; }
+
+helm="$bindir/helm"
+if ! "$helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; then
+  command -v go >/dev/null 2>&1 || fail "go is needed to install helm $HELM_VERSION"
+  echo "helm.sh: installing helm $HELM_VERSION into $bindir (go install)"
+  mkdir -p "$bindir"
+  # The same -X settings as helm's own release build: without them the binary reports "v3.22"
+  # and assumes Kubernetes 1.20 (older than the chart's kubeVersion) for `helm template`.
+  pkg=helm.sh/helm/v3
+  ldflags="-X $pkg/internal/version.version=$HELM_VERSION"
+  for p in pkg/lint/rules pkg/chartutil; do
+    ldflags+=" -X $pkg/$p.k8sVersionMajor=$HELM_K8S_MAJOR -X $pkg/$p.k8sVersionMinor=$HELM_K8S_MINOR"
+  done
+  GOBIN="$bindir" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "$ldflags" "$pkg/cmd/helm@$HELM_VERSION" \
+    || fail "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION failed"
+fi
+echo "helm.sh: $("$helm" version --short)"
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+"$helm" lint --strict "$chart" || fail "helm lint (default values) failed"
+"$helm" lint --strict "$chart" -f "$chart/ci/full-values.yaml" || fail "helm lint (ci/full-values.yaml) failed"
+
+"$helm" template pullkeeper "$chart" --namespace pullkeeper > "$tmp/default.yaml" \
+  || fail "helm template (default values) failed"
+"$helm" template pullkeeper "$chart" --namespace pullkeeper -f "$chart/ci/full-values.yaml" > "$tmp/full.yaml" \
+  || fail "helm template (ci/full-values.yaml) failed"
+kubectl kustomize deploy/kustomize/base > "$tmp/kustomize.yaml" || fail "kubectl kustomize deploy/kustomize/base failed"
+python3 deploy/check_rendered.py helm "$tmp/default.yaml" "$tmp/full.yaml" "$tmp/kustomize.yaml" \
+  || fail "rendered chart is not as expected"
+
+# Bad registry names are refused at render time, with a message naming the problem.
+for bad in defaults 'bad/name'; do
+  if out="$("$helm" template pullkeeper "$chart" --set "registries.${bad//./\\.}.provider.type=static" 2>&1)"; then
+    fail "registry name '$bad' was accepted"
+  fi
+  grep -q "registries:" <<<"$out" || fail "registry name '$bad' refused without a clear message: $out"
+done
+
+kinds="$(grep -h '^kind:' "$tmp/full.yaml" | sort | uniq -c | awk '{printf "%s%s", sep, $3; sep=", "}')"
+echo "helm.sh: rendered $kinds"
+echo "helm.sh: ok"
