@@ -143,8 +143,12 @@ pub struct ResponseMapping {
     pub registry: Option<Mapped>,
     /// Absolute expiry: an RFC 3339 time or unix seconds. Checked first.
     pub expires_at: Option<Mapped>,
-    /// Lifetime in seconds from when the response was received (number or numeric string).
+    /// Lifetime in seconds (number or numeric string), counted from `issuedAt` when that is
+    /// mapped and present, otherwise from when the response was received.
     pub expires_in: Option<Mapped>,
+    /// When the credential was issued (RFC 3339 or unix seconds): the base of `expiresIn`, as in
+    /// the Docker token protocol's `issued_at`.
+    pub issued_at: Option<Mapped>,
     /// A JWT whose payload's `exp` is the expiry. Checked last.
     pub jwt_exp: Option<Mapped>,
 }
@@ -243,6 +247,11 @@ impl ResponseMapping {
             ),
             ("expiresIn", &self.expires_in, LiteralRule::Seconds),
             (
+                "issuedAt",
+                &self.issued_at,
+                LiteralRule::Rejected("the issue time must come from the response"),
+            ),
+            (
                 "jwtExp",
                 &self.jwt_exp,
                 LiteralRule::Rejected("the JWT must come from the response; give its JSON pointer"),
@@ -336,15 +345,27 @@ impl ResponseMapping {
         })
     }
 
-    /// The first mapped expiry present in the response, in the order `expiresAt`, `expiresIn`,
-    /// `jwtExp`. A present but unreadable value is an error, not a reason to try the next one.
-    /// `None` only when no expiry is mapped; mapped ones that are all absent are an error.
+    /// The first mapped expiry present in the response, in the order `expiresAt`, `expiresIn`
+    /// (from `issuedAt`, else from `received`), `jwtExp`. A present but unreadable value is an
+    /// error, not a reason to try the next one. `None` only when no expiry is mapped; mapped ones
+    /// that are all absent are an error.
     fn expiry(
         &self,
         body: &Value,
         received: DateTime<Utc>,
         what: &str,
     ) -> Result<Option<DateTime<Utc>>, ProviderError> {
+        let issued = match self.issued_at.as_ref().map(|m| (m, m.lookup(body))) {
+            Some((m, Some(v))) => Some(absolute_time(v).ok_or_else(|| {
+                bad_response(format!(
+                    "`issuedAt` at {} in the response from {what} is not an RFC 3339 time or \
+                     unix seconds",
+                    m.describe()
+                ))
+            })?),
+            _ => None,
+        };
+        let base = issued.unwrap_or(received);
         type Reader = fn(&Value, DateTime<Utc>) -> Option<DateTime<Utc>>;
         let candidates: [(&str, &Option<Mapped>, Reader, &str); 3] = [
             (
@@ -356,13 +377,13 @@ impl ResponseMapping {
             (
                 "expiresIn",
                 &self.expires_in,
-                |v, received| {
+                |v, base| {
                     let millis = (seconds_of(v)? * 1000.0).round();
                     // Out-of-range lifetimes (centuries) are refused instead of saturating.
                     if millis > 1e15 {
                         return None;
                     }
-                    received.checked_add_signed(TimeDelta::try_milliseconds(millis as i64)?)
+                    base.checked_add_signed(TimeDelta::try_milliseconds(millis as i64)?)
                 },
                 "a non-negative number of seconds",
             ),
@@ -380,7 +401,7 @@ impl ResponseMapping {
                 tried.push(mapped.describe());
                 continue;
             };
-            return read(value, received).map(Some).ok_or_else(|| {
+            return read(value, base).map(Some).ok_or_else(|| {
                 bad_response(format!(
                     "`{name}` at {} in the response from {what} is not {expected}",
                     mapped.describe()
@@ -1182,6 +1203,27 @@ response:
                 .unwrap_err();
             assert_eq!(err.category, ErrorCategory::BadResponse, "{bad}");
         }
+    }
+
+    #[test]
+    fn expires_in_counts_from_issued_at_when_the_response_has_it() {
+        let m = mapping(
+            "{username: {value: u}, password: /token, expiresIn: /expires_in, issuedAt: /issued_at}",
+        );
+        let body = json!({"token": "t", "expires_in": 300, "issued_at": "1970-01-01T00:16:40Z"});
+        assert_eq!(
+            m.extract(&body, at(1010), "w").unwrap().expires_at,
+            Some(at(1300))
+        );
+        let without = json!({"token": "t", "expires_in": 300});
+        assert_eq!(
+            m.extract(&without, at(1010), "w").unwrap().expires_at,
+            Some(at(1310))
+        );
+        let bad = json!({"token": "t", "expires_in": 300, "issued_at": "yesterday"});
+        let err = m.extract(&bad, at(1010), "w").unwrap_err();
+        assert_eq!(err.category, ErrorCategory::BadResponse);
+        assert!(err.message.starts_with("`issuedAt` at /issued_at"), "{err}");
     }
 
     #[test]
