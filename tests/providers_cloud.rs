@@ -1442,3 +1442,182 @@ mod verification {
         );
     }
 }
+
+/// The daemon's own `build()` reads the process environment (AWS chain, `GCE_METADATA_HOST`,
+/// the `AZURE_*` workload identity variables). Setting variables in this multi-threaded test
+/// process would race, so these tests run the provider in a child process (this test binary,
+/// filtered to [`child::fetch_from_environment`]) with an environment made from scratch.
+mod from_environment {
+    use std::process::Stdio;
+
+    use super::*;
+
+    /// Runs `spec` in a child whose whole environment is `vars`; returns the login it fetched
+    /// as `server|username|password-length`, or the error as `error|category|message`.
+    async fn fetch_in_child(spec: &str, vars: &[(&str, &str)]) -> String {
+        let exe = std::env::current_exe().expect("test binary");
+        let out = tokio::process::Command::new(exe)
+            .args([
+                "child::fetch_from_environment",
+                "--exact",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env_clear()
+            .envs(vars.iter().copied())
+            .env("PK_CHILD_SPEC", spec)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("child runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .find_map(|l| l.split_once("PK_CHILD_RESULT ").map(|(_, r)| r))
+            .unwrap_or_else(|| {
+                panic!(
+                    "child printed no result: {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_string()
+    }
+
+    #[cfg(feature = "ecr")]
+    #[tokio::test]
+    async fn ecr_takes_irsa_and_the_endpoint_from_the_process_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token_file = dir.path().join("token");
+        std::fs::write(
+            &token_file,
+            fake_jwt(r#"{"sub":"system:serviceaccount:pk:pk"}"#),
+        )
+        .expect("write token");
+        let moto = peer_env("PK_MOTO_URL");
+        let vars = [
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::666666666666:role/pullkeeper-irsa",
+            ),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                token_file.to_str().expect("utf-8"),
+            ),
+            ("AWS_ENDPOINT_URL", moto.as_str()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent/pullkeeper-test/config"),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/pullkeeper-test/credentials",
+            ),
+        ];
+        // No AWS_REGION: STS is reached through the first configured region.
+        let got = fetch_in_child("type: ecr\nregions: [eu-north-1]", &vars).await;
+        assert_eq!(
+            got, "666666666666.dkr.ecr.eu-north-1.amazonaws.com|AWS|23",
+            "moto's token for the IRSA role's account"
+        );
+    }
+
+    #[cfg(feature = "gcp")]
+    #[tokio::test]
+    async fn gcp_honours_gce_metadata_host() {
+        let stub = Stub::start(|r| {
+            if r.headers
+                .get("metadata-flavor")
+                .is_none_or(|v| v != "Google")
+            {
+                return reply(403, "{}");
+            }
+            reply(
+                200,
+                r#"{"access_token":"ya29.env","expires_in":3599,"token_type":"Bearer"}"#,
+            )
+        })
+        .await;
+        let got = fetch_in_child(
+            "type: gcp\nsource: metadata",
+            &[("GCE_METADATA_HOST", stub.addr.as_str())],
+        )
+        .await;
+        assert_eq!(got, "-|oauth2accesstoken|8");
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[cfg(feature = "azure")]
+    #[tokio::test]
+    async fn azure_takes_the_workload_identity_webhook_variables() {
+        let stub = Stub::start(|r| match r.path.as_str() {
+            "/tenant-from-env/oauth2/v2.0/token"
+                if r.form.get("client_id").map(String::as_str) == Some("client-from-env")
+                    && r.form.get("client_assertion").map(String::as_str)
+                        == Some("federated-from-env") =>
+            {
+                reply(200, r#"{"access_token":"entra"}"#)
+            }
+            "/oauth2/exchange"
+                if r.form.get("tenant").map(String::as_str) == Some("tenant-from-env") =>
+            {
+                reply(200, r#"{"refresh_token":"acr-refresh"}"#)
+            }
+            _ => reply(400, r#"{"error":"invalid_request"}"#),
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token_file = dir.path().join("azure-identity-token");
+        std::fs::write(&token_file, "federated-from-env\n").expect("write token");
+        let authority = format!("{}/", stub.url);
+        let got = fetch_in_child(
+            &format!(
+                "type: azure\nregistry: {}\nregistryScheme: http\nsource: workloadIdentity",
+                stub.addr
+            ),
+            &[
+                ("AZURE_TENANT_ID", "tenant-from-env"),
+                ("AZURE_CLIENT_ID", "client-from-env"),
+                (
+                    "AZURE_FEDERATED_TOKEN_FILE",
+                    token_file.to_str().expect("utf-8"),
+                ),
+                ("AZURE_AUTHORITY_HOST", authority.as_str()),
+            ],
+        )
+        .await;
+        assert_eq!(
+            got,
+            format!("{}|00000000-0000-0000-0000-000000000000|11", stub.addr)
+        );
+    }
+}
+
+mod child {
+    use super::*;
+
+    /// Only meaningful inside a child started by the `from_environment` tests, which set
+    /// `PK_CHILD_SPEC`; it prints what it fetched for the parent to check.
+    #[tokio::test]
+    #[ignore = "runs only as the child process of the from_environment tests"]
+    async fn fetch_from_environment() {
+        let Ok(yaml) = std::env::var("PK_CHILD_SPEC") else {
+            // Run directly (`--include-ignored`): there is nothing to fetch for a parent.
+            return;
+        };
+        let result = match spec(&yaml).build().await {
+            Err(e) => format!("error|{}|{}", e.category(), e.message),
+            Ok(provider) => match provider.fetch().await {
+                Err(e) => format!("error|{}|{}", e.category(), e.message),
+                Ok(c) => {
+                    let l = &c.logins[0];
+                    format!(
+                        "{}|{}|{}",
+                        l.server.as_deref().unwrap_or("-"),
+                        l.username,
+                        l.password.expose().len()
+                    )
+                }
+            },
+        };
+        println!("PK_CHILD_RESULT {result}");
+    }
+}
