@@ -465,6 +465,17 @@ mod ecr {
         let err = fetch_err(&build(&config, &vars).await).await;
         assert_eq!(err.category, ErrorCategory::AuthDenied, "{}", err.message);
         assert_clean(&err, &["stale-token", "pod-identity-token-1"]);
+
+        // No token file at all: a local problem, not the agent's refusal.
+        std::fs::remove_file(&token_file).expect("remove token");
+        let asked = agent.seen().len();
+        let err = fetch_err(&build(&config, &vars).await).await;
+        assert_eq!(err.category, ErrorCategory::LocalInput, "{}", err.message);
+        assert_eq!(
+            agent.seen().len(),
+            asked,
+            "the agent is not asked without a token"
+        );
     }
 
     /// An ECR endpoint answering every call with `status` and an awsJson 1.1 body.

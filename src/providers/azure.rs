@@ -190,6 +190,23 @@ impl AzureConfig {
         }
     }
 
+    /// For an entry of the registry file's `servers`: a problem when it is another Azure
+    /// container registry than `registry` (an ACR refresh token opens only its own registry).
+    pub fn server_problem(&self, server: &str) -> Option<String> {
+        let registry = self.registry.as_deref()?;
+        let host = server
+            .split(':')
+            .next()
+            .unwrap_or(server)
+            .to_ascii_lowercase();
+        let is_acr = [".azurecr.io", ".azurecr.cn", ".azurecr.us", ".azurecr.de"]
+            .iter()
+            .any(|suffix| host.ends_with(suffix));
+        (is_acr && !host.eq_ignore_ascii_case(registry)).then(|| {
+            format!("`{server}` is another Azure container registry than `provider.registry` ({registry}); its token would not work there")
+        })
+    }
+
     /// Builds the provider: resolves the identity settings from the config and the workload
     /// identity environment. No network call and no file read happen here.
     pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
@@ -616,6 +633,20 @@ mod tests {
                 .any(|p| p.contains("provider.clientSecret.value: secrets are not accepted"))
         );
         assert!(got.iter().all(|p| !p.contains("hunter2")));
+    }
+
+    #[test]
+    fn listed_acr_hosts_must_be_the_configured_registry() {
+        let c: AzureConfig =
+            serde_yaml_ng::from_str("registry: myreg.azurecr.io\nsource: managedIdentity")
+                .expect("parses");
+        assert_eq!(c.server_problem("myreg.azurecr.io"), None);
+        assert_eq!(c.server_problem("MyReg.azurecr.io"), None);
+        assert_eq!(c.server_problem("mirror.example.com"), None);
+        assert!(
+            c.server_problem("other.azurecr.io")
+                .is_some_and(|m| m.contains("other.azurecr.io") && m.contains("myreg.azurecr.io"))
+        );
     }
 
     #[test]

@@ -132,6 +132,18 @@ impl EcrConfig {
         self.identity().validate(problems);
     }
 
+    /// For an entry of the registry file's `servers`: a problem when it is a private ECR host of
+    /// a region this provider fetches no token for (the Secret would carry a login that the
+    /// registry refuses). Other hosts are aliases and fine.
+    pub fn server_problem(&self, server: &str) -> Option<String> {
+        let region = ecr_host_region(server)?;
+        (!self.regions.iter().any(|r| r == region)).then(|| {
+            format!(
+                "`{server}` is an ECR registry in {region}, which `provider.regions` does not list"
+            )
+        })
+    }
+
     /// Builds the provider on the pod's default AWS identity chain.
     pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
         #[cfg(feature = "ecr")]
@@ -188,6 +200,14 @@ impl EcrPublicConfig {
         self.identity().validate(problems);
     }
 
+    /// For an entry of the registry file's `servers`: a problem when it is a private ECR host,
+    /// which an ECR Public token does not open.
+    pub fn server_problem(&self, server: &str) -> Option<String> {
+        ecr_host_region(server).map(|_| {
+            format!("`{server}` is a private ECR registry; ECR Public tokens only work on {ECR_PUBLIC_HOST}; use `type: ecr`")
+        })
+    }
+
     /// Builds the provider on the pod's default AWS identity chain.
     pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
         #[cfg(feature = "ecr")]
@@ -241,6 +261,24 @@ fn is_region_name(region: &str) -> bool {
             .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
         && !last.is_empty()
         && last.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The region of a private ECR host: `123456789012.dkr.ecr.eu-west-1.amazonaws.com`,
+/// `…dkr.ecr-fips.us-east-1.amazonaws.com`, `…dkr.ecr.cn-north-1.amazonaws.com.cn`.
+fn ecr_host_region(server: &str) -> Option<&str> {
+    let host = server.split(':').next().unwrap_or(server);
+    let labels: Vec<&str> = host.split('.').collect();
+    match labels.as_slice() {
+        [account, "dkr", ecr, region, "amazonaws", "com", rest @ ..]
+            if account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && ecr.starts_with("ecr")
+                && rest.len() <= 1 =>
+        {
+            Some(region)
+        }
+        _ => None,
+    }
 }
 
 /// `arn:aws:iam::123456789012:role/path/name` (any partition).
@@ -669,6 +707,39 @@ mod tests {
         let got = problems_of("roleArn: arn:aws:iam::1:user/x", true);
         assert_eq!(got.len(), 1);
         assert!(got[0].starts_with("r.yaml: provider.roleArn: "));
+    }
+
+    #[test]
+    fn listed_ecr_hosts_must_belong_to_a_fetched_region() {
+        let c: EcrConfig = serde_yaml_ng::from_str("regions: [eu-west-1]").expect("parses");
+        assert_eq!(
+            c.server_problem("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            None
+        );
+        assert_eq!(c.server_problem("mirror.example.com"), None);
+        assert_eq!(
+            c.server_problem("123456789012.dkr.ecr.us-east-1.amazonaws.com")
+                .as_deref(),
+            Some(
+                "`123456789012.dkr.ecr.us-east-1.amazonaws.com` is an ECR registry in us-east-1, \
+                 which `provider.regions` does not list"
+            )
+        );
+        assert_eq!(
+            ecr_host_region("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"),
+            Some("cn-north-1")
+        );
+        assert_eq!(
+            ecr_host_region("123456789012.dkr.ecr-fips.us-east-1.amazonaws.com:443"),
+            Some("us-east-1")
+        );
+        let public = EcrPublicConfig::default();
+        assert_eq!(public.server_problem("public.ecr.aws"), None);
+        assert!(
+            public
+                .server_problem("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+                .is_some()
+        );
     }
 
     #[test]
