@@ -1296,9 +1296,40 @@ mod verification {
         ]
     }
 
+    /// The digest the htpasswd registry stores for `repo:tag` (the same image was pushed to
+    /// both registries the same way).
+    async fn stored_digest(repo: &str, tag: &str) -> String {
+        let resp = reqwest::Client::new()
+            .head(format!(
+                "http://{}/v2/{repo}/manifests/{tag}",
+                peer_env("PK_REGISTRY_HTPASSWD")
+            ))
+            .basic_auth(
+                peer_env("PK_REGISTRY_HTPASSWD_USER"),
+                Some(peer_env("PK_REGISTRY_HTPASSWD_PASSWORD")),
+            )
+            .header(
+                "accept",
+                "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+            )
+            .send()
+            .await
+            .expect("htpasswd registry answers");
+        assert_eq!(
+            resp.status(),
+            200,
+            "{repo}:{tag} is in the htpasswd registry"
+        );
+        resp.headers()["docker-content-digest"]
+            .to_str()
+            .expect("ascii digest")
+            .to_string()
+    }
+
     #[tokio::test]
     async fn a_good_credential_passes_the_handshake_and_the_manifest_head_on_both_registries() {
         let (repo, tag) = test_image();
+        let digest = stored_digest(&repo, &tag).await;
         for (server, user, password) in registries() {
             check(&server, "scheme: http", &user, &password)
                 .await
@@ -1311,6 +1342,14 @@ mod verification {
             )
             .await
             .unwrap_or_else(|e| panic!("{server}: manifest: {e}"));
+            check(
+                &server,
+                &format!("scheme: http\nrepository: {repo}\nreference: {digest}"),
+                &user,
+                &password,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{server}: manifest by digest: {e}"));
         }
     }
 
