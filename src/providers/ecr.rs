@@ -247,14 +247,16 @@ fn without_feature() -> ProviderError {
     )
 }
 
-/// `eu-west-1`, `us-gov-west-1`, `cn-north-1`: two letters, one or more words, a number.
+/// The geography codes that AWS region names start with.
+const REGION_GEOGRAPHIES: [&str; 10] = ["af", "ap", "ca", "cn", "eu", "il", "me", "mx", "sa", "us"];
+
+/// `eu-west-1`, `us-gov-west-1`, `cn-north-1`: a known geography, one or more words, a number.
 fn is_region_name(region: &str) -> bool {
     let parts: Vec<&str> = region.split('-').collect();
     let [first, middle @ .., last] = parts.as_slice() else {
         return false;
     };
-    first.len() == 2
-        && first.bytes().all(|b| b.is_ascii_lowercase())
+    REGION_GEOGRAPHIES.contains(first)
         && !middle.is_empty()
         && middle
             .iter()
@@ -640,7 +642,7 @@ mod tests {
 
     #[test]
     fn a_complete_ecr_config_has_no_problems() {
-        let yaml = "regions: [eu-west-1, us-gov-west-1, cn-north-1]\n\
+        let yaml = "regions: [eu-west-1, us-gov-west-1, cn-north-1, ap-southeast-5, il-central-1]\n\
                     roleArn: arn:aws:iam::123456789012:role/puller\n\
                     externalId: ext-42\nsessionName: pullkeeper-prod\n\
                     endpointUrl: http://127.0.0.1:5000\n";
@@ -649,7 +651,7 @@ mod tests {
 
     #[test]
     fn region_names_that_cannot_exist_are_reported_by_index() {
-        let yaml = "regions: [eu-west-1, EU-WEST-1, euwest1, us-east, eu-west-1]";
+        let yaml = "regions: [eu-west-1, EU-WEST-1, euwest1, us-east, eu-west-1, xx-west-1]";
         assert_eq!(
             problems_of(yaml, false),
             [
@@ -657,6 +659,7 @@ mod tests {
                 "r.yaml: provider.regions[2]: `euwest1` is not an AWS region name (expected e.g. `eu-west-1`)",
                 "r.yaml: provider.regions[3]: `us-east` is not an AWS region name (expected e.g. `eu-west-1`)",
                 "r.yaml: provider.regions[4]: `eu-west-1` is listed twice",
+                "r.yaml: provider.regions[5]: `xx-west-1` is not an AWS region name (expected e.g. `eu-west-1`)",
             ]
         );
     }
