@@ -6,10 +6,11 @@
 #
 #   1. Debian packages (only those missing): docker-registry skopeo prometheus openssl
 #      apache2-utils curl; PyPI: moto[server] (only when python3 cannot import it)
-#   2. tests/cluster/build (cached outside the clone), tests/cluster/up, tests/peers/up
-#   3. cargo fmt --check; cargo clippy --all-targets --all-features -- -D warnings;
-#      cargo test --all-features (unit + tests/*.rs, with the platform's env);
-#      cargo build --no-default-features; every tests/checks/*.sh
+#   2. cargo fmt --check; cargo clippy --all-targets --all-features -- -D warnings; the tests
+#      compiled; cargo build --no-default-features
+#   3. tests/cluster/build (cached outside the clone), tests/cluster/up, tests/peers/up
+#   4. cargo test --all-features (unit + tests/*.rs, with the platform's env); every
+#      tests/checks/*.sh (with the platform's env too)
 #
 # Env: PK_TEST_DIR=DIR to use a fixed directory (default: a new one under /tmp, kept for its logs);
 # CARGO_TARGET_DIR as usual. Extra arguments are passed to `cargo test` (e.g. a test name filter).
@@ -51,7 +52,27 @@ for tool in cargo rustfmt cargo-clippy; do
 done
 pk_log "prerequisites present"
 
-# --- 2. platform ---------------------------------------------------------------------------------
+# --- 2. static checks and compilation (before the platform starts, so it does not idle) --------
+failed=()
+run() {
+  local name=$1
+  shift
+  step "$name"
+  local t=$SECONDS
+  if "$@"; then
+    pk_log "ok: $name ($((SECONDS - t)) s)"
+  else
+    pk_log "FAILED: $name ($((SECONDS - t)) s)"
+    failed+=("$name")
+  fi
+}
+
+run "cargo fmt --check" cargo fmt --all --check
+run "cargo clippy" cargo clippy --all-targets --all-features -- -D warnings
+run "compile the tests" cargo test --all-features --no-run
+run "cargo build --no-default-features" cargo build --no-default-features
+
+# --- 3. platform ---------------------------------------------------------------------------------
 dir=${PK_TEST_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/pullkeeper-test.XXXXXX")}
 dir=$(pk_abs_dir "$dir")
 stop_platform() {
@@ -82,28 +103,11 @@ pk_log "platform up in $((SECONDS - t)) s"
 # shellcheck disable=SC1091
 . "$dir/peers.env"
 
-# --- 3. checks and tests -------------------------------------------------------------------------
-failed=()
-run() {
-  local name=$1
-  shift
-  step "$name"
-  local t=$SECONDS
-  if "$@"; then
-    pk_log "ok: $name ($((SECONDS - t)) s)"
-  else
-    pk_log "FAILED: $name ($((SECONDS - t)) s)"
-    failed+=("$name")
-  fi
-}
-
+# --- 4. tests and checks against the platform ------------------------------------------------
 test_log=$dir/logs/cargo-test.log
-run "cargo fmt --check" cargo fmt --all --check
-run "cargo clippy" cargo clippy --all-targets --all-features -- -D warnings
 # A hung test must not eat CI's whole budget: 45 minutes is far above a normal run.
 run "cargo test --all-features" bash -c 'set -o pipefail; timeout 2700 cargo test --all-features "$@" 2>&1 | tee "$0"' \
   "$test_log" "$@"
-run "cargo build --no-default-features" cargo build --no-default-features
 for check in tests/checks/*.sh; do
   [[ -e $check ]] || continue
   run "$check" bash "$check"
