@@ -3,6 +3,8 @@
 
 usage: check_rendered.py kustomize BASE.yaml OVERLAY_NAME=OVERLAY.yaml ...
        check_rendered.py helm DEFAULT.yaml FULL.yaml KUSTOMIZE_BASE.yaml
+       check_rendered.py config-dir RENDERED.yaml OUT_DIR
+           (writes the ConfigMap's registry files into OUT_DIR, for `pullkeeper check`)
 
 Prints one line per problem and exits 1 if there is any.
 """
@@ -199,6 +201,12 @@ def main():
         kustomize(sys.argv[2], sys.argv[3:])
     elif mode == "helm" and len(sys.argv) == 5:
         helm(*sys.argv[2:])
+    elif mode == "config-dir" and len(sys.argv) == 4:
+        out = Path(sys.argv[3])
+        out.mkdir(parents=True, exist_ok=True)
+        data = one(by_kind(load(sys.argv[2])), "ConfigMap", sys.argv[2]).get("data") or {}
+        for key, text in data.items():
+            (out / key).write_text(text)
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -48,6 +48,12 @@ kubectl kustomize deploy/kustomize/base > "$tmp/kustomize.yaml" || fail "kubectl
 python3 deploy/check_rendered.py helm "$tmp/default.yaml" "$tmp/full.yaml" "$tmp/kustomize.yaml" \
   || fail "rendered chart is not as expected"
 
+# The registry files rendered from values must pass `pullkeeper check`.
+cargo build --quiet --bin pullkeeper || fail "cargo build --bin pullkeeper failed"
+python3 deploy/check_rendered.py config-dir "$tmp/full.yaml" "$tmp/config" || fail "no ConfigMap rendered"
+out="$("${CARGO_TARGET_DIR:-target}/debug/pullkeeper" check --config "$tmp/config" 2>&1)" \
+  || fail "registry files rendered from ci/full-values.yaml do not pass pullkeeper check: $out"
+
 # Bad registry names are refused at render time, with a message naming the problem.
 for bad in defaults 'bad/name'; do
   if out="$("$helm" template pullkeeper "$chart" --set "registries.${bad//./\\.}.provider.type=static" 2>&1)"; then

@@ -2,7 +2,8 @@
 # Renders the kustomize base and every overlay with `kubectl kustomize` and checks what a user
 # relies on: the base's RBAC is rbac.yaml unchanged and least-privilege, the Deployment's
 # restricted security context, probes and args, each cloud's workload-identity annotation or
-# label, and the PrometheusRule equal to dashboards/alerts.yaml.
+# label, the PrometheusRule equal to dashboards/alerts.yaml, and the registry files in each
+# ConfigMap accepted by `pullkeeper check`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,5 +21,15 @@ for dir in deploy/kustomize/overlays/*/; do
   args+=("$name=$tmp/$name.yaml")
 done
 python3 deploy/check_rendered.py kustomize "$tmp/base.yaml" "${args[@]}" || fail "rendered manifests are not as expected"
-echo "kustomize.sh: base and ${#args[@]} overlays (${args[*]%%=*}) render and pass the checks"
+
+# Every registry file the base and the overlays ship must pass `pullkeeper check`.
+cargo build --quiet --bin pullkeeper || fail "cargo build --bin pullkeeper failed"
+bin="${CARGO_TARGET_DIR:-target}/debug/pullkeeper"
+for rendered in "$tmp/base.yaml" "${args[@]#*=}"; do
+  conf="${rendered%.yaml}.config"
+  python3 deploy/check_rendered.py config-dir "$rendered" "$conf" || fail "no ConfigMap in $rendered"
+  out="$("$bin" check --config "$conf" 2>&1)" \
+    || fail "the registry files of $(basename "${rendered%.yaml}") do not pass pullkeeper check: $out"
+done
+echo "kustomize.sh: base and ${#args[@]} overlays (${args[*]%%=*}) render, pass the checks and their registry files pass pullkeeper check"
 echo "kustomize.sh: ok"

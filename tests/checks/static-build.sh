@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Proves the image's build without a container engine: runs deploy/image/build-static.sh (the
+# script the Dockerfile's build stage runs), then checks that the binary is fully static (no
+# program interpreter, no shared-library dependencies) and that it starts as UID 65532 in an empty
+# root directory, as it does on distroless/static or scratch, and there accepts the kustomize
+# base's registry files with `pullkeeper check`. Prints the binary's size.
+#
+# The release build is slow when cold; its target dir defaults to a cache outside the clone
+# ($HOME/.cache/pullkeeper/static-target, or STATIC_TARGET_DIR) so later runs only rebuild
+# pullkeeper itself.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+fail() { echo "static-build.sh: FAIL: $*" >&2; exit 1; }
+
+# The Dockerfile must build with the same script and ship the result as /pullkeeper.
+grep -q '^ *deploy/image/build-static.sh /pullkeeper$' Dockerfile \
+  || fail "Dockerfile does not run deploy/image/build-static.sh /pullkeeper"
+grep -q '^ENTRYPOINT \["/pullkeeper"\]$' Dockerfile || fail "Dockerfile ENTRYPOINT is not [\"/pullkeeper\"]"
+grep -q '^USER 65532:65532$' Dockerfile || fail "Dockerfile does not run as 65532:65532"
+grep -q '^FROM gcr.io/distroless/static' Dockerfile || fail "Dockerfile's final stage is not distroless/static"
+
+for tool in file readelf; do
+  command -v "$tool" >/dev/null 2>&1 && continue
+  echo "static-build.sh: installing $tool"
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq file binutils >/dev/null || fail "could not install file and binutils"
+  break
+done
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+export CARGO_TARGET_DIR="${STATIC_TARGET_DIR:-$HOME/.cache/pullkeeper/static-target}"
+mkdir -p "$CARGO_TARGET_DIR"
+echo "static-build.sh: building (target dir $CARGO_TARGET_DIR)"
+start=$SECONDS
+deploy/image/build-static.sh "$tmp/pullkeeper" || fail "deploy/image/build-static.sh failed"
+echo "static-build.sh: build took $((SECONDS - start)) s"
+bin="$tmp/pullkeeper"
+
+desc="$(file -b "$bin")"
+echo "static-build.sh: file: $desc"
+case "$desc" in
+  *"static-pie linked"* | *"statically linked"*) ;;
+  *) fail "binary is not statically linked: $desc" ;;
+esac
+if readelf -lW "$bin" | grep -q 'Requesting program interpreter'; then
+  fail "binary requests a program interpreter (dynamic loader)"
+fi
+if readelf -dW "$bin" | grep -q '(NEEDED)'; then
+  fail "binary needs shared libraries: $(readelf -dW "$bin" | grep '(NEEDED)' | tr -s ' ')"
+fi
+ldd_out="$(ldd "$bin" 2>&1 || true)"
+case "$ldd_out" in
+  *"not a dynamic executable"* | *"statically linked"*) echo "static-build.sh: ldd: $(echo "$ldd_out" | head -1 | tr -d '\t')" ;;
+  *) fail "ldd lists dependencies: $ldd_out" ;;
+esac
+
+# Start it in an empty root as the image's user: no libc, no loader, no /etc.
+root="$tmp/root"
+mkdir -p "$root"
+cp "$bin" "$root/pullkeeper"
+# The kustomize base's registry files at the image's config path, validated by the static binary
+# (`pullkeeper check`, the config code the image's CMD runs).
+kubectl kustomize deploy/kustomize/base > "$tmp/base.yaml" || fail "kubectl kustomize deploy/kustomize/base failed"
+python3 deploy/check_rendered.py config-dir "$tmp/base.yaml" "$root/etc/pullkeeper" || fail "no ConfigMap in the base"
+if [ "$(id -u)" = 0 ]; then
+  in_root() { chroot --userspec=65532:65532 "$root" "$@"; }
+  how="in an empty root as UID 65532"
+else
+  in_root() { (cd "$root" && env -i "$root$1" "${@:2}"); }
+  how="with an empty environment (not root: no chroot)"
+fi
+out="$(in_root /pullkeeper --help 2>&1)" || fail "the binary does not start $how: $out"
+grep -q 'check' <<<"$out" || fail "unexpected --help output: $out"
+conf=/etc/pullkeeper
+[ "$(id -u)" = 0 ] || conf="$root/etc/pullkeeper"
+out="$(in_root /pullkeeper check --config "$conf" 2>&1)" \
+  || fail "the static binary rejects the base's registry files $how: $out"
+echo "static-build.sh: starts $how and accepts the base's registry files: $(head -1 <<<"$out" | sed 's/^[^:]*: //')"
+
+size=$(stat -c %s "$bin")
+echo "static-build.sh: binary size $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }') MiB)"
+echo "static-build.sh: ok"
