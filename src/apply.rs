@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::plan::{AccountChange, MANAGED_BY_LABEL, MANAGED_BY_VALUE, account_patch};
+use crate::plan::{AccountChange, Owner, account_patch};
 
 /// The field manager of every server-side apply pullkeeper makes.
 pub const FIELD_MANAGER: &str = "pullkeeper";
@@ -100,6 +100,7 @@ pub enum SecretOutcome {
 
 /// Writes Secrets and ServiceAccount patches.
 pub struct Applier {
+    owner: Owner,
     client: Client,
     metrics: Metrics,
     limiter: WriteLimiter,
@@ -110,8 +111,9 @@ fn is_status(err: &kube::Error, codes: &[u16]) -> bool {
 }
 
 impl Applier {
-    pub fn new(client: Client, metrics: Metrics, writes_per_second: f64) -> Self {
+    pub fn new(owner: Owner, client: Client, metrics: Metrics, writes_per_second: f64) -> Self {
         Self {
+            owner,
             client,
             metrics,
             limiter: WriteLimiter::new(writes_per_second),
@@ -145,13 +147,7 @@ impl Applier {
         if !known_managed {
             let current = api.get_opt(&name).await.map_err(|e| err("get", e))?;
             if let Some(current) = current {
-                let ours = current
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(MANAGED_BY_LABEL))
-                    .is_some_and(|v| v == MANAGED_BY_VALUE);
-                if !ours {
+                if !self.owner.owns(&current.metadata) {
                     return Ok(SecretOutcome::Foreign);
                 }
             }
@@ -263,7 +259,7 @@ impl Applier {
                     else {
                         return Ok(());
                     };
-                    match account_patch(&fresh, &change.wanted) {
+                    match account_patch(&self.owner, &fresh, &change.wanted) {
                         Some(p) => patch = p,
                         None => return Ok(()),
                     }

@@ -63,7 +63,25 @@ pub struct RunArgs {
     /// Upper bound on write requests per second to the API server (0: unlimited).
     #[arg(long, env = "PULLKEEPER_WRITES_PER_SECOND", default_value_t = 50.0)]
     pub writes_per_second: f64,
+    /// Name of this installation: it owns only Secrets and ServiceAccount entries labelled with
+    /// it, so several installations can share a cluster.
+    #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
+    pub instance: String,
     /// Time limit of one provider call.
     #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
+}
+
+fn parse_instance(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 40
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("an instance name is 1-40 lowercase letters, digits or '-'".into())
+    }
 }

@@ -23,7 +23,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::apply::{Applier, SecretOutcome, WriteError};
 use crate::config::{self, Config, Registry};
 use crate::metrics::Metrics;
-use crate::plan::{self, Issued, MANAGED_SELECTOR, Observed, SecretChange};
+use crate::plan::{self, Issued, Observed, Owner, SecretChange};
 use crate::providers::{Provider, ProviderError};
 use crate::render;
 use crate::schedule;
@@ -34,6 +34,7 @@ const FOREIGN_RECHECK: Duration = Duration::from_secs(300);
 /// Process-level settings (from the command line).
 #[derive(Clone, Debug)]
 pub struct Settings {
+    pub owner: Owner,
     pub config_dir: PathBuf,
     pub reload_interval: Duration,
     pub concurrency: u16,
@@ -169,7 +170,12 @@ impl Shared {
             service_accounts: accounts.clone(),
             foreign: &foreign,
         };
-        let plan = plan::plan_namespace(&config.registries, &credentials, &observed);
+        let plan = plan::plan_namespace(
+            &self.settings.owner,
+            &config.registries,
+            &credentials,
+            &observed,
+        );
         let mut found_foreign = false;
         for change in &plan.secrets {
             match change {
@@ -230,7 +236,13 @@ impl Shared {
                 service_accounts: accounts,
                 foreign: &foreign,
             };
-            plan::plan_namespace(&config.registries, &credentials, &observed).accounts
+            plan::plan_namespace(
+                &self.settings.owner,
+                &config.registries,
+                &credentials,
+                &observed,
+            )
+            .accounts
         } else {
             plan.accounts
         };
@@ -507,10 +519,9 @@ impl Refreshers {
     }
 }
 
-/// Two registries have the same source when their file content (as parsed) is unchanged;
-/// compared through the debug form, which redacts nothing secret because config holds none.
+/// Two registries have the same source when their file (and the defaults file) is unchanged.
 fn same_source(a: &Registry, b: &Registry) -> bool {
-    format!("{a:?}") == format!("{b:?}")
+    a.source_hash == b.source_hash && a.file == b.file
 }
 
 /// Loads a new config: validate, build providers, swap; the old one keeps running on failure.
@@ -605,7 +616,7 @@ fn update_gauges(shared: &Shared) {
                 && s.metadata.name.as_deref() == Some(&reg.secret_name)
         });
         let accounts = shared.accounts.state_filter(|sa| {
-            plan::owned_entries(sa).contains(&reg.secret_name)
+            plan::owned_entries(&shared.settings.owner, sa).contains(&reg.secret_name)
                 && sa
                     .image_pull_secrets
                     .iter()
@@ -632,6 +643,24 @@ fn update_gauges(shared: &Shared) {
             .with_label_values(&[&reg.name])
             .set(foreign as i64);
     }
+}
+
+/// Waits until all three caches have listed once. A store's readiness signal wakes only its
+/// most recent waiter (the controller also waits on the namespace store), so poll it.
+async fn caches_synced(shared: &Shared) -> bool {
+    async fn ready<K>(store: &Store<K>) -> bool
+    where
+        K: kube::runtime::reflector::Lookup + Clone + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+    {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+                Ok(result) => return result.is_ok(),
+                Err(_) => continue,
+            }
+        }
+    }
+    ready(&shared.namespaces).await && ready(&shared.secrets).await && ready(&shared.accounts).await
 }
 
 /// The caches and their watch streams.
@@ -661,7 +690,7 @@ pub async fn start(
         secret_writer,
         watcher(
             Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(MANAGED_SELECTOR),
+            watcher::Config::default().labels(&settings.owner.selector()),
         ),
     )
     .default_backoff()
@@ -686,7 +715,12 @@ pub async fn start(
         controller: "pullkeeper".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let applier = Applier::new(client.clone(), metrics.clone(), settings.writes_per_second);
+    let applier = Applier::new(
+        settings.owner.clone(),
+        client.clone(),
+        metrics.clone(),
+        settings.writes_per_second,
+    );
     metrics.config_reloads.with_label_values(&["success"]).inc();
     metrics.config_last_reload_ok.set(1);
     metrics
@@ -736,9 +770,7 @@ impl Caches {
         let ready = {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let ok = shared.namespaces.wait_until_ready().await.is_ok()
-                    && shared.secrets.wait_until_ready().await.is_ok()
-                    && shared.accounts.wait_until_ready().await.is_ok();
+                let ok = caches_synced(&shared).await;
                 if ok {
                     shared.ready.store(true, Ordering::SeqCst);
                     info!("caches synced; ready");
@@ -826,10 +858,7 @@ impl Caches {
                 }
             }
         }
-        let synced = shared.namespaces.wait_until_ready().await.is_ok()
-            && shared.secrets.wait_until_ready().await.is_ok()
-            && shared.accounts.wait_until_ready().await.is_ok();
-        if !synced {
+        if !caches_synced(&shared).await {
             error!("caches never synced");
             driver.abort();
             return false;

@@ -28,8 +28,58 @@ pub const EXPIRES_ANNOTATION: &str = "pullkeeper.dev/expires-at";
 pub const SA_ANNOTATION: &str = "pullkeeper.dev/image-pull-secrets";
 /// Namespace annotation that opts a namespace out (`"true"`).
 pub const OPT_OUT_ANNOTATION: &str = "pullkeeper.dev/ignore";
-/// Label selector for pullkeeper's own Secrets.
-pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=pullkeeper";
+/// Label naming the pullkeeper installation that owns an object.
+pub const INSTANCE_LABEL: &str = "pullkeeper.dev/instance";
+/// The instance name of a default installation.
+pub const DEFAULT_INSTANCE: &str = "pullkeeper";
+
+/// Which pullkeeper installation this is. Several independent installations (one per team, or
+/// one per test) can share a cluster: each owns only the objects labelled with its instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub instance: String,
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Self {
+            instance: DEFAULT_INSTANCE.into(),
+        }
+    }
+}
+
+impl Owner {
+    pub fn new(instance: impl Into<String>) -> Self {
+        Self {
+            instance: instance.into(),
+        }
+    }
+
+    /// Label selector for this installation's Secrets.
+    pub fn selector(&self) -> String {
+        format!(
+            "{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{INSTANCE_LABEL}={}",
+            self.instance
+        )
+    }
+
+    /// The ServiceAccount annotation recording this installation's entries.
+    pub fn account_annotation(&self) -> String {
+        if self.instance == DEFAULT_INSTANCE {
+            SA_ANNOTATION.to_string()
+        } else {
+            format!("{SA_ANNOTATION}.{}", self.instance)
+        }
+    }
+
+    /// Whether an object carries this installation's labels.
+    pub fn owns(&self, meta: &ObjectMeta) -> bool {
+        let labels = meta.labels.as_ref();
+        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE)
+            && label(INSTANCE_LABEL) == Some(&self.instance)
+    }
+}
 
 /// The current good credential of one registry, rendered once and shared by every namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +162,7 @@ pub fn registries_in_scope<'r>(
 
 /// Computes the plan for one namespace.
 pub fn plan_namespace(
+    owner: &Owner,
     registries: &[Arc<Registry>],
     credentials: &HashMap<String, Arc<Issued>>,
     observed: &Observed<'_>,
@@ -145,7 +196,7 @@ pub fn plan_namespace(
         let existing = managed.get(reg.secret_name.as_str());
         match credentials.get(&reg.name) {
             Some(issued) => {
-                let desired = desired_secret(reg, &ns_name, issued);
+                let desired = desired_secret(owner, reg, &ns_name, issued);
                 if existing.is_none_or(|s| !secret_up_to_date(s, &desired)) {
                     plan.secrets.push(SecretChange::Apply {
                         registry: reg.name.clone(),
@@ -184,7 +235,7 @@ pub fn plan_namespace(
             .filter(|(_, reg)| reg.service_accounts.matches(sa_name))
             .map(|(secret, _)| (*secret).to_string())
             .collect();
-        if let Some(patch) = account_patch(sa, &wanted) {
+        if let Some(patch) = account_patch(owner, sa, &wanted) {
             plan.accounts.push(AccountChange {
                 name: sa_name.to_string(),
                 wanted,
@@ -196,9 +247,10 @@ pub fn plan_namespace(
 }
 
 /// The Secret pullkeeper wants for a registry in a namespace.
-pub fn desired_secret(reg: &Registry, namespace: &str, issued: &Issued) -> Secret {
+pub fn desired_secret(owner: &Owner, reg: &Registry, namespace: &str, issued: &Issued) -> Secret {
     let mut labels = reg.secret_labels.clone();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    labels.insert(INSTANCE_LABEL.into(), owner.instance.clone());
     labels.insert(REGISTRY_LABEL.into(), reg.name.clone());
     let mut annotations =
         BTreeMap::from([(HASH_ANNOTATION.to_string(), issued.rendered.hash.clone())]);
@@ -267,11 +319,11 @@ fn secret_up_to_date(observed: &Secret, desired: &Secret) -> bool {
 }
 
 /// The entries pullkeeper recorded as its own on a ServiceAccount.
-pub fn owned_entries(sa: &ServiceAccount) -> BTreeSet<String> {
+pub fn owned_entries(owner: &Owner, sa: &ServiceAccount) -> BTreeSet<String> {
     sa.metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(SA_ANNOTATION))
+        .and_then(|a| a.get(&owner.account_annotation()))
         .map(|v| {
             v.split(',')
                 .map(str::trim)
@@ -285,8 +337,13 @@ pub fn owned_entries(sa: &ServiceAccount) -> BTreeSet<String> {
 /// A JSON patch bringing the ServiceAccount's `imagePullSecrets` to contain `wanted`, removing
 /// only entries pullkeeper itself added, guarded by a `test` of the list as observed (or of the
 /// resourceVersion when the list is absent). `None` when nothing must change.
-pub fn account_patch(sa: &ServiceAccount, wanted: &BTreeSet<String>) -> Option<Patch> {
-    let owned = owned_entries(sa);
+pub fn account_patch(
+    owner: &Owner,
+    sa: &ServiceAccount,
+    wanted: &BTreeSet<String>,
+) -> Option<Patch> {
+    let owned = owned_entries(owner, sa);
+    let key = owner.account_annotation();
     let current: Vec<Option<String>> = sa
         .image_pull_secrets
         .iter()
@@ -348,17 +405,14 @@ pub fn account_patch(sa: &ServiceAccount, wanted: &BTreeSet<String>) -> Option<P
         let has_annotations = sa.metadata.annotations.is_some();
         if new_owned.is_empty() {
             ops.push(PatchOperation::Remove(RemoveOperation {
-                path: pointer(&["metadata", "annotations", SA_ANNOTATION]),
+                path: pointer(&["metadata", "annotations", &key]),
             }));
         } else if has_annotations {
-            ops.push(add_op(
-                &["metadata", "annotations", SA_ANNOTATION],
-                json!(value),
-            ));
+            ops.push(add_op(&["metadata", "annotations", &key], json!(value)));
         } else {
             ops.push(add_op(
                 &["metadata", "annotations"],
-                json!({ SA_ANNOTATION: value }),
+                json!({ key.as_str(): value }),
             ));
         }
     }

@@ -19,6 +19,7 @@ pub fn registry(name: &str, tweak: impl FnOnce(&mut Registry)) -> Registry {
     let mut r = Registry {
         name: name.into(),
         file: PathBuf::from(format!("/config/{name}.yaml")),
+        source_hash: String::new(),
         provider,
         servers: vec!["registry.example".into()],
         secret_name: format!("{name}-pull"),

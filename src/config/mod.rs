@@ -40,6 +40,8 @@ pub struct Registry {
     /// Bounded identifier (from `name` or the file stem), used in labels and metrics.
     pub name: String,
     pub file: PathBuf,
+    /// Hash of the registry file and the defaults file: equal hashes mean an unchanged source.
+    pub source_hash: String,
     pub provider: ProviderSpec,
     pub servers: Vec<String>,
     pub secret_name: String,
@@ -110,6 +112,10 @@ pub fn load_dir(dir: &Path) -> Result<Config, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut defaults = RawDefaults::default();
     let mut raws = Vec::new();
+    let defaults_text = files
+        .iter()
+        .find(|(p, _)| p.file_name().is_some_and(|n| n == DEFAULTS_FILE))
+        .map_or("", |(_, t)| t.as_str());
     for (path, text) in &files {
         hasher.update(path.as_os_str().as_encoded_bytes());
         hasher.update([0]);
@@ -123,14 +129,17 @@ pub fn load_dir(dir: &Path) -> Result<Config, Vec<Problem>> {
             }
         } else {
             match parse::<RawRegistry>(path, text) {
-                Ok(r) => raws.push((path.clone(), r)),
+                Ok(r) => {
+                    let source = hex::encode(Sha256::digest(format!("{text}\0{defaults_text}")));
+                    raws.push((path.clone(), source, r));
+                }
                 Err(p) => problems.push(p),
             }
         }
     }
     let mut registries = Vec::new();
-    for (path, raw) in raws {
-        match validate_registry(&path, raw, &defaults) {
+    for (path, source_hash, raw) in raws {
+        match validate_registry(&path, source_hash, raw, &defaults) {
             Ok(r) => registries.push(r),
             Err(p) => problems.extend(p),
         }
@@ -208,6 +217,7 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, P
 
 fn validate_registry(
     path: &Path,
+    source_hash: String,
     raw: RawRegistry,
     defaults: &RawDefaults,
 ) -> Result<Registry, Vec<Problem>> {
@@ -284,6 +294,7 @@ fn validate_registry(
     Ok(Registry {
         name,
         file: path.to_path_buf(),
+        source_hash,
         provider: raw.provider,
         servers: raw.servers,
         secret_name: raw.secret_name,

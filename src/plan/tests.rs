@@ -98,7 +98,7 @@ fn new_namespace_gets_the_secret_and_a_patched_default_account() {
         service_accounts: vec![default.clone(), sa("builder", &[], None)],
         foreign: &foreign,
     };
-    let plan = plan_namespace(&[reg], &c, &observed);
+    let plan = plan_namespace(&Owner::default(), &[reg], &c, &observed);
     assert_eq!(plan.secrets.len(), 1);
     let SecretChange::Apply {
         secret, existing, ..
@@ -125,7 +125,7 @@ fn new_namespace_gets_the_secret_and_a_patched_default_account() {
     let after = patched(&default, &plan.accounts[0].patch);
     assert_eq!(pull_names(&after), ["harbor-pull"]);
     assert_eq!(
-        owned_entries(&after),
+        owned_entries(&Owner::default(), &after),
         BTreeSet::from(["harbor-pull".to_string()])
     );
 }
@@ -134,7 +134,7 @@ fn new_namespace_gets_the_secret_and_a_patched_default_account() {
 fn an_unchanged_namespace_plans_no_write() {
     let reg = Arc::new(registry("harbor", |_| {}));
     let i = issued(&reg, "pw1");
-    let secret = Arc::new(desired_secret(&reg, "team-a", &i));
+    let secret = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &i));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
     let observed = Observed {
@@ -143,7 +143,12 @@ fn an_unchanged_namespace_plans_no_write() {
         service_accounts: vec![sa("default", &["harbor-pull"], Some("harbor-pull"))],
         foreign: &foreign,
     };
-    let plan = plan_namespace(&[reg], &creds(&[("harbor", i)]), &observed);
+    let plan = plan_namespace(
+        &Owner::default(),
+        &[reg],
+        &creds(&[("harbor", i)]),
+        &observed,
+    );
     assert!(
         plan.secrets.is_empty() && plan.accounts.is_empty(),
         "{plan:?}"
@@ -154,7 +159,7 @@ fn an_unchanged_namespace_plans_no_write() {
 fn a_hand_edited_secret_is_planned_for_repair_and_a_rotation_for_update() {
     let reg = Arc::new(registry("harbor", |_| {}));
     let i = issued(&reg, "pw1");
-    let mut edited = desired_secret(&reg, "team-a", &i);
+    let mut edited = desired_secret(&Owner::default(), &reg, "team-a", &i);
     edited.data = Some(BTreeMap::from([(
         DATA_KEY.to_string(),
         ByteString(b"{\"auths\":{}}".to_vec()),
@@ -167,13 +172,18 @@ fn a_hand_edited_secret_is_planned_for_repair_and_a_rotation_for_update() {
         service_accounts: vec![],
         foreign: &foreign,
     };
-    let plan = plan_namespace(&[reg.clone()], &creds(&[("harbor", i.clone())]), &observed);
+    let plan = plan_namespace(
+        &Owner::default(),
+        &[reg.clone()],
+        &creds(&[("harbor", i.clone())]),
+        &observed,
+    );
     assert!(matches!(
         &plan.secrets[..],
         [SecretChange::Apply { existing: true, .. }]
     ));
 
-    let current = Arc::new(desired_secret(&reg, "team-a", &i));
+    let current = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &i));
     let observed = Observed {
         namespace: &namespace,
         secrets: vec![current],
@@ -181,6 +191,7 @@ fn a_hand_edited_secret_is_planned_for_repair_and_a_rotation_for_update() {
         foreign: &foreign,
     };
     let plan = plan_namespace(
+        &Owner::default(),
         &[reg.clone()],
         &creds(&[("harbor", issued(&reg, "pw2"))]),
         &observed,
@@ -199,10 +210,10 @@ fn entries_pullkeeper_did_not_add_are_never_removed_or_reordered() {
         Some("harbor-pull,old-pull"),
     );
     // pullkeeper now wants nothing: only its two entries go, the user's keep their order.
-    let patch = account_patch(&account, &BTreeSet::new()).expect("a change");
+    let patch = account_patch(&Owner::default(), &account, &BTreeSet::new()).expect("a change");
     let after = patched(&account, &patch);
     assert_eq!(pull_names(&after), ["user-a", "user-b"]);
-    assert!(owned_entries(&after).is_empty());
+    assert!(owned_entries(&Owner::default(), &after).is_empty());
     assert!(
         after
             .metadata
@@ -221,15 +232,26 @@ fn entries_pullkeeper_did_not_add_are_never_removed_or_reordered() {
 #[test]
 fn an_entry_a_person_added_by_hand_stays_theirs() {
     let account = sa("default", &["harbor-pull"], None);
-    assert!(account_patch(&account, &BTreeSet::from(["harbor-pull".to_string()])).is_none());
-    assert!(account_patch(&account, &BTreeSet::new()).is_none());
+    assert!(
+        account_patch(
+            &Owner::default(),
+            &account,
+            &BTreeSet::from(["harbor-pull".to_string()])
+        )
+        .is_none()
+    );
+    assert!(account_patch(&Owner::default(), &account, &BTreeSet::new()).is_none());
 }
 
 #[test]
 fn a_dropped_reference_is_added_back() {
     let account = sa("default", &["user-a"], Some("harbor-pull"));
-    let patch =
-        account_patch(&account, &BTreeSet::from(["harbor-pull".to_string()])).expect("a change");
+    let patch = account_patch(
+        &Owner::default(),
+        &account,
+        &BTreeSet::from(["harbor-pull".to_string()]),
+    )
+    .expect("a change");
     let after = patched(&account, &patch);
     assert_eq!(pull_names(&after), ["user-a", "harbor-pull"]);
 }
@@ -237,8 +259,12 @@ fn a_dropped_reference_is_added_back() {
 #[test]
 fn a_guarded_patch_fails_when_the_list_changed_since_it_was_observed() {
     let observed = sa("default", &["user-a"], None);
-    let patch =
-        account_patch(&observed, &BTreeSet::from(["harbor-pull".to_string()])).expect("a change");
+    let patch = account_patch(
+        &Owner::default(),
+        &observed,
+        &BTreeSet::from(["harbor-pull".to_string()]),
+    )
+    .expect("a change");
     let changed = sa("default", &["user-a", "user-b"], None);
     let mut doc = serde_json::to_value(&*changed).expect("json");
     assert!(json_patch::patch(&mut doc, &patch).is_err());
@@ -248,7 +274,7 @@ fn a_guarded_patch_fails_when_the_list_changed_since_it_was_observed() {
 fn a_registry_removed_from_config_prunes_its_secret_and_only_its_references() {
     let reg = registry("harbor", |_| {});
     let i = issued(&reg, "pw1");
-    let secret = Arc::new(desired_secret(&reg, "team-a", &i));
+    let secret = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &i));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
     let account = sa("default", &["user-a", "harbor-pull"], Some("harbor-pull"));
@@ -258,7 +284,7 @@ fn a_registry_removed_from_config_prunes_its_secret_and_only_its_references() {
         service_accounts: vec![account.clone()],
         foreign: &foreign,
     };
-    let plan = plan_namespace(&[], &HashMap::new(), &observed);
+    let plan = plan_namespace(&Owner::default(), &[], &HashMap::new(), &observed);
     assert_eq!(
         plan.secrets,
         [SecretChange::Delete {
@@ -284,6 +310,7 @@ fn a_foreign_secret_is_neither_written_nor_referenced() {
         foreign: &foreign,
     };
     let plan = plan_namespace(
+        &Owner::default(),
         &[reg.clone()],
         &creds(&[("harbor", issued(&reg, "pw"))]),
         &observed,
@@ -297,7 +324,12 @@ fn a_foreign_secret_is_neither_written_nor_referenced() {
 #[test]
 fn without_a_good_credential_the_existing_secret_stays_and_nothing_is_written() {
     let reg = Arc::new(registry("harbor", |_| {}));
-    let old = Arc::new(desired_secret(&reg, "team-a", &issued(&reg, "old")));
+    let old = Arc::new(desired_secret(
+        &Owner::default(),
+        &reg,
+        "team-a",
+        &issued(&reg, "old"),
+    ));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
     let observed = Observed {
@@ -306,7 +338,12 @@ fn without_a_good_credential_the_existing_secret_stays_and_nothing_is_written() 
         service_accounts: vec![sa("default", &["harbor-pull"], Some("harbor-pull"))],
         foreign: &foreign,
     };
-    let plan = plan_namespace(&[reg.clone()], &HashMap::new(), &observed);
+    let plan = plan_namespace(
+        &Owner::default(),
+        &[reg.clone()],
+        &HashMap::new(),
+        &observed,
+    );
     assert!(
         plan.secrets.is_empty() && plan.accounts.is_empty(),
         "{plan:?}"
@@ -318,7 +355,7 @@ fn without_a_good_credential_the_existing_secret_stays_and_nothing_is_written() 
         service_accounts: vec![sa("default", &[], None)],
         foreign: &foreign,
     };
-    let plan = plan_namespace(&[reg], &HashMap::new(), &observed);
+    let plan = plan_namespace(&Owner::default(), &[reg], &HashMap::new(), &observed);
     assert!(plan.secrets.is_empty() && plan.accounts.is_empty());
 }
 
@@ -335,7 +372,7 @@ fn system_terminating_and_opted_out_namespaces_are_left_alone() {
             service_accounts: vec![],
             foreign: &foreign,
         };
-        plan_namespace(&[reg.clone()], &c, &observed)
+        plan_namespace(&Owner::default(), &[reg.clone()], &c, &observed)
     };
     assert!(plan_for(&system).secrets.is_empty());
     let named = Arc::new(registry("harbor", |r| {
@@ -347,7 +384,12 @@ fn system_terminating_and_opted_out_namespaces_are_left_alone() {
         service_accounts: vec![],
         foreign: &foreign,
     };
-    assert_eq!(plan_namespace(&[named], &c, &observed).secrets.len(), 1);
+    assert_eq!(
+        plan_namespace(&Owner::default(), &[named], &c, &observed)
+            .secrets
+            .len(),
+        1
+    );
 
     system.metadata.name = Some("team-t".into());
     system.status = Some(NamespaceStatus {
@@ -378,6 +420,7 @@ fn all_service_accounts_can_be_targeted() {
         foreign: &foreign,
     };
     let plan = plan_namespace(
+        &Owner::default(),
         &[reg.clone()],
         &creds(&[("harbor", issued(&reg, "pw"))]),
         &observed,
@@ -400,7 +443,7 @@ fn a_label_selector_limits_the_namespaces() {
         foreign: &foreign,
     };
     assert!(
-        plan_namespace(&[reg.clone()], &c, &observed)
+        plan_namespace(&Owner::default(), &[reg.clone()], &c, &observed)
             .secrets
             .is_empty()
     );
@@ -414,7 +457,12 @@ fn a_label_selector_limits_the_namespaces() {
         service_accounts: vec![],
         foreign: &foreign,
     };
-    assert_eq!(plan_namespace(&[reg], &c, &observed).secrets.len(), 1);
+    assert_eq!(
+        plan_namespace(&Owner::default(), &[reg], &c, &observed)
+            .secrets
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -436,7 +484,7 @@ fn rendered_secret_matches_snapshot() {
         rendered: render(&reg, &cred).expect("renders"),
         expires_at: cred.expires_at,
     };
-    let secret: Secret = desired_secret(&reg, "team-a", &i);
+    let secret: Secret = desired_secret(&Owner::default(), &reg, "team-a", &i);
     let value = serde_json::to_value(&secret).expect("json");
     assert_eq!(
         value,
@@ -446,7 +494,11 @@ fn rendered_secret_matches_snapshot() {
             "metadata": {
                 "name": "harbor-pull",
                 "namespace": "team-a",
-                "labels": {"app.kubernetes.io/managed-by": "pullkeeper", "pullkeeper.dev/registry": "harbor"},
+                "labels": {
+                    "app.kubernetes.io/managed-by": "pullkeeper",
+                    "pullkeeper.dev/instance": "pullkeeper",
+                    "pullkeeper.dev/registry": "harbor"
+                },
                 "annotations": {
                     "pullkeeper.dev/content-hash": i.rendered.hash,
                     "pullkeeper.dev/expires-at": "2026-01-01T12:00:00Z"
@@ -456,5 +508,55 @@ fn rendered_secret_matches_snapshot() {
             // {"auths":{"harbor.example":{"username":"robot","password":"s3cret","auth":"cm9ib3Q6czNjcmV0"}}}
             "data": {".dockerconfigjson": "eyJhdXRocyI6eyJoYXJib3IuZXhhbXBsZSI6eyJ1c2VybmFtZSI6InJvYm90IiwicGFzc3dvcmQiOiJzM2NyZXQiLCJhdXRoIjoiY205aWIzUTZjek5qY21WMCJ9fX0="}
         })
+    );
+}
+
+#[test]
+fn two_installations_never_touch_each_others_objects() {
+    let blue = Owner::new("blue");
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let theirs = Arc::new(desired_secret(
+        &Owner::default(),
+        &reg,
+        "team-a",
+        &issued(&reg, "pw"),
+    ));
+    assert!(Owner::default().owns(&theirs.metadata));
+    assert!(!blue.owns(&theirs.metadata));
+    // An account carrying the default installation's entry: blue neither removes nor claims it.
+    let account = sa("default", &["harbor-pull"], Some("harbor-pull"));
+    assert!(account_patch(&blue, &account, &BTreeSet::new()).is_none());
+    let patch =
+        account_patch(&blue, &account, &BTreeSet::from(["blue-pull".to_string()])).expect("change");
+    let after = patched(&account, &patch);
+    assert_eq!(pull_names(&after), ["harbor-pull", "blue-pull"]);
+    assert_eq!(
+        owned_entries(&Owner::default(), &after),
+        BTreeSet::from(["harbor-pull".to_string()])
+    );
+    assert_eq!(
+        owned_entries(&blue, &after),
+        BTreeSet::from(["blue-pull".to_string()])
+    );
+}
+
+#[test]
+fn a_named_installation_removes_its_own_entry() {
+    let blue = Owner::new("t1234");
+    let mut account = (*sa("default", &["team-own", "legacy"], None)).clone();
+    let patch =
+        account_patch(&blue, &account, &BTreeSet::from(["users-pull".to_string()])).expect("add");
+    account = patched(&account, &patch);
+    account
+        .image_pull_secrets
+        .as_mut()
+        .expect("list")
+        .push(LocalObjectReference {
+            name: "late".into(),
+        });
+    let patch = account_patch(&blue, &account, &BTreeSet::new()).expect("remove");
+    assert_eq!(
+        pull_names(&patched(&account, &patch)),
+        ["team-own", "legacy", "late"]
     );
 }

@@ -1,0 +1,722 @@
+//! The rotation engine end to end on the real control plane: the `pullkeeper` binary runs under
+//! its own ServiceAccount with the shipped RBAC, each test in its own namespaces with its own
+//! daemon and credential endpoint.
+
+mod daemon;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use daemon::{Answer, FAST, SLOW, TokenEndpoint, config_dir, write_config};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn selector(test: &str) -> String {
+    format!("{}-name={test}", support::TEST_LABEL)
+}
+
+fn token(password: &str) -> Answer {
+    Answer::Token {
+        username: "robot".into(),
+        password: password.into(),
+        expires_in: 3600,
+    }
+}
+
+async fn get_secret(client: &Client, ns: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("get secret")
+}
+
+/// The password stored for `server` in a dockerconfigjson Secret.
+fn password_in(secret: &Secret, server: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(".dockerconfigjson")?;
+    let doc: serde_json::Value = serde_json::from_slice(&bytes.0).ok()?;
+    doc.pointer(&format!("/auths/{server}/password"))?
+        .as_str()
+        .map(String::from)
+}
+
+async fn wait_password(client: &Client, ns: &str, name: &str, server: &str, want: &str) -> Secret {
+    support::wait_for_named(
+        &format!("secret {ns}/{name} with the expected password"),
+        WAIT,
+        || async {
+            get_secret(client, ns, name)
+                .await
+                .filter(|s| password_in(s, server).as_deref() == Some(want))
+        },
+    )
+    .await
+}
+
+async fn pull_secrets(client: &Client, ns: &str, sa: &str) -> Vec<String> {
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .get_opt(sa)
+        .await
+        .expect("get sa")
+        .and_then(|sa| sa.image_pull_secrets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+async fn wait_pull_secrets(client: &Client, ns: &str, sa: &str, want: &[&str]) {
+    support::wait_for_named(
+        &format!("serviceaccount {ns}/{sa} imagePullSecrets == {want:?}"),
+        WAIT,
+        || async { pull_secrets(client, ns, sa).await == want },
+    )
+    .await;
+}
+
+async fn wait_default_sa(client: &Client, ns: &str) {
+    support::wait_for_named(&format!("default serviceaccount in {ns}"), WAIT, || async {
+        Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .get_opt("default")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() {
+    let client = support::admin_client().await;
+    let test = "engine-fan-out";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let outsiders = support::TestNamespaces::new(client.clone(), "engine-fan-out-other");
+    let mut names = Vec::new();
+    for _ in 0..12 {
+        names.push(namespaces.create().await);
+    }
+    let outsider = outsiders.create().await;
+    let endpoint = TokenEndpoint::start(token("fan-out-pw")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "fanout.yaml",
+        &endpoint.registry_file("registry.fanout.test", "fanout-pull", &selector(test), SLOW),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+
+    for ns in &names {
+        let s = wait_password(
+            &client,
+            ns,
+            "fanout-pull",
+            "registry.fanout.test",
+            "fan-out-pw",
+        )
+        .await;
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+        wait_pull_secrets(&client, ns, "default", &["fanout-pull"]).await;
+    }
+    // One provider call for all twelve namespaces.
+    assert_eq!(endpoint.calls(), 1);
+    assert_eq!(
+        d.sample("pullkeeper_refresh_total{registry=\"fanout\",result=\"success\"}")
+            .await,
+        1.0
+    );
+    // A namespace outside the selector gets nothing.
+    assert!(
+        get_secret(&client, &outsider, "fanout-pull")
+            .await
+            .is_none()
+    );
+    assert!(pull_secrets(&client, &outsider, "default").await.is_empty());
+    d.stop().await;
+    namespaces.cleanup().await;
+    outsiders.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
+    let client = support::admin_client().await;
+    let test = "engine-later";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let endpoint = TokenEndpoint::start(token("later-pw")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "later.yaml",
+        &endpoint.registry_file("registry.later.test", "later-pull", &selector(test), SLOW),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+
+    let ns = namespaces.create().await;
+    wait_password(
+        &client,
+        &ns,
+        "later-pull",
+        "registry.later.test",
+        "later-pw",
+    )
+    .await;
+    wait_pull_secrets(&client, &ns, "default", &["later-pull"]).await;
+    // The ServiceAccount admission plugin copies the reference into a Pod created now.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "app"},
+        "spec": {"containers": [{"name": "app", "image": "registry.later.test/team/app:1"}]}
+    }))
+    .expect("pod");
+    let created = Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    let refs: Vec<String> = created
+        .spec
+        .and_then(|s| s.image_pull_secrets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(refs, ["later-pull"]);
+    // And a ServiceAccount created later is left alone (only `default` is targeted).
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "builder"}})).expect("sa");
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create sa");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(pull_secrets(&client, &ns, "builder").await.is_empty());
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn entries_people_added_survive_rotation_and_removal() {
+    let client = support::admin_client().await;
+    let test = "engine-user-entries";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    wait_default_sa(&client, &ns).await;
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+    sas.patch(
+        "default",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"imagePullSecrets": [{"name": "team-own"}, {"name": "legacy"}]})),
+    )
+    .await
+    .expect("user patch");
+    let endpoint = TokenEndpoint::start(token("user-pw1")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "users.yaml",
+        &endpoint.registry_file("registry.users.test", "users-pull", &selector(test), FAST),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+
+    wait_pull_secrets(
+        &client,
+        &ns,
+        "default",
+        &["team-own", "legacy", "users-pull"],
+    )
+    .await;
+    // Someone adds another entry while pullkeeper runs; a rotation follows.
+    sas.patch(
+        "default",
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "add", "path": "/imagePullSecrets/-", "value": {"name": "late-addition"}}
+            ]))
+            .expect("patch"),
+        ),
+    )
+    .await
+    .expect("second user patch");
+    endpoint.set(token("user-pw2"));
+    wait_password(
+        &client,
+        &ns,
+        "users-pull",
+        "registry.users.test",
+        "user-pw2",
+    )
+    .await;
+    assert_eq!(
+        pull_secrets(&client, &ns, "default").await,
+        ["team-own", "legacy", "users-pull", "late-addition"]
+    );
+    // The registry leaves the config: only pullkeeper's entry goes.
+    std::fs::remove_file(dir.join("users.yaml")).expect("remove config");
+    wait_pull_secrets(
+        &client,
+        &ns,
+        "default",
+        &["team-own", "legacy", "late-addition"],
+    )
+    .await;
+    support::wait_for_named("users-pull pruned", WAIT, || async {
+        get_secret(&client, &ns, "users-pull").await.is_none()
+    })
+    .await;
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_edited_or_deleted_secret_and_a_dropped_reference_are_repaired() {
+    let client = support::admin_client().await;
+    let test = "engine-drift";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let endpoint = TokenEndpoint::start(token("drift-pw")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "drift.yaml",
+        &endpoint.registry_file("registry.drift.test", "drift-pull", &selector(test), SLOW),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+    let original = wait_password(
+        &client,
+        &ns,
+        "drift-pull",
+        "registry.drift.test",
+        "drift-pw",
+    )
+    .await;
+    wait_pull_secrets(&client, &ns, "default", &["drift-pull"]).await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+
+    // Edited by hand: repaired in place (same UID, so never a window without a Secret).
+    let bogus = base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{"registry.drift.test":{"username":"x","password":"tampered","auth":"eDp0YW1wZXJlZA=="}}}"#);
+    secrets
+        .patch(
+            "drift-pull",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {".dockerconfigjson": bogus}})),
+        )
+        .await
+        .expect("tamper");
+    let repaired = wait_password(
+        &client,
+        &ns,
+        "drift-pull",
+        "registry.drift.test",
+        "drift-pw",
+    )
+    .await;
+    assert_eq!(repaired.metadata.uid, original.metadata.uid);
+
+    // Deleted: recreated.
+    secrets
+        .delete("drift-pull", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let recreated = wait_password(
+        &client,
+        &ns,
+        "drift-pull",
+        "registry.drift.test",
+        "drift-pw",
+    )
+    .await;
+    assert_ne!(recreated.metadata.uid, original.metadata.uid);
+
+    // Reference dropped by hand: added back.
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([
+                    {"op": "remove", "path": "/imagePullSecrets/0"}
+                ]))
+                .expect("patch"),
+            ),
+        )
+        .await
+        .expect("drop reference");
+    wait_pull_secrets(&client, &ns, "default", &["drift-pull"]).await;
+    assert_eq!(endpoint.calls(), 1, "repairs reuse the current credential");
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
+    let client = support::admin_client().await;
+    let test = "engine-foreign";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let theirs = namespaces.create().await;
+    let ours = namespaces.create().await;
+    wait_default_sa(&client, &theirs).await;
+    let foreign: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "foreign-pull"},
+        "type": "Opaque",
+        "stringData": {"note": "made by hand"}
+    }))
+    .expect("secret");
+    let before = Api::<Secret>::namespaced(client.clone(), &theirs)
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("create");
+    let endpoint = TokenEndpoint::start(token("foreign-pw")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "foreign.yaml",
+        &endpoint.registry_file(
+            "registry.foreign.test",
+            "foreign-pull",
+            &selector(test),
+            SLOW,
+        ),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+
+    wait_password(
+        &client,
+        &ours,
+        "foreign-pull",
+        "registry.foreign.test",
+        "foreign-pw",
+    )
+    .await;
+    support::wait_for_named("foreign secret gauge", WAIT, || async {
+        d.sample("pullkeeper_foreign_secrets{registry=\"foreign\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    let events = support::wait_for_named("ForeignSecret event", WAIT, || async {
+        let list = Api::<Event>::namespaced(client.clone(), &theirs)
+            .list(&ListParams::default())
+            .await
+            .expect("events");
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("ForeignSecret"))
+    })
+    .await;
+    assert_eq!(events.involved_object.name.as_deref(), Some("foreign-pull"));
+    let after = get_secret(&client, &theirs, "foreign-pull")
+        .await
+        .expect("still there");
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(after.type_.as_deref(), Some("Opaque"));
+    assert!(
+        pull_secrets(&client, &theirs, "default").await.is_empty(),
+        "never reference a Secret pullkeeper does not own"
+    );
+    assert!(d.logs().contains("not pullkeeper's"));
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn failed_fetches_keep_the_last_good_secret_and_are_counted() {
+    let client = support::admin_client().await;
+    let test = "engine-failures";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let endpoint = TokenEndpoint::start(token("good-pw")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "flaky.yaml",
+        &endpoint.registry_file("registry.flaky.test", "flaky-pull", &selector(test), FAST),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+    let good = wait_password(&client, &ns, "flaky-pull", "registry.flaky.test", "good-pw").await;
+
+    for (answer, category) in [
+        (Answer::Status(500), "bad_response"),
+        (Answer::Malformed, "bad_response"),
+        (Answer::MissingPassword, "bad_response"),
+        (Answer::Status(401), "auth_denied"),
+    ] {
+        let series = format!(
+            "pullkeeper_refresh_failures_total{{registry=\"flaky\",category=\"{category}\"}}"
+        );
+        let before = d.sample(&series).await;
+        endpoint.set(answer.clone());
+        support::wait_for_named(
+            &format!("a counted failure for {answer:?}"),
+            WAIT,
+            || async { d.sample(&series).await > before },
+        )
+        .await;
+        let now = get_secret(&client, &ns, "flaky-pull")
+            .await
+            .expect("secret stays");
+        assert_eq!(
+            now.metadata.resource_version, good.metadata.resource_version,
+            "{answer:?} changed the Secret"
+        );
+    }
+    assert!(
+        d.sample("pullkeeper_refresh_total{registry=\"flaky\",result=\"failure\"}")
+            .await
+            >= 4.0
+    );
+    // Recovery rotates in place.
+    endpoint.set(token("new-pw"));
+    let rotated = wait_password(&client, &ns, "flaky-pull", "registry.flaky.test", "new-pw").await;
+    assert_eq!(rotated.metadata.uid, good.metadata.uid);
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_invalid_reload_keeps_the_old_config_and_removing_a_registry_prunes_it() {
+    let client = support::admin_client().await;
+    let test = "engine-reload";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let endpoint = TokenEndpoint::start(token("reload-pw")).await;
+    let dir = config_dir();
+    let a = endpoint.registry_file("registry.a.test", "a-pull", &selector(test), SLOW);
+    let b = endpoint.registry_file("registry.b.test", "b-pull", &selector(test), SLOW);
+    write_config(&dir, "a.yaml", &a);
+    write_config(&dir, "b.yaml", &b);
+    let d = daemon::start(&client, &dir, "info").await;
+    wait_password(&client, &ns, "a-pull", "registry.a.test", "reload-pw").await;
+    wait_password(&client, &ns, "b-pull", "registry.b.test", "reload-pw").await;
+    wait_pull_secrets(&client, &ns, "default", &["a-pull", "b-pull"]).await;
+
+    // An invalid edit to b and the removal of a arrive together: rejected as a whole.
+    write_config(&dir, "b.yaml", &format!("{b}secretNmae: typo\n"));
+    std::fs::remove_file(dir.join("a.yaml")).expect("remove a");
+    support::wait_for_named("rejected reload", WAIT, || async {
+        d.sample("pullkeeper_config_reloads_total{result=\"failure\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(
+        d.sample("pullkeeper_config_last_reload_successful").await,
+        0.0
+    );
+    assert!(
+        d.logs().contains("secretNmae"),
+        "the log names the bad field"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        get_secret(&client, &ns, "a-pull").await.is_some(),
+        "old config keeps running"
+    );
+
+    // Fixed: a's removal now takes effect, b stays.
+    write_config(&dir, "b.yaml", &b);
+    support::wait_for_named("a-pull pruned", WAIT, || async {
+        get_secret(&client, &ns, "a-pull").await.is_none()
+    })
+    .await;
+    wait_pull_secrets(&client, &ns, "default", &["b-pull"]).await;
+    assert!(get_secret(&client, &ns, "b-pull").await.is_some());
+    assert_eq!(
+        d.sample("pullkeeper_config_last_reload_successful").await,
+        1.0
+    );
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_written_secret_lets_skopeo_pull_from_real_registries() {
+    let client = support::admin_client().await;
+    let test = "engine-pull";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let dir = config_dir();
+    for (file, reg) in [
+        ("htpasswd.yaml", support::Registry::htpasswd()),
+        ("token.yaml", support::Registry::token()),
+    ] {
+        let password_file = support::write_scratch_file("secrets", ".txt", &reg.password);
+        let name = file.trim_end_matches(".yaml");
+        write_config(
+            &dir,
+            file,
+            &format!(
+                "provider:\n  type: static\n  username: {{value: \"{}\"}}\n  password: {{file: {}}}\nservers: [\"{}\"]\nsecretName: {name}-pull\nnamespaces:\n  selector: \"{}\"\n",
+                reg.username,
+                password_file.display(),
+                reg.host,
+                selector(test)
+            ),
+        );
+    }
+    let d = daemon::start(&client, &dir, "info").await;
+    for (name, reg) in [
+        ("htpasswd", support::Registry::htpasswd()),
+        ("token", support::Registry::token()),
+    ] {
+        let secret = wait_password(
+            &client,
+            &ns,
+            &format!("{name}-pull"),
+            &reg.host,
+            &reg.password,
+        )
+        .await;
+        let authfile = support::scratch_path("authfiles", ".json");
+        std::fs::write(
+            &authfile,
+            &secret.data.as_ref().expect("data")[".dockerconfigjson"].0,
+        )
+        .expect("authfile");
+        support::skopeo_pull(&reg.test_image_ref(), &authfile)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_canary_credential_never_reaches_logs_metrics_or_events() {
+    let client = support::admin_client().await;
+    let test = "engine-canary";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let canary = format!("pk-canary-{}", std::process::id());
+    let endpoint = TokenEndpoint::start(token(&canary)).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "canary.yaml",
+        &endpoint.registry_file("registry.canary.test", "canary-pull", &selector(test), FAST),
+    );
+    let d = daemon::start(&client, &dir, "trace").await;
+    wait_password(&client, &ns, "canary-pull", "registry.canary.test", &canary).await;
+    // Exercise the error paths with the canary still the current credential.
+    for answer in [
+        Answer::Status(500),
+        Answer::Malformed,
+        Answer::MissingPassword,
+    ] {
+        let before = d
+            .sample("pullkeeper_refresh_total{registry=\"canary\",result=\"failure\"}")
+            .await;
+        endpoint.set(answer);
+        support::wait_for_named("a failure", WAIT, || async {
+            d.sample("pullkeeper_refresh_total{registry=\"canary\",result=\"failure\"}")
+                .await
+                > before
+        })
+        .await;
+    }
+    let metrics = d.metrics().await;
+    let logs = d.stop().await;
+    assert!(logs.lines().count() > 20, "trace logging produced output");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let forms = [
+        canary.clone(),
+        b64.encode(&canary),
+        b64.encode(format!("robot:{canary}")),
+    ];
+    let events = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events");
+    let events = serde_json::to_string(&events.items).expect("json");
+    for form in &forms {
+        assert!(
+            !logs.contains(form.as_str()),
+            "credential form {form} leaked into the log"
+        );
+        assert!(
+            !metrics.contains(form.as_str()),
+            "credential leaked into metrics"
+        );
+        assert!(
+            !events.contains(form.as_str()),
+            "credential leaked into events"
+        );
+    }
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn once_exits_zero_after_a_full_pass_and_non_zero_when_a_fetch_fails() {
+    let client = support::admin_client().await;
+    let test = "engine-once";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let endpoint = TokenEndpoint::start(token("once-pw")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "once.yaml",
+        &endpoint.registry_file("registry.once.test", "once-pull", &selector(test), SLOW),
+    );
+    let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
+    let instance = daemon::unique_instance();
+    let run = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
+            .args(["once", "--instance", &instance, "--config"])
+            .arg(&dir)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .output()
+    };
+    let out = run().await.expect("run once");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = get_secret(&client, &ns, "once-pull")
+        .await
+        .expect("written by once");
+    assert_eq!(
+        password_in(&s, "registry.once.test").as_deref(),
+        Some("once-pw")
+    );
+    endpoint.set(Answer::Status(503));
+    let out = run().await.expect("run once");
+    assert_eq!(out.status.code(), Some(1));
+    let after = get_secret(&client, &ns, "once-pull").await.expect("kept");
+    assert_eq!(after.metadata.resource_version, s.metadata.resource_version);
+    namespaces.cleanup().await;
+}
+
+#[test]
+fn check_lists_every_problem_with_file_and_field_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.yaml"), "provider: {type: static, username: {value: u}, password: {value: inline}}\nsecretName: a\nservers: [r.test]\nrefresh: {schedule: \"99 * * * *\"}\n").expect("a");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "provider: {type: teleport}\nsecretName: b\n",
+    )
+    .expect("b");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
+        .args(["check", "--config"])
+        .arg(dir.path())
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a.yaml: provider.password.value"), "{err}");
+    assert!(err.contains("a.yaml: refresh.schedule"), "{err}");
+    assert!(err.contains("b.yaml: provider.type"), "{err}");
+    assert!(
+        !err.contains("inline"),
+        "a secret given inline is not echoed back: {err}"
+    );
+    let _ = BTreeMap::<String, String>::new();
+}
