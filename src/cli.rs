@@ -67,6 +67,16 @@ pub struct RunArgs {
     /// it, so several installations can share a cluster.
     #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
     pub instance: String,
+    /// Elect a leader among replicas through a Lease named after the instance; only the leader
+    /// fetches and writes.
+    #[arg(long, env = "PULLKEEPER_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease (pullkeeper's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "pullkeeper")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (the Pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
     /// Time limit of one provider call.
     #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,

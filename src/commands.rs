@@ -113,7 +113,43 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
         fetch_timeout: args.fetch_timeout,
     };
     info!(registries = config.registries.len(), once, "starting");
-    let caches = engine::start(client, metrics.clone(), settings, config, providers).await;
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(!args.leader_elect || once);
+    let leadership_lost: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>> =
+        if args.leader_elect && !once {
+            let lease = crate::leader::LeaseConfig {
+                namespace: args.lease_namespace.clone(),
+                name: format!("{}-leader", args.instance),
+                identity: args
+                    .identity
+                    .clone()
+                    .unwrap_or_else(|| format!("pullkeeper-{}", std::process::id())),
+                duration: std::time::Duration::from_secs(15),
+                renew_every: std::time::Duration::from_secs(5),
+            };
+            info!(lease = %lease.name, identity = %lease.identity, "campaigning for leadership");
+            let campaign = tokio::spawn(crate::leader::run(
+                client.clone(),
+                lease,
+                metrics.clone(),
+                leader_tx,
+            ));
+            Box::pin(async move {
+                let _ = campaign.await;
+            })
+        } else {
+            metrics.leader.set(1);
+            drop(leader_tx);
+            Box::pin(std::future::pending())
+        };
+    let caches = engine::start(
+        client.clone(),
+        metrics.clone(),
+        settings,
+        config,
+        providers,
+        leader_rx,
+    )
+    .await;
     if once {
         return Ok(if caches.once().await { 0 } else { 1 });
     }
@@ -132,7 +168,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
             error!(error = %e, "admin server stopped");
         }
     });
-    caches.run().await;
+    let clean = caches.run(leadership_lost).await;
     admin.abort();
-    Ok(0)
+    Ok(if clean { 0 } else { 1 })
 }

@@ -97,6 +97,7 @@ pub struct Shared {
     applier: Applier,
     recorder: Recorder,
     trigger: mpsc::UnboundedSender<()>,
+    leader: tokio::sync::watch::Receiver<bool>,
     pub ready: AtomicBool,
 }
 
@@ -113,6 +114,15 @@ impl Shared {
 
     fn credentials(&self) -> HashMap<String, Arc<Issued>> {
         read(&self.credentials)
+    }
+
+    fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    async fn wait_for_leadership(&self) {
+        let mut rx = self.leader.clone();
+        let _ = rx.wait_for(|leading| *leading).await;
     }
 
     fn reconcile_all(&self) {
@@ -152,6 +162,10 @@ impl Shared {
 
     /// Plans and applies one namespace.
     pub async fn sync_namespace(&self, ns: &Namespace) -> Result<(), ReconcileError> {
+        // Followers keep warm caches and write nothing.
+        if !self.is_leader() {
+            return Ok(());
+        }
         let name = ns.metadata.name.clone().unwrap_or_default();
         let config = self.config();
         let credentials = self.credentials();
@@ -374,6 +388,8 @@ async fn refresh_loop(shared: Arc<Shared>, registry: Arc<Registry>) {
     let name = registry.name.clone();
     let mut attempt = 0u32;
     loop {
+        // Only the leader fetches: one provider call per rotation across all replicas.
+        shared.wait_for_leadership().await;
         let span =
             info_span!("refresh", registry = %name, provider = registry.provider.type_name());
         let now = Utc::now();
@@ -677,6 +693,7 @@ pub async fn start(
     settings: Settings,
     config: Config,
     providers: HashMap<String, Arc<dyn Provider>>,
+    leader: tokio::sync::watch::Receiver<bool>,
 ) -> Caches {
     let (trigger, trigger_rx) = mpsc::unbounded();
     let ns_api: Api<Namespace> = Api::all(client.clone());
@@ -740,6 +757,7 @@ pub async fn start(
         accounts,
         applier,
         trigger,
+        leader,
         ready: AtomicBool::new(false),
     });
     Caches {
@@ -755,12 +773,32 @@ impl Caches {
     }
 
     /// Runs the daemon until a shutdown signal.
-    pub async fn run(self) {
+    /// Runs the daemon until a shutdown signal or until `leadership_lost` completes. Returns
+    /// false when it stopped because leadership was lost.
+    pub async fn run(
+        self,
+        leadership_lost: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    ) -> bool {
         let Caches {
             shared,
             controller,
             trigger_rx,
         } = self;
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost_flag = lost.clone();
+        let leadership_lost = async move {
+            leadership_lost.await;
+            lost_flag.store(true, Ordering::SeqCst);
+            error!("leadership lost; stopping so a restart begins as a follower");
+        };
+        // A new leader resyncs every namespace once.
+        let on_leader = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shared.wait_for_leadership().await;
+                shared.reconcile_all();
+            })
+        };
         let mut refreshers = Refreshers {
             tasks: HashMap::new(),
         };
@@ -792,6 +830,7 @@ impl Caches {
         let ctx = shared.clone();
         controller
             .reconcile_all_on(trigger_rx)
+            .graceful_shutdown_on(leadership_lost)
             .shutdown_on_signal()
             .run(
                 |ns: Arc<Namespace>, ctx: Arc<Shared>| async move {
@@ -808,7 +847,9 @@ impl Caches {
             .await;
         reloader.abort();
         ready.abort();
+        on_leader.abort();
         info!("shut down");
+        !lost.load(Ordering::SeqCst)
     }
 
     /// One full pass: fetch every registry once, wait for the caches, sync every namespace.

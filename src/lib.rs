@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod credential;
 pub mod engine;
+pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod plan;

@@ -720,3 +720,60 @@ fn check_lists_every_problem_with_file_and_field_and_exits_2() {
     );
     let _ = BTreeMap::<String, String>::new();
 }
+
+#[tokio::test]
+async fn only_the_elected_leader_writes_and_a_follower_takes_over() {
+    let client = support::admin_client().await;
+    let test = "engine-leader";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let endpoint = TokenEndpoint::start(token("leader-pw")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "lead.yaml",
+        &endpoint.registry_file("registry.lead.test", "lead-pull", &selector(test), SLOW),
+    );
+    let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
+    let instance = daemon::unique_instance();
+    let flags = |id: &'static str| {
+        [
+            "--reload-interval",
+            "1s",
+            "--leader-elect",
+            "--identity",
+            id,
+        ]
+    };
+    let first = daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags("replica-a")).await;
+    wait_password(&client, &ns, "lead-pull", "registry.lead.test", "leader-pw").await;
+    let second =
+        daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags("replica-b")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(first.sample("pullkeeper_leader").await, 1.0);
+    assert_eq!(second.sample("pullkeeper_leader").await, 0.0);
+    // The follower neither fetched nor wrote.
+    assert_eq!(endpoint.calls(), 1);
+    assert_eq!(
+        second
+            .sample(
+                "pullkeeper_writes_total{kind=\"secret\",operation=\"apply\",outcome=\"success\"}"
+            )
+            .await,
+        0.0
+    );
+
+    // The leader goes away; the follower takes the expired lease and repairs what drifted.
+    first.stop().await;
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete("lead-pull", &DeleteParams::default())
+        .await
+        .expect("delete");
+    support::wait_for_named("follower becomes leader", WAIT, || async {
+        second.sample("pullkeeper_leader").await == 1.0
+    })
+    .await;
+    wait_password(&client, &ns, "lead-pull", "registry.lead.test", "leader-pw").await;
+    second.stop().await;
+    namespaces.cleanup().await;
+}

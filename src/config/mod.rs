@@ -253,6 +253,8 @@ fn validate_registry(
     for (i, server) in raw.servers.iter().enumerate() {
         if let Err(why) = check_server(server) {
             p.push(format!("servers[{i}]"), why);
+        } else if let Some(why) = raw.provider.server_problem(server) {
+            p.push(format!("servers[{i}]"), why);
         }
     }
     let namespaces = namespaces(

@@ -190,3 +190,14 @@ fn five_field_cron_expressions_are_accepted_and_bad_ones_explained() {
     assert!(parse_cron("61 * * * *").is_err());
     assert!(parse_cron("* *").expect_err("short").contains("2 fields"));
 }
+
+#[test]
+fn a_server_the_provider_cannot_open_is_named() {
+    let ecr = "provider:\n  type: ecr\n  regions: [eu-west-1]\nservers: [\"123456789012.dkr.ecr.us-east-1.amazonaws.com\"]\nsecretName: ecr-pull\n";
+    let errs = problems(&[("ecr.yaml", ecr)]);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("ecr.yaml|servers[0]|") && e.contains("us-east-1")),
+        "{errs:?}"
+    );
+}

@@ -231,12 +231,23 @@ impl ProviderSpec {
         }
     }
 
+    /// Why a host listed in the registry file's `servers` cannot work with this provider (an
+    /// ECR host of a region not fetched, another Azure registry), if it cannot.
+    pub fn server_problem(&self, server: &str) -> Option<String> {
+        match self {
+            Self::Ecr(c) => c.server_problem(server),
+            Self::EcrPublic(c) => c.server_problem(server),
+            Self::Azure(c) => c.server_problem(server),
+            Self::Static(_) | Self::Http(_) | Self::Gcp(_) => None,
+        }
+    }
+
     /// How long a credential without a stated expiry is assumed to live.
     pub fn default_lifetime(&self) -> Duration {
         match self {
-            // Static sources never expire by themselves; re-reading them hourly is cheap and
-            // a file change is also picked up by the max interval.
-            Self::Static(_) => Duration::from_secs(3600),
+            // Static sources never expire; re-reading the files about once a minute picks up a
+            // rotated mounted Secret quickly, and an unchanged credential causes no write.
+            Self::Static(_) => Duration::from_secs(90),
             Self::Gcp(_) => Duration::from_secs(3600),
             Self::Azure(_) => Duration::from_secs(3 * 3600),
             Self::Ecr(_) | Self::EcrPublic(_) => Duration::from_secs(12 * 3600),

@@ -1,0 +1,154 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease: one replica writes, the others keep
+//! warm caches. Two writers would keep overwriting each other with different tokens.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+
+/// Lease settings.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub duration: Duration,
+    pub renew_every: Duration,
+}
+
+/// What one look at the Lease decided.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Lead,
+    Follow,
+}
+
+/// Whether `lease` may be taken by `me` at `now`: it is free, ours, or its holder stopped
+/// renewing for longer than its duration.
+fn can_take(lease: &LeaseSpec, me: &str, now: Timestamp) -> bool {
+    match lease.holder_identity.as_deref() {
+        None | Some("") => true,
+        Some(holder) if holder == me => true,
+        Some(_) => {
+            let duration =
+                SignedDuration::from_secs(i64::from(lease.lease_duration_seconds.unwrap_or(15)));
+            lease
+                .renew_time
+                .as_ref()
+                .is_none_or(|t| t.0 + duration < now)
+        }
+    }
+}
+
+async fn try_lead(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Step, kube::Error> {
+    let now = Timestamp::now();
+    let seconds = i32::try_from(cfg.duration.as_secs()).unwrap_or(15);
+    let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(cfg.name.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(cfg.identity.clone()),
+                lease_duration_seconds: Some(seconds),
+                acquire_time: Some(MicroTime(now)),
+                renew_time: Some(MicroTime(now)),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(Step::Lead),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Step::Follow),
+            Err(e) => Err(e),
+        };
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if !can_take(spec, &cfg.identity, now) {
+        return Ok(Step::Follow);
+    }
+    if spec.holder_identity.as_deref() != Some(&cfg.identity) {
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        spec.acquire_time = Some(MicroTime(now));
+        spec.holder_identity = Some(cfg.identity.clone());
+    }
+    spec.renew_time = Some(MicroTime(now));
+    spec.lease_duration_seconds = Some(seconds);
+    // The replace carries the resourceVersion we read: a concurrent writer makes it fail.
+    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(Step::Lead),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Step::Follow),
+        Err(e) => Err(e),
+    }
+}
+
+/// Campaigns for the Lease and keeps it renewed, publishing leadership on `tx`. Returns when
+/// leadership, once held, is lost (the caller stops writing and exits so a restart begins as
+/// a follower).
+pub async fn run(client: Client, cfg: LeaseConfig, metrics: Metrics, tx: watch::Sender<bool>) {
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    let mut last_renewed: Option<tokio::time::Instant> = None;
+    loop {
+        let step = try_lead(&api, &cfg).await;
+        let leading = *tx.borrow();
+        match step {
+            Ok(Step::Lead) => {
+                last_renewed = Some(tokio::time::Instant::now());
+                if !leading {
+                    info!(lease = %cfg.name, identity = %cfg.identity, "became leader");
+                    metrics.leader.set(1);
+                    let _ = tx.send(true);
+                }
+            }
+            Ok(Step::Follow) if leading => {
+                warn!(lease = %cfg.name, "leadership lost to another replica");
+                break;
+            }
+            Ok(Step::Follow) => {}
+            Err(e) => {
+                warn!(lease = %cfg.name, error = %e, "lease renewal failed");
+                // Still leading only while the last renewal is younger than the lease.
+                if leading && last_renewed.is_none_or(|t| t.elapsed() >= cfg.duration) {
+                    warn!(lease = %cfg.name, "lease expired without renewal");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(cfg.renew_every).await;
+    }
+    metrics.leader.set(0);
+    let _ = tx.send(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: Option<&str>, renewed_secs_ago: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(String::from),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(
+                Timestamp::now() - SignedDuration::from_secs(renewed_secs_ago),
+            )),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_is_taken_only_when_free_ours_or_expired() {
+        let now = Timestamp::now();
+        assert!(can_take(&spec(None, 0), "me", now));
+        assert!(can_take(&spec(Some("me"), 1), "me", now));
+        assert!(!can_take(&spec(Some("other"), 5), "me", now));
+        assert!(can_take(&spec(Some("other"), 30), "me", now));
+    }
+}
