@@ -22,13 +22,24 @@ EOF
 }
 
 # pk_start NAME LOGFILE PIDFILE CMD...: starts CMD detached (own session, so a Ctrl-C aimed at the
-# caller does not reach it; `down` stops it by pid), appending to LOGFILE, and records its pid.
+# caller does not reach it; `down` stops it by pid), appending to LOGFILE, and records its pid in
+# PIDFILE and the process's start time in PIDFILE.start (so a recycled pid is never signalled).
 pk_start() {
-  local name=$1 log=$2 pidfile=$3
+  local name=$1 log=$2 pidfile=$3 pid
   shift 3
   printf '\n===== %s start %s: %s\n' "$name" "$(date -u +%FT%TZ)" "$*" >>"$log"
   setsid "$@" </dev/null >>"$log" 2>&1 &
-  echo $! >"$pidfile"
+  pid=$!
+  echo "$pid" >"$pidfile"
+  pk_start_time "$pid" >"$pidfile.start" || true
+}
+
+# pk_start_time PID: the process's start time in clock ticks since boot (/proc/PID/stat field 22).
+pk_start_time() {
+  local stat fields
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  read -r -a fields <<<"${stat##*) }"
+  printf '%s\n' "${fields[19]}"
 }
 
 # pk_running PID: the process exists and is not a zombie (a child that died but was not reaped yet
@@ -40,7 +51,15 @@ pk_running() {
   stat=${stat##*) }
   [[ ${stat:0:1} != Z ]]
 }
-pk_alive() { [[ -s $1 ]] && pk_running "$(cat "$1")"; }
+
+# pk_alive PIDFILE: the process recorded in PIDFILE is running and is the one pk_start started.
+pk_alive() {
+  local pid
+  [[ -s $1 ]] || return 1
+  pid=$(cat "$1")
+  pk_running "$pid" || return 1
+  [[ ! -s $1.start || $(pk_start_time "$pid") == "$(cat "$1.start")" ]]
+}
 
 # pk_tail NAME LOGFILE: prints a component's last log lines to stderr (used on a start failure).
 pk_tail() {
@@ -56,9 +75,9 @@ pk_addr_in_use() {
 # pk_stop PIDFILE: TERM the recorded process, wait up to 30 s, then KILL; removes the pid file.
 pk_stop() {
   local pidfile=$1 pid i
-  [[ -s $pidfile ]] || { rm -f "$pidfile"; return 0; }
+  [[ -s $pidfile ]] || { rm -f "$pidfile" "$pidfile.start"; return 0; }
   pid=$(cat "$pidfile")
-  if pk_running "$pid"; then
+  if pk_alive "$pidfile"; then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 300; i++)); do
       pk_running "$pid" || break
@@ -73,7 +92,7 @@ pk_stop() {
       done
     fi
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$pidfile.start"
 }
 
 # pk_wait_until TIMEOUT_S PIDFILE CMD...: polls CMD until it succeeds; fails early when the process
