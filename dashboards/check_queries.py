@@ -6,7 +6,8 @@
 - every pullkeeper_ name in a panel query, a variable query or an alert expression is in the
   contract (histograms may add _bucket, _sum, _count), and every label a query groups by or
   matches on belongs to one of the pullkeeper metrics it uses (or is a target label);
-- the alert rules in the kustomize base and the Helm chart equal dashboards/alerts.yaml;
+- the alert rules in the kustomize base and the Helm chart equal dashboards/alerts.yaml, and the
+  chart's copy of the dashboard equals dashboards/pullkeeper.json;
 - with --rules-out FILE, writes every dashboard query as a recording rule so that
   `promtool check rules FILE` proves each one parses.
 
@@ -149,6 +150,11 @@ def main():
         problems.append(f"{chart_copy.relative_to(ROOT)} differs from dashboards/alerts.yaml: "
                         "run dashboards/sync-alerts.sh")
 
+    chart_dashboard = ROOT / "deploy/helm/pullkeeper/files/pullkeeper.json"
+    if chart_dashboard.read_bytes() != (ROOT / "dashboards/pullkeeper.json").read_bytes():
+        problems.append(f"{chart_dashboard.relative_to(ROOT)} differs from dashboards/pullkeeper.json: "
+                        "run dashboards/sync-alerts.sh")
+
     if args.rules_out:
         out = {"groups": [{"name": "dashboard-queries", "rules": [
             {"record": f"pullkeeper:dashboard_query_{i}", "expr": promql(expr)}
@@ -159,7 +165,7 @@ def main():
         print(f"FAIL: {p}", file=sys.stderr)
     if not problems:
         print(f"ok: {len(queries)} dashboard queries and {len(alerts)} alert expressions use only contract "
-              f"metrics and labels; alert rule copies in sync")
+              f"metrics and labels; rule and dashboard copies in sync")
     return 1 if problems else 0
 
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Copies the alert rules in dashboards/alerts.yaml (the one source) into the kustomize base's
-# PrometheusRule and the Helm chart. Run it after editing alerts.yaml;
-# tests/checks/promtool.sh fails when the copies differ.
+# PrometheusRule and the Helm chart, and the dashboard into the chart. Run it after editing
+# alerts.yaml or pullkeeper.json; tests/checks/promtool.sh fails when the copies differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 src=dashboards/alerts.yaml
 cp "$src" deploy/helm/pullkeeper/files/alerts.yaml
+cp dashboards/pullkeeper.json deploy/helm/pullkeeper/files/pullkeeper.json
 
 {
   cat <<'HEAD'

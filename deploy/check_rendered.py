@@ -8,6 +8,7 @@ usage: check_rendered.py kustomize BASE.yaml OVERLAY_NAME=OVERLAY.yaml ...
 
 Prints one line per problem and exits 1 if there is any.
 """
+import json
 import sys
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def check_deployment(dep, where, replicas=2):
 
 
 def check_common(objs, where, replicas=2, with_monitoring=True):
-    for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap",
+    for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                  "Deployment", "Service", "PodDisruptionBudget"] + (["ServiceMonitor", "PrometheusRule"] if with_monitoring else []):
         one(objs, kind, where)
     check_rbac(objs, where)
@@ -110,7 +111,7 @@ def check_common(objs, where, replicas=2, with_monitoring=True):
     svc = one(objs, "Service", where)
     expect(any(p.get("port") == 9090 and p.get("targetPort") == "admin" for p in svc.get("spec", {}).get("ports", [])),
            f"{where}: Service has no port 9090 -> admin")
-    cm = one(objs, "ConfigMap", where)
+    cm = config_map(objs, where)
     for key, text in (cm.get("data") or {}).items():
         expect(key.endswith(".yaml"), f"{where}: ConfigMap key {key} is not a .yaml file")
         try:
@@ -122,6 +123,18 @@ def check_common(objs, where, replicas=2, with_monitoring=True):
         rules = yaml.safe_load((ROOT / "dashboards/alerts.yaml").read_text())
         pr = one(objs, "PrometheusRule", where)
         expect(pr.get("spec", {}).get("groups") == rules["groups"], f"{where}: PrometheusRule differs from dashboards/alerts.yaml")
+
+
+def config_map(objs, where):
+    """The ConfigMap the Deployment mounts as its config directory."""
+    dep = one(objs, "Deployment", where)
+    names = [v["configMap"]["name"] for v in dep.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", [])
+             if "configMap" in v]
+    found = [c for c in objs.get("ConfigMap", []) if c["metadata"]["name"] in names]
+    if len(found) != 1:
+        problems.append(f"{where}: expected one ConfigMap mounted by the Deployment, found {len(found)}")
+        return {}
+    return found[0]
 
 
 def pod_labels(objs, where):
@@ -171,7 +184,7 @@ def helm(default_path, full_path, kustomize_path):
     check_common(full, "helm full values", replicas=3)
     where = "helm full values"
     values = yaml.safe_load((ROOT / "deploy/helm/pullkeeper/ci/full-values.yaml").read_text())
-    cm = one(full, "ConfigMap", where).get("data") or {}
+    cm = config_map(full, where).get("data") or {}
     expect(set(cm) == {f"{n}.yaml" for n in values["registries"]}, f"{where}: ConfigMap keys {sorted(cm)}")
     for name, registry in values["registries"].items():
         expect(yaml.safe_load(cm.get(f"{name}.yaml", "")) == registry, f"{where}: {name}.yaml does not equal its values")
@@ -182,6 +195,15 @@ def helm(default_path, full_path, kustomize_path):
     for kind in ("ServiceMonitor", "PrometheusRule"):
         expect(one(full, kind, where)["metadata"].get("labels", {}).get("release") == "kube-prometheus-stack",
                f"{where}: {kind} labels not applied")
+    dashboards = [c for c in full.get("ConfigMap", []) if c["metadata"]["name"].endswith("-dashboard")]
+    expect(len(dashboards) == 1, f"{where}: expected one Grafana dashboard ConfigMap")
+    expect(not any(c["metadata"]["name"].endswith("-dashboard") for c in default.get("ConfigMap", [])),
+           "helm defaults: dashboard ConfigMap rendered although disabled")
+    for c in dashboards:
+        expect(c["metadata"].get("namespace") == values["grafanaDashboard"]["namespace"], f"{where}: dashboard namespace")
+        expect(c["metadata"].get("labels", {}).get("grafana_dashboard") == "1", f"{where}: dashboard lacks the sidecar label")
+        expect(json.loads(c["data"]["pullkeeper.json"]) == json.loads((ROOT / "dashboards/pullkeeper.json").read_text()),
+               f"{where}: dashboard ConfigMap differs from dashboards/pullkeeper.json")
     # Same permissions and the same pod as the kustomize base.
     base = by_kind(load(kustomize_path))
     for kind in ("ClusterRole", "Role"):
@@ -204,7 +226,7 @@ def main():
     elif mode == "config-dir" and len(sys.argv) == 4:
         out = Path(sys.argv[3])
         out.mkdir(parents=True, exist_ok=True)
-        data = one(by_kind(load(sys.argv[2])), "ConfigMap", sys.argv[2]).get("data") or {}
+        data = config_map(by_kind(load(sys.argv[2])), sys.argv[2]).get("data") or {}
         for key, text in data.items():
             (out / key).write_text(text)
     else:

@@ -67,7 +67,7 @@ done
 "$helm" template pullkeeper deploy/helm/pullkeeper --namespace "$ns" >"$work/helm-default.all.yaml" \
   || fail "helm template failed"
 "$helm" template pullkeeper deploy/helm/pullkeeper --namespace "$ns" -f deploy/helm/pullkeeper/ci/full-values.yaml \
-  >"$work/helm-full.all.yaml" || fail "helm template (full values) failed"
+  --set grafanaDashboard.namespace="$ns" >"$work/helm-full.all.yaml" || fail "helm template (full values) failed"
 renders+=(helm-default helm-full)
 
 total=0
