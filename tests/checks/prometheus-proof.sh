@@ -20,7 +20,7 @@ say() { echo "prometheus-proof.sh: $*"; }
 
 if ! command -v prometheus >/dev/null 2>&1; then
   say "installing Debian's prometheus package"
-  apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+  { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
     || fail "could not install the prometheus package"
 fi
 for tool in kubectl curl python3 cargo promtool; do

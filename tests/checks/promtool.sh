@@ -10,7 +10,7 @@ fail() { echo "promtool.sh: FAIL: $*" >&2; exit 1; }
 
 if ! command -v promtool >/dev/null 2>&1; then
   echo "promtool.sh: installing Debian's prometheus package for promtool"
-  apt-get update -qq >/dev/null && apt-get install -y -qq prometheus >/dev/null \
+  { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
     || fail "could not install the prometheus package (needed for promtool)"
 fi
 
