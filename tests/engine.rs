@@ -777,3 +777,135 @@ async fn only_the_elected_leader_writes_and_a_follower_takes_over() {
     second.stop().await;
     namespaces.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_ecr_token_from_moto_lands_in_the_namespace_under_each_region_host() {
+    let client = support::admin_client().await;
+    let test = "engine-ecr";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "ecr.yaml",
+        &format!(
+            "provider:\n  type: ecr\n  regions: [eu-west-1, us-east-1]\n  endpointUrl: {}\nsecretName: ecr-pull\nnamespaces:\n  selector: \"{}\"\n",
+            support::moto_url(),
+            selector(test)
+        ),
+    );
+    let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
+    let envs = [
+        ("AWS_ACCESS_KEY_ID", "AKIAPULLKEEPERTEST01"),
+        ("AWS_SECRET_ACCESS_KEY", "pullkeeper-test-secret-key"),
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let d = daemon::start_with_env(
+        &kubeconfig,
+        &dir,
+        "info",
+        &daemon::unique_instance(),
+        &["--reload-interval", "1s"],
+        &envs,
+    )
+    .await;
+    // moto answers account 123456789012 with password "<account>-auth-token" and the region's
+    // proxy endpoint; one token per region, each under its own host.
+    for region in ["eu-west-1", "us-east-1"] {
+        let host = format!("123456789012.dkr.ecr.{region}.amazonaws.com");
+        let secret =
+            wait_password(&client, &ns, "ecr-pull", &host, "123456789012-auth-token").await;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&secret.data.expect("data")[".dockerconfigjson"].0)
+                .expect("json");
+        assert_eq!(
+            doc.pointer(&format!("/auths/{host}/username")),
+            Some(&json!("AWS"))
+        );
+        assert_eq!(
+            doc.pointer(&format!("/auths/{host}/auth")),
+            Some(&json!(
+                base64::engine::general_purpose::STANDARD.encode("AWS:123456789012-auth-token")
+            ))
+        );
+    }
+    wait_pull_secrets(&client, &ns, "default", &["ecr-pull"]).await;
+    // moto's expiry is a fixed date in the past: the scheduler must not spin on it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        d.sample("pullkeeper_refresh_total{registry=\"ecr\",result=\"success\"}")
+            .await,
+        1.0
+    );
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_credential_the_registry_refuses_is_not_written_and_the_old_secret_stays() {
+    let client = support::admin_client().await;
+    let test = "engine-verify";
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let reg = support::Registry::htpasswd();
+    let repo = support::test_image();
+    let (repository, reference) = repo.split_once(':').expect("repo:tag");
+    let password_file = support::write_scratch_file("secrets", ".txt", &reg.password);
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "verified.yaml",
+        &format!(
+            "provider:\n  type: static\n  username: {{value: \"{}\"}}\n  password: {{file: {}}}\nservers: [\"{}\"]\nsecretName: verified-pull\n\
+             namespaces:\n  selector: \"{}\"\nrefresh:\n  minInterval: 1s\n  maxInterval: 2s\n  backoffInitial: 1s\n  backoffMax: 2s\n\
+             verify:\n  repository: {repository}\n  reference: {reference}\n  scheme: http\n",
+            reg.username,
+            password_file.display(),
+            reg.host,
+            selector(test)
+        ),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+    let good = wait_password(&client, &ns, "verified-pull", &reg.host, &reg.password).await;
+    assert!(
+        d.sample("pullkeeper_verifications_total{registry=\"verified\",result=\"success\"}")
+            .await
+            >= 1.0
+    );
+
+    // The source now hands out a wrong password: the registry refuses it, nothing is written.
+    std::fs::write(&password_file, "not-the-password").expect("rotate to a bad password");
+    support::wait_for_named("a refused verification", WAIT, || async {
+        d.sample("pullkeeper_refresh_failures_total{registry=\"verified\",category=\"verification_failed\"}").await >= 1.0
+    })
+    .await;
+    assert!(
+        d.sample("pullkeeper_verifications_total{registry=\"verified\",result=\"failure\"}")
+            .await
+            >= 1.0
+    );
+    let kept = get_secret(&client, &ns, "verified-pull")
+        .await
+        .expect("kept");
+    assert_eq!(
+        kept.metadata.resource_version,
+        good.metadata.resource_version
+    );
+    let events = Api::<Event>::namespaced(client.clone(), support::PULLKEEPER_NAMESPACE)
+        .list(&ListParams::default())
+        .await
+        .expect("events");
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("RotationFailed")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("registry verified"))),
+        "a RotationFailed event names the registry"
+    );
+    d.stop().await;
+    namespaces.cleanup().await;
+}

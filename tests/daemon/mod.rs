@@ -78,6 +78,18 @@ pub async fn start_with(
     instance: &str,
     extra: &[&str],
 ) -> Daemon {
+    start_with_env(kubeconfig, config_dir, log_filter, instance, extra, &[]).await
+}
+
+/// Like [`start_with`], with extra environment variables for the daemon (cloud identities).
+pub async fn start_with_env(
+    kubeconfig: &Path,
+    config_dir: &Path,
+    log_filter: &str,
+    instance: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Daemon {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = support::scratch_path("daemon", ".log");
     let file = std::fs::File::create(&log).expect("log file");
@@ -100,6 +112,7 @@ pub async fn start_with(
         .args(extra)
         .env("POD_NAME", "pullkeeper-test")
         .env("POD_NAMESPACE", support::PULLKEEPER_NAMESPACE)
+        .envs(envs.iter().copied())
         .stdout(Stdio::from(file.try_clone().expect("clone")))
         .stderr(Stdio::from(file))
         .kill_on_drop(true)
