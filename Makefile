@@ -3,3 +3,15 @@
 .PHONY: test
 test:
 	tests/run-all.sh
+
+# `make demo` starts a local control plane, a registry and a credential broker, runs pullkeeper
+# with config/examples/demo/ and walks through what it does; Ctrl-C stops everything.
+.PHONY: demo
+demo:
+	demo/run.sh
+
+# `make bench` builds the release binary, starts its own control plane and prints the fan-out
+# figures for 1,000 namespaces (bench/README.md; PK_BENCH_NAMESPACES etc. override).
+.PHONY: bench
+bench:
+	bench/run.sh

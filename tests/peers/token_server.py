@@ -9,7 +9,8 @@ certificate is its `rootcertbundle`. Wrong or missing credentials get 401, as a 
 server does for a login it cannot verify, so a client with a bad dockerconfigjson fails.
 
 Usage: token_server.py --port P --key KEY.pem --cert CERT.pem --issuer ISS --service SVC \
-                       --users USERS.json   (a JSON object {"user": "password"})
+                       --users USERS.json   (a JSON object {"user": "password"}, re-read on every
+                                             request so a credential broker can rotate passwords)
 `GET /healthz` answers 200 once it is serving. Python stdlib plus `cryptography` (a moto dependency).
 """
 
@@ -71,7 +72,7 @@ def parse_scope(scope: str):
     return typ, name, actions
 
 
-def make_handler(signer: Signer, users: dict, issuer: str, service: str):
+def make_handler(signer: Signer, users_path: str, issuer: str, service: str):
     class Handler(BaseHTTPRequestHandler):
         server_version = "pullkeeper-test-token-server"
 
@@ -103,7 +104,8 @@ def make_handler(signer: Signer, users: dict, issuer: str, service: str):
                 user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 return None
-            expected = users.get(user)
+            with open(users_path) as f:
+                expected = json.load(f).get(user)
             if expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
                 return None
             return user
@@ -167,9 +169,9 @@ def main():
     p.add_argument("--users", required=True)
     args = p.parse_args()
     with open(args.users) as f:
-        users = json.load(f)
+        json.load(f)  # fail at start on an unreadable or malformed file
     signer = Signer(args.key, args.cert)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(signer, users, args.issuer, args.service))
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(signer, args.users, args.issuer, args.service))
     sys.stderr.write("token server listening on %s:%d\n" % (args.host, args.port))
     sys.stderr.flush()
     server.serve_forever()
