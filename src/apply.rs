@@ -146,10 +146,10 @@ impl Applier {
         };
         if !known_managed {
             let current = api.get_opt(&name).await.map_err(|e| err("get", e))?;
-            if let Some(current) = current {
-                if !self.owner.owns(&current.metadata) {
-                    return Ok(SecretOutcome::Foreign);
-                }
+            if let Some(current) = current
+                && !self.owner.owns(&current.metadata)
+            {
+                return Ok(SecretOutcome::Foreign);
             }
         }
         self.limiter.wait().await;

@@ -210,7 +210,9 @@ pub struct TokenEndpoint {
     pub calls: Arc<Mutex<u64>>,
 }
 
-async fn token(State((answer, calls)): State<(Arc<Mutex<Answer>>, Arc<Mutex<u64>>)>) -> Response {
+type EndpointState = (Arc<Mutex<Answer>>, Arc<Mutex<u64>>);
+
+async fn token(State((answer, calls)): State<EndpointState>) -> Response {
     *calls.lock().expect("calls") += 1;
     let answer = answer.lock().expect("answer").clone();
     match answer {
