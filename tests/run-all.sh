@@ -16,7 +16,7 @@
 # CARGO_TARGET_DIR as usual. Extra arguments are passed to `cargo test` (e.g. a test name filter).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-cd "$root"
+cd "$root" || exit 1
 # shellcheck source=tests/cluster/lib.sh
 . tests/cluster/lib.sh
 
@@ -106,6 +106,7 @@ pk_log "platform up in $((SECONDS - t)) s"
 # --- 4. tests and checks against the platform ------------------------------------------------
 test_log=$dir/logs/cargo-test.log
 # A hung test must not eat CI's whole budget: 45 minutes is far above a normal run.
+# shellcheck disable=SC2016 # expanded by the inner bash
 run "cargo test --all-features" bash -c 'set -o pipefail; timeout 2700 cargo test --all-features "$@" 2>&1 | tee "$0"' \
   "$test_log" "$@"
 for check in tests/checks/*.sh; do

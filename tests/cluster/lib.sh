@@ -123,6 +123,7 @@ pk_http_status_is() {
 # calls pk_start NAME "$logs/NAME.log" "$pids/NAME.pid" ...), waits for READY_FN; when the process
 # died on a taken port, tries again with new ports (5 attempts); on any other failure prints the
 # last log lines and exits non-zero. Needs $logs and $pids set by the caller.
+# shellcheck disable=SC2154 # $logs and $pids belong to the caller
 pk_start_with_retry() {
   local name=$1 timeout=$2 start_fn=$3 ready_fn=$4 attempt rc
   for attempt in 1 2 3 4 5; do
