@@ -632,15 +632,20 @@ where
     Fut: Future<Output = P>,
     P: Poll,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    // Real time, not tokio's clock: a test with a paused clock must not time out while the API
+    // server answers.
+    let deadline = std::time::Instant::now() + timeout;
     loop {
         let last = match check().await.into_result() {
             Ok(v) => return v,
             Err(why) => why,
         };
-        if tokio::time::Instant::now() >= deadline {
+        if std::time::Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A real-time pause that neither blocks the runtime nor depends on its (maybe paused) clock.
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(100)))
+            .await
+            .expect("sleep thread");
     }
 }
