@@ -152,7 +152,9 @@ YAML
   || fail "pullkeeper check rejects the proof config: $(cat "$work/check.log")"
 
 # --- pullkeeper ----------------------------------------------------------------------------------
-"$bin" run --config "$work/config" --kubeconfig "$KUBECONFIG" --admin-addr "127.0.0.1:$admin_port" \
+# POD_NAME/POD_NAMESPACE as the Deployment sets them: pullkeeper campaigns for its Lease.
+POD_NAME=pullkeeper-proof-0 POD_NAMESPACE="$ns_prefix-a" \
+  "$bin" run --config "$work/config" --kubeconfig "$KUBECONFIG" --admin-addr "127.0.0.1:$admin_port" \
   --log-format json --reload-interval 1s >"$work/pullkeeper.log" 2>&1 &
 pk_pid=$!
 pids+=("$pk_pid")
@@ -190,10 +192,11 @@ curl -fsS "$prom/-/ready" >/dev/null || fail "prometheus not ready: $(tail -5 "$
 
 # Enough scrapes for the rate() windows, and time for the failing registry to retry a few times.
 sleep 20
-# What this scenario must show: 2 namespaces served by proof-http (token valid ~1 h, verified),
+# What this scenario must show: the Lease won; 2 namespaces served by proof-http (token valid ~1 h, verified),
 # the foreign Secret counted, the dead endpoint counted as unreachable, the config change reloaded.
 python3 dashboards/prove_queries.py "$prom" \
   'max(pullkeeper_registries_configured) == 3' \
+  'max(pullkeeper_leader) == 1' \
   'max(pullkeeper_managed_secrets{registry="proof-http"}) == 2' \
   'max(pullkeeper_managed_service_accounts{registry="proof-http"}) == 2' \
   'max(pullkeeper_foreign_secrets{registry="proof-foreign"}) == 1' \
