@@ -89,6 +89,8 @@ def check_deployment(dep, where, replicas=2):
     expect(res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory"), f"{where}: no cpu/memory requests")
     expect(res.get("limits", {}).get("memory"), f"{where}: no memory limit")
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c.get("env", [])}
+    values = {e["name"]: e.get("value") for e in c.get("env", [])}
+    expect(values.get("PULLKEEPER_LEADER_ELECT") == "true", f"{where}: leader election not on (replicas would both write)")
     expect(env.get("POD_NAME") == "metadata.name", f"{where}: POD_NAME not from metadata.name")
     expect(env.get("POD_NAMESPACE") == "metadata.namespace", f"{where}: POD_NAMESPACE not from metadata.namespace")
     mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
