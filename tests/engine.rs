@@ -17,6 +17,30 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// An admin client and the test's own throw-away namespaces.
+async fn setup(test: &str) -> (Client, support::TestNamespaces) {
+    let client = support::admin_client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    (client, namespaces)
+}
+
+/// Writes a registry file using `endpoint` for the namespaces of `test`.
+fn write_http_registry(
+    dir: &std::path::Path,
+    endpoint: &TokenEndpoint,
+    file: &str,
+    server: &str,
+    secret: &str,
+    test: &str,
+    refresh: &str,
+) {
+    write_config(
+        dir,
+        file,
+        &endpoint.registry_file(server, secret, &selector(test), refresh),
+    );
+}
+
 fn selector(test: &str) -> String {
     format!("{}-name={test}", support::TEST_LABEL)
 }
@@ -92,9 +116,8 @@ async fn wait_default_sa(client: &Client, ns: &str) {
 
 #[tokio::test]
 async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() {
-    let client = support::admin_client().await;
     let test = "engine-fan-out";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let outsiders = support::TestNamespaces::new(client.clone(), "engine-fan-out-other");
     let mut names = Vec::new();
     for _ in 0..12 {
@@ -103,10 +126,14 @@ async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() 
     let outsider = outsiders.create().await;
     let endpoint = TokenEndpoint::start(token("fan-out-pw")).await;
     let dir = config_dir();
-    write_config(
+    write_http_registry(
         &dir,
+        &endpoint,
         "fanout.yaml",
-        &endpoint.registry_file("registry.fanout.test", "fanout-pull", &selector(test), SLOW),
+        "registry.fanout.test",
+        "fanout-pull",
+        test,
+        SLOW,
     );
     let d = daemon::start(&client, &dir, "info").await;
 
@@ -143,15 +170,18 @@ async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() 
 
 #[tokio::test]
 async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
-    let client = support::admin_client().await;
     let test = "engine-later";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let endpoint = TokenEndpoint::start(token("later-pw")).await;
     let dir = config_dir();
-    write_config(
+    write_http_registry(
         &dir,
+        &endpoint,
         "later.yaml",
-        &endpoint.registry_file("registry.later.test", "later-pull", &selector(test), SLOW),
+        "registry.later.test",
+        "later-pull",
+        test,
+        SLOW,
     );
     let d = daemon::start(&client, &dir, "info").await;
 
@@ -198,9 +228,8 @@ async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
 
 #[tokio::test]
 async fn entries_people_added_survive_rotation_and_removal() {
-    let client = support::admin_client().await;
     let test = "engine-user-entries";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     wait_default_sa(&client, &ns).await;
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
@@ -213,10 +242,14 @@ async fn entries_people_added_survive_rotation_and_removal() {
     .expect("user patch");
     let endpoint = TokenEndpoint::start(token("user-pw1")).await;
     let dir = config_dir();
-    write_config(
+    write_http_registry(
         &dir,
+        &endpoint,
         "users.yaml",
-        &endpoint.registry_file("registry.users.test", "users-pull", &selector(test), FAST),
+        "registry.users.test",
+        "users-pull",
+        test,
+        FAST,
     );
     let d = daemon::start(&client, &dir, "info").await;
 
@@ -272,16 +305,19 @@ async fn entries_people_added_survive_rotation_and_removal() {
 
 #[tokio::test]
 async fn an_edited_or_deleted_secret_and_a_dropped_reference_are_repaired() {
-    let client = support::admin_client().await;
     let test = "engine-drift";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     let endpoint = TokenEndpoint::start(token("drift-pw")).await;
     let dir = config_dir();
-    write_config(
+    write_http_registry(
         &dir,
+        &endpoint,
         "drift.yaml",
-        &endpoint.registry_file("registry.drift.test", "drift-pull", &selector(test), SLOW),
+        "registry.drift.test",
+        "drift-pull",
+        test,
+        SLOW,
     );
     let d = daemon::start(&client, &dir, "info").await;
     let original = wait_password(
@@ -352,9 +388,8 @@ async fn an_edited_or_deleted_secret_and_a_dropped_reference_are_repaired() {
 
 #[tokio::test]
 async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
-    let client = support::admin_client().await;
     let test = "engine-foreign";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let theirs = namespaces.create().await;
     let ours = namespaces.create().await;
     wait_default_sa(&client, &theirs).await;
@@ -426,16 +461,19 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
 
 #[tokio::test]
 async fn failed_fetches_keep_the_last_good_secret_and_are_counted() {
-    let client = support::admin_client().await;
     let test = "engine-failures";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     let endpoint = TokenEndpoint::start(token("good-pw")).await;
     let dir = config_dir();
-    write_config(
+    write_http_registry(
         &dir,
+        &endpoint,
         "flaky.yaml",
-        &endpoint.registry_file("registry.flaky.test", "flaky-pull", &selector(test), FAST),
+        "registry.flaky.test",
+        "flaky-pull",
+        test,
+        FAST,
     );
     let d = daemon::start(&client, &dir, "info").await;
     let good = wait_password(&client, &ns, "flaky-pull", "registry.flaky.test", "good-pw").await;
@@ -480,9 +518,8 @@ async fn failed_fetches_keep_the_last_good_secret_and_are_counted() {
 
 #[tokio::test]
 async fn an_invalid_reload_keeps_the_old_config_and_removing_a_registry_prunes_it() {
-    let client = support::admin_client().await;
     let test = "engine-reload";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     let endpoint = TokenEndpoint::start(token("reload-pw")).await;
     let dir = config_dir();
@@ -536,9 +573,8 @@ async fn an_invalid_reload_keeps_the_old_config_and_removing_a_registry_prunes_i
 
 #[tokio::test]
 async fn a_written_secret_lets_skopeo_pull_from_real_registries() {
-    let client = support::admin_client().await;
     let test = "engine-pull";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     let dir = config_dir();
     for (file, reg) in [
@@ -588,17 +624,20 @@ async fn a_written_secret_lets_skopeo_pull_from_real_registries() {
 
 #[tokio::test]
 async fn a_canary_credential_never_reaches_logs_metrics_or_events() {
-    let client = support::admin_client().await;
     let test = "engine-canary";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     let canary = format!("pk-canary-{}", std::process::id());
     let endpoint = TokenEndpoint::start(token(&canary)).await;
     let dir = config_dir();
-    write_config(
+    write_http_registry(
         &dir,
+        &endpoint,
         "canary.yaml",
-        &endpoint.registry_file("registry.canary.test", "canary-pull", &selector(test), FAST),
+        "registry.canary.test",
+        "canary-pull",
+        test,
+        FAST,
     );
     let d = daemon::start(&client, &dir, "trace").await;
     wait_password(&client, &ns, "canary-pull", "registry.canary.test", &canary).await;
@@ -652,16 +691,19 @@ async fn a_canary_credential_never_reaches_logs_metrics_or_events() {
 
 #[tokio::test]
 async fn once_exits_zero_after_a_full_pass_and_non_zero_when_a_fetch_fails() {
-    let client = support::admin_client().await;
     let test = "engine-once";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     let endpoint = TokenEndpoint::start(token("once-pw")).await;
     let dir = config_dir();
-    write_config(
+    write_http_registry(
         &dir,
+        &endpoint,
         "once.yaml",
-        &endpoint.registry_file("registry.once.test", "once-pull", &selector(test), SLOW),
+        "registry.once.test",
+        "once-pull",
+        test,
+        SLOW,
     );
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let instance = daemon::unique_instance();
@@ -723,16 +765,19 @@ fn check_lists_every_problem_with_file_and_field_and_exits_2() {
 
 #[tokio::test]
 async fn only_the_elected_leader_writes_and_a_follower_takes_over() {
-    let client = support::admin_client().await;
     let test = "engine-leader";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     let endpoint = TokenEndpoint::start(token("leader-pw")).await;
     let dir = config_dir();
-    write_config(
+    write_http_registry(
         &dir,
+        &endpoint,
         "lead.yaml",
-        &endpoint.registry_file("registry.lead.test", "lead-pull", &selector(test), SLOW),
+        "registry.lead.test",
+        "lead-pull",
+        test,
+        SLOW,
     );
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let instance = daemon::unique_instance();
@@ -780,9 +825,8 @@ async fn only_the_elected_leader_writes_and_a_follower_takes_over() {
 
 #[tokio::test]
 async fn an_ecr_token_from_moto_lands_in_the_namespace_under_each_region_host() {
-    let client = support::admin_client().await;
     let test = "engine-ecr";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     let dir = config_dir();
     write_config(
@@ -844,9 +888,8 @@ async fn an_ecr_token_from_moto_lands_in_the_namespace_under_each_region_host() 
 
 #[tokio::test]
 async fn a_credential_the_registry_refuses_is_not_written_and_the_old_secret_stays() {
-    let client = support::admin_client().await;
     let test = "engine-verify";
-    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
     let reg = support::Registry::htpasswd();
     let repo = support::test_image();
