@@ -291,26 +291,19 @@ fn secret_up_to_date(observed: &Secret, desired: &Secret) -> bool {
         .as_ref()
         .and_then(|a| a.get(HASH_ANNOTATION));
     let extra_keys = observed.data.as_ref().is_some_and(|d| d.len() != 1);
+    // The expiry annotation alone never causes a write: a provider that hands out the same
+    // credential with a sliding `expires_in` would otherwise rewrite every namespace on every
+    // refresh. It is refreshed whenever the content changes.
     let subset = |want: &Option<BTreeMap<String, String>>,
                   have: &Option<BTreeMap<String, String>>| {
         want.iter()
             .flatten()
+            .filter(|(k, _)| k.as_str() != EXPIRES_ANNOTATION)
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    let stale_expiry = desired
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| !a.contains_key(EXPIRES_ANNOTATION))
-        && observed
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(EXPIRES_ANNOTATION));
     observed.type_ == desired.type_
         && data_hash.as_ref() == want_hash
         && !extra_keys
-        && !stale_expiry
         && subset(&desired.metadata.labels, &observed.metadata.labels)
         && subset(
             &desired.metadata.annotations,

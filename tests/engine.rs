@@ -952,3 +952,67 @@ async fn a_credential_the_registry_refuses_is_not_written_and_the_old_secret_sta
     d.stop().await;
     namespaces.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_restarted_daemon_on_an_unchanged_cluster_makes_no_write() {
+    let test = "engine-restart";
+    let (client, namespaces) = setup(test).await;
+    let mut names = Vec::new();
+    for _ in 0..10 {
+        names.push(namespaces.create().await);
+    }
+    let endpoint = TokenEndpoint::start(token("restart-pw")).await;
+    let dir = config_dir();
+    write_http_registry(
+        &dir,
+        &endpoint,
+        "restart.yaml",
+        "registry.restart.test",
+        "restart-pull",
+        test,
+        SLOW,
+    );
+    let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
+    let instance = daemon::unique_instance();
+    // Fewer workers than namespaces, so reconciles queue up while the caches fill.
+    let flags = ["--reload-interval", "1s", "--concurrency", "2"];
+    let first = daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags).await;
+    for ns in &names {
+        wait_password(
+            &client,
+            ns,
+            "restart-pull",
+            "registry.restart.test",
+            "restart-pw",
+        )
+        .await;
+        wait_pull_secrets(&client, ns, "default", &["restart-pull"]).await;
+    }
+    first.stop().await;
+
+    let second = daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags).await;
+    // Let it fetch (same credential) and reconcile every namespace from its fresh caches.
+    support::wait_for_named("the restarted daemon's refresh", WAIT, || async {
+        second
+            .sample("pullkeeper_refresh_total{registry=\"restart\",result=\"success\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = second.metrics().await;
+    let writes: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("pullkeeper_writes_total"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum();
+    assert_eq!(
+        writes, 0.0,
+        "an unchanged cluster costs no write:\n{metrics}"
+    );
+    for ns in &names {
+        assert_eq!(pull_secrets(&client, ns, "default").await, ["restart-pull"]);
+    }
+    second.stop().await;
+    namespaces.cleanup().await;
+}

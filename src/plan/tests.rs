@@ -559,3 +559,27 @@ fn a_named_installation_removes_its_own_entry() {
         ["team-own", "legacy", "late"]
     );
 }
+
+#[test]
+fn the_same_credential_with_a_later_expiry_plans_no_write() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let first = issued(&reg, "pw");
+    let mut later = (*first).clone();
+    later.expires_at = Some(chrono::Utc::now() + chrono::TimeDelta::hours(1));
+    let existing = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &first));
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: vec![existing],
+        service_accounts: vec![],
+        foreign: &foreign,
+    };
+    let plan = plan_namespace(
+        &Owner::default(),
+        std::slice::from_ref(&reg),
+        &creds(&[("harbor", Arc::new(later))]),
+        &observed,
+    );
+    assert!(plan.secrets.is_empty(), "{plan:?}");
+}
