@@ -528,6 +528,10 @@ impl Refreshers {
         });
         for (name, reg) in wanted {
             if !self.tasks.contains_key(name) {
+                // Create the series at zero so `increase()` sees even the very first failure.
+                for result in ["success", "failure"] {
+                    shared.metrics.refreshes.with_label_values(&[name, result]);
+                }
                 let handle = tokio::spawn(refresh_loop(shared.clone(), reg.clone()));
                 self.tasks.insert(name.to_string(), (reg.clone(), handle));
             }

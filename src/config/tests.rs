@@ -201,3 +201,28 @@ fn a_server_the_provider_cannot_open_is_named() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn a_configmap_update_swapping_the_data_symlink_changes_the_loaded_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = |stamp: &str, text: &str| {
+        let data = dir.path().join(stamp);
+        fs::create_dir(&data).expect("mkdir");
+        fs::write(data.join("harbor.yaml"), text).expect("write");
+        // The kubelet's swap: a new `..data_tmp` link renamed over `..data` in one step.
+        let tmp = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(stamp, &tmp).expect("symlink");
+        fs::rename(&tmp, dir.path().join("..data")).expect("swap");
+    };
+    mount("..2026_11_29_00_00_00.1", GOOD);
+    std::os::unix::fs::symlink("..data/harbor.yaml", dir.path().join("harbor.yaml"))
+        .expect("symlink");
+    let before = load_dir(dir.path()).expect("valid");
+    mount(
+        "..2026_11_29_00_05_00.2",
+        &GOOD.replace("example-pull", "renamed-pull"),
+    );
+    let after = load_dir(dir.path()).expect("valid");
+    assert_ne!(before.fingerprint, after.fingerprint);
+    assert_eq!(after.registries[0].secret_name, "renamed-pull");
+}
