@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (the Pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// How long a same-named Secret pullkeeper does not own is left alone before it is looked
+    /// at again (so a removed one is replaced).
+    #[arg(long, env = "PULLKEEPER_FOREIGN_RECHECK", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub foreign_recheck: Duration,
     /// Time limit of one provider call.
     #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,

@@ -111,6 +111,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
         writes_per_second: args.writes_per_second,
         event_object: engine::own_pod_reference(),
         fetch_timeout: args.fetch_timeout,
+        foreign_recheck: args.foreign_recheck,
     };
     info!(registries = config.registries.len(), once, "starting");
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(!args.leader_elect || once);

@@ -28,9 +28,6 @@ use crate::providers::{Provider, ProviderError};
 use crate::render;
 use crate::schedule;
 
-/// How long a Secret found to be someone else's is left alone before it is looked at again.
-const FOREIGN_RECHECK: Duration = Duration::from_secs(300);
-
 /// Process-level settings (from the command line).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -42,6 +39,9 @@ pub struct Settings {
     /// The object failed-rotation events are attached to (pullkeeper's own Pod), if known.
     pub event_object: Option<ObjectReference>,
     pub fetch_timeout: Duration,
+    /// How long a Secret found to be someone else's is left alone before it is looked at again
+    /// (its deletion is not watched: only pullkeeper's own Secrets are).
+    pub foreign_recheck: Duration,
 }
 
 /// Why a refresh failed, with a bounded category.
@@ -161,10 +161,12 @@ impl Shared {
     }
 
     /// Plans and applies one namespace.
-    pub async fn sync_namespace(&self, ns: &Namespace) -> Result<(), ReconcileError> {
+    /// Returns whether a Secret someone else owns blocks a registry here (its deletion is not
+    /// watched, so the caller looks again later).
+    pub async fn sync_namespace(&self, ns: &Namespace) -> Result<bool, ReconcileError> {
         // Followers keep warm caches and write nothing.
         if !self.is_leader() {
-            return Ok(());
+            return Ok(false);
         }
         let name = ns.metadata.name.clone().unwrap_or_default();
         let config = self.config();
@@ -198,13 +200,23 @@ impl Shared {
                     secret,
                     existing,
                 } => match self.applier.apply_secret(secret, *existing).await {
-                    Ok(SecretOutcome::Written) => {}
+                    Ok(SecretOutcome::Written) => {
+                        let key = (
+                            name.clone(),
+                            secret.metadata.name.clone().unwrap_or_default(),
+                        );
+                        self.foreign
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&key);
+                    }
                     Ok(SecretOutcome::Foreign) => {
                         let secret_name = secret.metadata.name.clone().unwrap_or_default();
                         warn!(namespace = %name, secret = %secret_name, registry = %registry,
                             "a Secret of that name exists and is not pullkeeper's; leaving it untouched");
                         let until = Utc::now()
-                            + chrono::TimeDelta::from_std(FOREIGN_RECHECK).unwrap_or_default();
+                            + chrono::TimeDelta::from_std(self.settings.foreign_recheck)
+                                .unwrap_or_default();
                         self.foreign
                             .write()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -272,7 +284,7 @@ impl Shared {
                 failed,
             });
         }
-        Ok(())
+        Ok(!foreign.is_empty())
     }
 
     /// Fetches, validates, renders and (optionally) verifies one registry's credential.
@@ -625,6 +637,15 @@ fn reject(shared: &Shared, problems: &[config::Problem]) -> bool {
 
 /// Recomputes the per-registry gauges from the caches.
 fn update_gauges(shared: &Shared) {
+    // A still-foreign Secret is looked at again every recheck period, which renews its entry;
+    // an entry older than that belongs to a namespace that left scope or was deleted.
+    let stale_before = Utc::now()
+        - chrono::TimeDelta::from_std(shared.settings.foreign_recheck).unwrap_or_default();
+    shared
+        .foreign
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|_, until| *until > stale_before);
     let config = shared.config();
     for reg in &config.registries {
         let secrets = shared.secrets.state_filter(|s| {
@@ -849,10 +870,15 @@ impl Caches {
                         return Ok(Action::requeue(Duration::from_millis(500)));
                     }
                     let name = ns.metadata.name.clone().unwrap_or_default();
-                    ctx.sync_namespace(&ns)
+                    let blocked = ctx
+                        .sync_namespace(&ns)
                         .instrument(info_span!("sync", namespace = %name))
                         .await?;
-                    Ok::<_, ReconcileError>(Action::await_change())
+                    Ok::<_, ReconcileError>(if blocked {
+                        Action::requeue(ctx.settings.foreign_recheck + Duration::from_secs(1))
+                    } else {
+                        Action::await_change()
+                    })
                 },
                 |_ns, _err, _ctx| Action::requeue(Duration::from_secs(15)),
                 ctx,

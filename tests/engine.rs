@@ -415,7 +415,16 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
             SLOW,
         ),
     );
-    let d = daemon::start(&client, &dir, "info").await;
+    let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
+    let flags = ["--reload-interval", "1s", "--foreign-recheck", "2s"];
+    let d = daemon::start_with(
+        &kubeconfig,
+        &dir,
+        "info",
+        &daemon::unique_instance(),
+        &flags,
+    )
+    .await;
 
     wait_password(
         &client,
@@ -455,6 +464,27 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
         "never reference a Secret pullkeeper does not own"
     );
     assert!(d.logs().contains("not pullkeeper's"));
+    // Once its owner removes it, pullkeeper's own Secret takes its place (looked at again
+    // after --foreign-recheck, since only pullkeeper's own Secrets are watched).
+    Api::<Secret>::namespaced(client.clone(), &theirs)
+        .delete("foreign-pull", &DeleteParams::default())
+        .await
+        .expect("owner deletes it");
+    wait_password(
+        &client,
+        &theirs,
+        "foreign-pull",
+        "registry.foreign.test",
+        "foreign-pw",
+    )
+    .await;
+    wait_pull_secrets(&client, &theirs, "default", &["foreign-pull"]).await;
+    support::wait_for_named("foreign secret gauge back to 0", WAIT, || async {
+        d.sample("pullkeeper_foreign_secrets{registry=\"foreign\"}")
+            .await
+            == 0.0
+    })
+    .await;
     d.stop().await;
     namespaces.cleanup().await;
 }
