@@ -40,6 +40,10 @@ pub enum Command {
     Check {
         #[arg(long, env = "PULLKEEPER_CONFIG")]
         config: PathBuf,
+        /// Do not require the files the config names (mounted Secrets, token files, CAs) to
+        /// exist: for validating, outside the pod, a config meant for it.
+        #[arg(long)]
+        no_file_checks: bool,
     },
 }
 

@@ -28,8 +28,8 @@ pub enum StartError {
 }
 
 /// `pullkeeper check`: prints every problem; 0 when valid, 2 when not.
-pub fn check(dir: &Path) -> i32 {
-    match config::load_dir(dir) {
+pub fn check(dir: &Path, check_files: bool) -> i32 {
+    match config::load_dir_with(dir, check_files) {
         Ok(c) => {
             println!(
                 "{}: {} registr{} valid",

@@ -9,7 +9,10 @@ async fn main() -> anyhow::Result<()> {
     pullkeeper::logging::init(cli.log_format, &cli.log_filter)
         .map_err(|e| anyhow::anyhow!("invalid log filter: {e}"))?;
     let code = match cli.command {
-        Command::Check { config } => pullkeeper::commands::check(&config),
+        Command::Check {
+            config,
+            no_file_checks,
+        } => pullkeeper::commands::check(&config, !no_file_checks),
         Command::Run(args) => pullkeeper::commands::run(args, false).await?,
         Command::Once(args) => pullkeeper::commands::run(args, true).await?,
     };

@@ -81,10 +81,10 @@ impl VerifySpec {
                 Err(e) => problems.push("timeout", format!("`{t}` is not a duration: {e}")),
             }
         }
-        if let Some(p) = &self.ca_file
-            && !p.is_absolute()
-        {
-            problems.push("caFile", "must be an absolute path");
+        match &self.ca_file {
+            Some(p) if !p.is_absolute() => problems.push("caFile", "must be an absolute path"),
+            Some(p) => problems.require_file("caFile", p),
+            None => {}
         }
     }
 

@@ -105,8 +105,15 @@ pub struct RefreshPolicy {
     pub default_lifetime: Duration,
 }
 
-/// Reads and validates a config directory. On failure, returns every problem found.
+/// Reads and validates a config directory, including that every file it names can be read.
+/// On failure, returns every problem found.
 pub fn load_dir(dir: &Path) -> Result<Config, Vec<Problem>> {
+    load_dir_with(dir, true)
+}
+
+/// [`load_dir`], optionally without checking that the files the config names exist (to
+/// validate, outside the pod, a config whose mounted files exist only inside it).
+pub fn load_dir_with(dir: &Path, check_files: bool) -> Result<Config, Vec<Problem>> {
     let files = list_files(dir)?;
     let mut hasher = Sha256::new();
     let mut problems = Vec::new();
@@ -139,7 +146,7 @@ pub fn load_dir(dir: &Path) -> Result<Config, Vec<Problem>> {
     }
     let mut registries = Vec::new();
     for (path, source_hash, raw) in raws {
-        match validate_registry(&path, source_hash, raw, &defaults) {
+        match validate_registry(&path, source_hash, raw, &defaults, check_files) {
             Ok(r) => registries.push(r),
             Err(p) => problems.extend(p),
         }
@@ -220,8 +227,9 @@ fn validate_registry(
     source_hash: String,
     raw: RawRegistry,
     defaults: &RawDefaults,
+    check_files: bool,
 ) -> Result<Registry, Vec<Problem>> {
-    let mut p = FieldProblems::new(path);
+    let mut p = FieldProblems::new(path).with_file_checks(check_files);
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())

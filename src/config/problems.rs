@@ -34,6 +34,7 @@ pub struct FieldProblems {
     file: PathBuf,
     prefix: String,
     list: Vec<Problem>,
+    check_files: bool,
 }
 
 impl FieldProblems {
@@ -42,6 +43,25 @@ impl FieldProblems {
             file: file.to_path_buf(),
             prefix: String::new(),
             list: Vec::new(),
+            check_files: false,
+        }
+    }
+
+    /// Whether files named by the config must exist now. Off by default (pure shape checks);
+    /// the config loader turns it on except when validating, outside the pod, a config whose
+    /// mounted files exist only inside it.
+    pub fn with_file_checks(mut self, check_files: bool) -> Self {
+        self.check_files = check_files;
+        self
+    }
+
+    /// Records a problem on `field` when file checks are on and `path` cannot be opened.
+    pub fn require_file(&mut self, field: impl AsRef<str>, path: &Path) {
+        if !self.check_files {
+            return;
+        }
+        if let Err(e) = std::fs::File::open(path) {
+            self.push(field, format!("cannot read {}: {e}", path.display()));
         }
     }
 

@@ -51,7 +51,8 @@ fn every_shipped_example_is_valid() {
             }
             let one = tempfile::tempdir().expect("tempdir");
             fs::copy(&path, one.path().join(path.file_name().expect("name"))).expect("copy");
-            if let Err(p) = load_dir(one.path()) {
+            // Examples name files that exist only inside a pod.
+            if let Err(p) = load_dir_with(one.path(), false) {
                 panic!("{} is invalid: {p:?}", path.display());
             }
             count += 1;
@@ -225,4 +226,25 @@ fn a_configmap_update_swapping_the_data_symlink_changes_the_loaded_config() {
     let after = load_dir(dir.path()).expect("valid");
     assert_ne!(before.fingerprint, after.fingerprint);
     assert_eq!(after.registries[0].secret_name, "renamed-pull");
+}
+
+#[test]
+fn a_missing_file_and_a_colon_in_a_username_are_named_at_check() {
+    let bad = "provider:\n  type: static\n  username: {value: \"a:b\"}\n  password: {file: /nonexistent/pk-password}\nservers: [r.test]\nsecretName: s\n";
+    let errs = problems(&[("static.yaml", bad)]);
+    assert!(
+        errs.iter().any(|e| e.starts_with(
+            "static.yaml|provider.password.file|cannot read /nonexistent/pk-password"
+        )),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("static.yaml|provider.username.value|")),
+        "{errs:?}"
+    );
+    // Validating a pod's config elsewhere can skip the file checks, not the others.
+    let dir = dir_with(&[("static.yaml", bad)]);
+    let errs = load_dir_with(dir.path(), false).expect_err("still invalid");
+    assert_eq!(errs.len(), 1, "{errs:?}");
 }

@@ -117,10 +117,12 @@ impl AzureConfig {
         };
         match self.source {
             AzureSource::WorkloadIdentity => {
-                if let Some(p) = &self.token_file
-                    && !p.is_absolute()
-                {
-                    problems.push("tokenFile", "must be an absolute path");
+                match &self.token_file {
+                    Some(p) if !p.is_absolute() => {
+                        problems.push("tokenFile", "must be an absolute path")
+                    }
+                    Some(p) => problems.require_file("tokenFile", p),
+                    None => {}
                 }
                 url_field(problems, "authorityHost", &self.authority_host);
                 unused(

@@ -70,7 +70,7 @@ impl GcpConfig {
                     Some(p) if !p.is_absolute() => {
                         problems.push("keyFile", "must be an absolute path");
                     }
-                    Some(_) => {}
+                    Some(p) => problems.require_file("keyFile", p),
                 }
             }
         }

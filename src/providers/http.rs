@@ -645,6 +645,8 @@ impl HttpConfig {
             .is_some_and(|p| p.as_os_str().is_empty())
         {
             problems.push("caFile", "must name a PEM file");
+        } else if let Some(path) = &self.ca_file {
+            problems.require_file("caFile", path);
         }
         problems.scoped("auth", |p| match &self.auth {
             EndpointAuth::None => {}

@@ -158,6 +158,9 @@ impl TextSource {
             };
             problems.push(field, format!("set exactly one of {allowed}"));
         }
+        if let Some(path) = &self.file {
+            problems.require_file(format!("{field}.file"), path);
+        }
         if secret && self.value.is_some() {
             problems.push(
                 format!("{field}.value"),

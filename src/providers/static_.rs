@@ -27,6 +27,17 @@ impl StaticConfig {
     /// Checks both sources, reporting every problem under `username` / `password`.
     pub fn validate(&self, problems: &mut FieldProblems) {
         self.username.validate(problems, "username", false);
+        if self
+            .username
+            .value
+            .as_deref()
+            .is_some_and(|u| u.contains(':'))
+        {
+            problems.push(
+                "username.value",
+                "a username may not contain ':' (registries and kubelet split user:password on the first ':')",
+            );
+        }
         self.password.validate(problems, "password", true);
     }
 
