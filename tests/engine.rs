@@ -5,7 +5,6 @@
 mod daemon;
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
@@ -22,6 +21,29 @@ async fn setup(test: &str) -> (Client, support::TestNamespaces) {
     let client = support::admin_client().await;
     let namespaces = support::TestNamespaces::new(client.clone(), test);
     (client, namespaces)
+}
+
+/// A credential endpoint first answering `answer`, and a config directory with one registry
+/// file `NAME.yaml` using it: server `registry.NAME.test`, Secret `NAME-pull`, the namespaces of
+/// `test`.
+async fn one_registry(
+    test: &str,
+    name: &str,
+    answer: Answer,
+    refresh: &str,
+) -> (TokenEndpoint, std::path::PathBuf) {
+    let endpoint = TokenEndpoint::start(answer).await;
+    let dir = config_dir();
+    write_http_registry(
+        &dir,
+        &endpoint,
+        &format!("{name}.yaml"),
+        &format!("registry.{name}.test"),
+        &format!("{name}-pull"),
+        test,
+        refresh,
+    );
+    (endpoint, dir)
 }
 
 /// Writes a registry file using `endpoint` for the namespaces of `test`.
@@ -124,17 +146,7 @@ async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() 
         names.push(namespaces.create().await);
     }
     let outsider = outsiders.create().await;
-    let endpoint = TokenEndpoint::start(token("fan-out-pw")).await;
-    let dir = config_dir();
-    write_http_registry(
-        &dir,
-        &endpoint,
-        "fanout.yaml",
-        "registry.fanout.test",
-        "fanout-pull",
-        test,
-        SLOW,
-    );
+    let (endpoint, dir) = one_registry(test, "fanout", token("fan-out-pw"), SLOW).await;
     let d = daemon::start(&client, &dir, "info").await;
 
     for ns in &names {
@@ -172,17 +184,7 @@ async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() 
 async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
     let test = "engine-later";
     let (client, namespaces) = setup(test).await;
-    let endpoint = TokenEndpoint::start(token("later-pw")).await;
-    let dir = config_dir();
-    write_http_registry(
-        &dir,
-        &endpoint,
-        "later.yaml",
-        "registry.later.test",
-        "later-pull",
-        test,
-        SLOW,
-    );
+    let (_endpoint, dir) = one_registry(test, "later", token("later-pw"), SLOW).await;
     let d = daemon::start(&client, &dir, "info").await;
 
     let ns = namespaces.create().await;
@@ -240,17 +242,7 @@ async fn entries_people_added_survive_rotation_and_removal() {
     )
     .await
     .expect("user patch");
-    let endpoint = TokenEndpoint::start(token("user-pw1")).await;
-    let dir = config_dir();
-    write_http_registry(
-        &dir,
-        &endpoint,
-        "users.yaml",
-        "registry.users.test",
-        "users-pull",
-        test,
-        FAST,
-    );
+    let (endpoint, dir) = one_registry(test, "users", token("user-pw1"), FAST).await;
     let d = daemon::start(&client, &dir, "info").await;
 
     wait_pull_secrets(
@@ -308,17 +300,7 @@ async fn an_edited_or_deleted_secret_and_a_dropped_reference_are_repaired() {
     let test = "engine-drift";
     let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
-    let endpoint = TokenEndpoint::start(token("drift-pw")).await;
-    let dir = config_dir();
-    write_http_registry(
-        &dir,
-        &endpoint,
-        "drift.yaml",
-        "registry.drift.test",
-        "drift-pull",
-        test,
-        SLOW,
-    );
+    let (endpoint, dir) = one_registry(test, "drift", token("drift-pw"), SLOW).await;
     let d = daemon::start(&client, &dir, "info").await;
     let original = wait_password(
         &client,
@@ -494,17 +476,7 @@ async fn failed_fetches_keep_the_last_good_secret_and_are_counted() {
     let test = "engine-failures";
     let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
-    let endpoint = TokenEndpoint::start(token("good-pw")).await;
-    let dir = config_dir();
-    write_http_registry(
-        &dir,
-        &endpoint,
-        "flaky.yaml",
-        "registry.flaky.test",
-        "flaky-pull",
-        test,
-        FAST,
-    );
+    let (endpoint, dir) = one_registry(test, "flaky", token("good-pw"), FAST).await;
     let d = daemon::start(&client, &dir, "info").await;
     let good = wait_password(&client, &ns, "flaky-pull", "registry.flaky.test", "good-pw").await;
 
@@ -724,17 +696,7 @@ async fn once_exits_zero_after_a_full_pass_and_non_zero_when_a_fetch_fails() {
     let test = "engine-once";
     let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
-    let endpoint = TokenEndpoint::start(token("once-pw")).await;
-    let dir = config_dir();
-    write_http_registry(
-        &dir,
-        &endpoint,
-        "once.yaml",
-        "registry.once.test",
-        "once-pull",
-        test,
-        SLOW,
-    );
+    let (endpoint, dir) = one_registry(test, "once", token("once-pw"), SLOW).await;
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let instance = daemon::unique_instance();
     let run = || {
@@ -790,7 +752,6 @@ fn check_lists_every_problem_with_file_and_field_and_exits_2() {
         !err.contains("inline"),
         "a secret given inline is not echoed back: {err}"
     );
-    let _ = BTreeMap::<String, String>::new();
 }
 
 #[tokio::test]
@@ -798,17 +759,7 @@ async fn only_the_elected_leader_writes_and_a_follower_takes_over() {
     let test = "engine-leader";
     let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
-    let endpoint = TokenEndpoint::start(token("leader-pw")).await;
-    let dir = config_dir();
-    write_http_registry(
-        &dir,
-        &endpoint,
-        "lead.yaml",
-        "registry.lead.test",
-        "lead-pull",
-        test,
-        SLOW,
-    );
+    let (endpoint, dir) = one_registry(test, "lead", token("leader-pw"), SLOW).await;
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let instance = daemon::unique_instance();
     let flags = |id: &'static str| {
@@ -991,17 +942,7 @@ async fn a_restarted_daemon_on_an_unchanged_cluster_makes_no_write() {
     for _ in 0..10 {
         names.push(namespaces.create().await);
     }
-    let endpoint = TokenEndpoint::start(token("restart-pw")).await;
-    let dir = config_dir();
-    write_http_registry(
-        &dir,
-        &endpoint,
-        "restart.yaml",
-        "registry.restart.test",
-        "restart-pull",
-        test,
-        SLOW,
-    );
+    let (_endpoint, dir) = one_registry(test, "restart", token("restart-pw"), SLOW).await;
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let instance = daemon::unique_instance();
     // Fewer workers than namespaces, so reconciles queue up while the caches fill.
