@@ -53,7 +53,7 @@ pub enum RefreshError {
         #[source]
         source: ProviderError,
     },
-    #[error("the {provider} provider did not answer within {0:?}", .timeout)]
+    #[error("the {provider} provider did not answer within {timeout:?}")]
     Timeout {
         provider: &'static str,
         timeout: Duration,
@@ -84,13 +84,12 @@ pub enum ReconcileError {
 
 /// State shared by the refresh tasks, the reconciler and the admin server.
 pub struct Shared {
-    pub client: Client,
     pub metrics: Metrics,
     pub settings: Settings,
     config: RwLock<Arc<Config>>,
     providers: RwLock<HashMap<String, Arc<dyn Provider>>>,
     credentials: RwLock<HashMap<String, Arc<Issued>>>,
-    foreign: RwLock<HashMap<(String, String), DateTime<Utc>>>,
+    foreign: ForeignMarks,
     namespaces: Store<Namespace>,
     secrets: Store<Secret>,
     accounts: Store<ServiceAccount>,
@@ -105,6 +104,57 @@ fn read<T: Clone>(lock: &RwLock<T>) -> T {
     lock.read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()
+}
+
+/// A write guard; a panicked writer leaves plain data that is still usable.
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Same-named Secrets found to be someone else's, each with the time until which it is left
+/// alone. Only pullkeeper's own Secrets are watched, so a mark expires and the Secret is looked
+/// at again; a namespace still blocked renews it on every look.
+#[derive(Default)]
+struct ForeignMarks(RwLock<HashMap<(String, String), DateTime<Utc>>>);
+
+impl ForeignMarks {
+    /// The Secret names marked in a namespace and not expired.
+    fn in_namespace(&self, namespace: &str) -> HashSet<String> {
+        let now = Utc::now();
+        read(&self.0)
+            .iter()
+            .filter(|((ns, _), until)| ns == namespace && **until > now)
+            .map(|((_, name), _)| name.clone())
+            .collect()
+    }
+
+    fn mark(&self, namespace: &str, name: &str, for_: Duration) {
+        let until = Utc::now() + chrono::TimeDelta::from_std(for_).unwrap_or_default();
+        write(&self.0).insert((namespace.to_string(), name.to_string()), until);
+    }
+
+    fn clear(&self, namespace: &str, name: &str) {
+        write(&self.0).remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Drops marks that were not renewed for a whole `recheck` period after expiring: their
+    /// namespace left scope or was deleted.
+    fn prune(&self, recheck: Duration) {
+        let stale_before = Utc::now() - chrono::TimeDelta::from_std(recheck).unwrap_or_default();
+        write(&self.0).retain(|_, until| *until > stale_before);
+    }
+
+    /// How many marks name this Secret, across namespaces.
+    fn count(&self, name: &str) -> usize {
+        read(&self.0).keys().filter(|(_, n)| n == name).count()
+    }
+}
+
+/// What a successful refresh did.
+struct Refreshed {
+    expires_at: Option<DateTime<Utc>>,
+    changed: bool,
 }
 
 impl Shared {
@@ -127,17 +177,6 @@ impl Shared {
 
     fn reconcile_all(&self) {
         let _ = self.trigger.unbounded_send(());
-    }
-
-    fn foreign_in(&self, namespace: &str) -> HashSet<String> {
-        let now = Utc::now();
-        self.foreign
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|((ns, _), until)| ns == namespace && **until > now)
-            .map(|((_, name), _)| name.clone())
-            .collect()
     }
 
     async fn event(
@@ -177,7 +216,7 @@ impl Shared {
         let accounts = self
             .accounts
             .state_filter(|s| s.metadata.namespace.as_deref() == Some(&name));
-        let mut foreign = self.foreign_in(&name);
+        let mut foreign = self.foreign.in_namespace(&name);
         let mut failed = 0;
 
         let observed = Observed {
@@ -200,27 +239,15 @@ impl Shared {
                     secret,
                     existing,
                 } => match self.applier.apply_secret(secret, *existing).await {
-                    Ok(SecretOutcome::Written) => {
-                        let key = (
-                            name.clone(),
-                            secret.metadata.name.clone().unwrap_or_default(),
-                        );
-                        self.foreign
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .remove(&key);
-                    }
+                    Ok(SecretOutcome::Written) => self
+                        .foreign
+                        .clear(&name, secret.metadata.name.as_deref().unwrap_or_default()),
                     Ok(SecretOutcome::Foreign) => {
                         let secret_name = secret.metadata.name.clone().unwrap_or_default();
                         warn!(namespace = %name, secret = %secret_name, registry = %registry,
                             "a Secret of that name exists and is not pullkeeper's; leaving it untouched");
-                        let until = Utc::now()
-                            + chrono::TimeDelta::from_std(self.settings.foreign_recheck)
-                                .unwrap_or_default();
                         self.foreign
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert((name.clone(), secret_name.clone()), until);
+                            .mark(&name, &secret_name, self.settings.foreign_recheck);
                         foreign.insert(secret_name.clone());
                         found_foreign = true;
                         let reference = ObjectReference {
@@ -287,6 +314,63 @@ impl Shared {
         Ok(!foreign.is_empty())
     }
 
+    /// One refresh of a registry, shared by the refresh loop and `once`: fetch, count the
+    /// outcome, and keep the credential when it differs from the current one (the caller
+    /// triggers a resync then).
+    async fn refresh(&self, registry: &Registry) -> Result<Refreshed, RefreshError> {
+        let name = registry.name.as_str();
+        let now = Utc::now();
+        let timer = self
+            .metrics
+            .refresh_duration
+            .with_label_values(&[name])
+            .start_timer();
+        let result = self.fetch(registry).await;
+        timer.observe_duration();
+        let issued = match result {
+            Ok(issued) => issued,
+            Err(e) => {
+                self.metrics
+                    .refreshes
+                    .with_label_values(&[name, "failure"])
+                    .inc();
+                self.metrics
+                    .refresh_failures
+                    .with_label_values(&[name, e.category()])
+                    .inc();
+                return Err(e);
+            }
+        };
+        self.metrics
+            .refreshes
+            .with_label_values(&[name, "success"])
+            .inc();
+        self.metrics
+            .last_success
+            .with_label_values(&[name])
+            .set(now.timestamp() as f64);
+        match issued.expires_at {
+            Some(e) => self
+                .metrics
+                .credential_expiry
+                .with_label_values(&[name])
+                .set(e.timestamp() as f64),
+            None => {
+                let _ = self.metrics.credential_expiry.remove_label_values(&[name]);
+            }
+        }
+        let expires_at = issued.expires_at;
+        let mut credentials = write(&self.credentials);
+        let changed = credentials.get(name).is_none_or(|c| **c != issued);
+        if changed {
+            credentials.insert(name.to_string(), Arc::new(issued));
+        }
+        Ok(Refreshed {
+            expires_at,
+            changed,
+        })
+    }
+
     /// Fetches, validates, renders and (optionally) verifies one registry's credential.
     pub async fn fetch(&self, registry: &Registry) -> Result<Issued, RefreshError> {
         let provider_type = registry.provider.type_name();
@@ -332,21 +416,16 @@ impl Shared {
         };
         let rendered = render::render(registry, &credential).map_err(RefreshError::Invalid)?;
         if let Some(spec) = &registry.verify {
-            for login in &credential.logins {
-                let servers: Vec<&String> = match &login.server {
-                    Some(s) => vec![s],
-                    None => registry.servers.iter().collect(),
-                };
-                for server in servers {
-                    let result =
-                        crate::verify::verify(spec, server, &login.username, &login.password).await;
-                    let outcome = if result.is_ok() { "success" } else { "failure" };
-                    self.metrics
-                        .verifications
-                        .with_label_values(&[&registry.name, outcome])
-                        .inc();
-                    result.map_err(RefreshError::Verification)?;
-                }
+            // Every `auths` entry the Secret will carry, aliases included.
+            for (server, login) in render::logins_by_server(registry, &credential) {
+                let result =
+                    crate::verify::verify(spec, server, &login.username, &login.password).await;
+                let outcome = if result.is_ok() { "success" } else { "failure" };
+                self.metrics
+                    .verifications
+                    .with_label_values(&[&registry.name, outcome])
+                    .inc();
+                result.map_err(RefreshError::Verification)?;
             }
         }
         Ok(Issued {
@@ -405,60 +484,19 @@ async fn refresh_loop(shared: Arc<Shared>, registry: Arc<Registry>) {
         let span =
             info_span!("refresh", registry = %name, provider = registry.provider.type_name());
         let now = Utc::now();
-        let timer = shared
-            .metrics
-            .refresh_duration
-            .with_label_values(&[&name])
-            .start_timer();
-        let result = shared.fetch(&registry).instrument(span.clone()).await;
-        timer.observe_duration();
+        let result = shared.refresh(&registry).instrument(span.clone()).await;
         let next = match result {
-            Ok(issued) => {
+            Ok(refreshed) => {
                 attempt = 0;
-                let _entered = span.enter();
-                shared
-                    .metrics
-                    .refreshes
-                    .with_label_values(&[&name, "success"])
-                    .inc();
-                shared
-                    .metrics
-                    .last_success
-                    .with_label_values(&[&name])
-                    .set(now.timestamp() as f64);
-                match issued.expires_at {
-                    Some(e) => shared
-                        .metrics
-                        .credential_expiry
-                        .with_label_values(&[&name])
-                        .set(e.timestamp() as f64),
-                    None => {
-                        let _ = shared
-                            .metrics
-                            .credential_expiry
-                            .remove_label_values(&[&name]);
-                    }
-                }
                 let next = schedule::next_refresh(
                     &registry.refresh,
                     now,
                     now,
-                    issued.expires_at,
+                    refreshed.expires_at,
                     rand::random_range(-1.0..=1.0),
                 );
-                let changed = {
-                    let mut creds = shared
-                        .credentials
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let changed = creds.get(&name).is_none_or(|c| **c != issued);
-                    if changed {
-                        creds.insert(name.clone(), Arc::new(issued));
-                    }
-                    changed
-                };
-                info!(parent: &span, changed, next_refresh = %next.to_rfc3339(), "credential refreshed");
-                if changed {
+                info!(parent: &span, changed = refreshed.changed, next_refresh = %next.to_rfc3339(), "credential refreshed");
+                if refreshed.changed {
                     shared.reconcile_all();
                 }
                 next
@@ -466,16 +504,6 @@ async fn refresh_loop(shared: Arc<Shared>, registry: Arc<Registry>) {
             Err(e) => {
                 attempt += 1;
                 let category = e.category();
-                shared
-                    .metrics
-                    .refreshes
-                    .with_label_values(&[&name, "failure"])
-                    .inc();
-                shared
-                    .metrics
-                    .refresh_failures
-                    .with_label_values(&[&name, category])
-                    .inc();
                 let current_expiry = read(&shared.credentials)
                     .get(&name)
                     .and_then(|c| c.expires_at);
@@ -576,11 +604,7 @@ async fn reload(shared: &Arc<Shared>, refreshers: &mut Refreshers) -> bool {
         .iter()
         .filter(|o| !config.registries.iter().any(|n| n.name == o.name))
     {
-        shared
-            .credentials
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&gone.name);
+        write(&shared.credentials).remove(&gone.name);
         shared.metrics.forget_registry(&gone.name);
     }
     // A registry whose file changed gets a fresh credential from its (possibly new) provider.
@@ -590,22 +614,12 @@ async fn reload(shared: &Arc<Shared>, refreshers: &mut Refreshers) -> bool {
             .iter()
             .any(|o| o.name == reg.name && !same_source(o, reg))
         {
-            shared
-                .credentials
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&reg.name);
+            write(&shared.credentials).remove(&reg.name);
         }
     }
-    *shared
-        .providers
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = providers;
+    *write(&shared.providers) = providers;
     let config = Arc::new(config);
-    *shared
-        .config
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = config.clone();
+    *write(&shared.config) = config.clone();
     refreshers.sync(shared, &config);
     shared
         .metrics
@@ -637,15 +651,7 @@ fn reject(shared: &Shared, problems: &[config::Problem]) -> bool {
 
 /// Recomputes the per-registry gauges from the caches.
 fn update_gauges(shared: &Shared) {
-    // A still-foreign Secret is looked at again every recheck period, which renews its entry;
-    // an entry older than that belongs to a namespace that left scope or was deleted.
-    let stale_before = Utc::now()
-        - chrono::TimeDelta::from_std(shared.settings.foreign_recheck).unwrap_or_default();
-    shared
-        .foreign
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .retain(|_, until| *until > stale_before);
+    shared.foreign.prune(shared.settings.foreign_recheck);
     let config = shared.config();
     for reg in &config.registries {
         let secrets = shared.secrets.state_filter(|s| {
@@ -664,10 +670,7 @@ fn update_gauges(shared: &Shared) {
                     .flatten()
                     .any(|r| r.name == reg.secret_name)
         });
-        let foreign = read(&shared.foreign)
-            .keys()
-            .filter(|(_, n)| *n == reg.secret_name)
-            .count();
+        let foreign = shared.foreign.count(&reg.secret_name);
         shared
             .metrics
             .managed_secrets
@@ -791,13 +794,12 @@ pub async fn start(
         .set(config.registries.len() as i64);
     let shared = Arc::new(Shared {
         recorder: Recorder::new(client.clone(), reporter),
-        client,
         metrics,
         settings,
         config: RwLock::new(Arc::new(config)),
         providers: RwLock::new(providers),
         credentials: RwLock::default(),
-        foreign: RwLock::default(),
+        foreign: ForeignMarks::default(),
         namespaces,
         secrets,
         accounts,
@@ -930,27 +932,10 @@ impl Caches {
         for reg in shared.config().registries.clone() {
             let span =
                 info_span!("refresh", registry = %reg.name, provider = reg.provider.type_name());
-            match shared.fetch(&reg).instrument(span.clone()).await {
-                Ok(issued) => {
-                    shared
-                        .metrics
-                        .refreshes
-                        .with_label_values(&[&reg.name, "success"])
-                        .inc();
-                    info!(parent: &span, "credential fetched");
-                    shared
-                        .credentials
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(reg.name.clone(), Arc::new(issued));
-                }
+            match shared.refresh(&reg).instrument(span.clone()).await {
+                Ok(_) => info!(parent: &span, "credential fetched"),
                 Err(e) => {
                     ok = false;
-                    shared
-                        .metrics
-                        .refreshes
-                        .with_label_values(&[&reg.name, "failure"])
-                        .inc();
                     error!(parent: &span, category = e.category(), error = %error_chain(&e), "refresh failed; the last good Secret stays");
                 }
             }

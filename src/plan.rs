@@ -133,21 +133,23 @@ pub struct NamespacePlan {
     pub in_scope: Vec<String>,
 }
 
-/// Whether a namespace may be written at all.
-pub fn namespace_writable(ns: &Namespace) -> bool {
-    let terminating = ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
-    let opted_out = ns
-        .metadata
+/// Whether a namespace is being deleted (its objects are going away anyway).
+fn terminating(ns: &Namespace) -> bool {
+    ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+}
+
+/// Whether a namespace opted out with the `pullkeeper.dev/ignore: "true"` annotation.
+fn opted_out(ns: &Namespace) -> bool {
+    ns.metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(OPT_OUT_ANNOTATION))
-        .is_some_and(|v| v == "true");
-    !terminating && !opted_out
+        .is_some_and(|v| v == "true")
 }
 
 /// The registries whose Secret belongs in this namespace.
-pub fn registries_in_scope<'r>(
+fn registries_in_scope<'r>(
     registries: &'r [Arc<Registry>],
     ns: &Namespace,
 ) -> Vec<&'r Arc<Registry>> {
@@ -169,14 +171,12 @@ pub fn plan_namespace(
 ) -> NamespacePlan {
     let ns = observed.namespace;
     let mut plan = NamespacePlan::default();
-    // A terminating namespace is left alone: its objects are going away anyway.
-    if ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
-    {
+    if terminating(ns) {
         return plan;
     }
     let ns_name = ns.metadata.name.clone().unwrap_or_default();
-    let in_scope = if namespace_writable(ns) {
+    // An opted-out namespace has no registry in scope: pullkeeper's own objects there are pruned.
+    let in_scope = if !opted_out(ns) {
         registries_in_scope(registries, ns)
     } else {
         Vec::new()

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Registry;
-use crate::credential::{Credential, CredentialError};
+use crate::credential::{Credential, CredentialError, Login};
 
 /// The Secret type kubelet reads pull credentials from.
 pub const SECRET_TYPE: &str = "kubernetes.io/dockerconfigjson";
@@ -52,41 +52,50 @@ pub fn content_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Renders the credential for a registry. Logins that name their own server go under that key;
-/// the others under every server listed in the registry file. Empty or partial credentials are
-/// refused, so they can never replace a good Secret.
+/// Which login goes under which `auths` key. Logins that name their own server go under that
+/// key; the others under every server listed in the registry file. Listed servers no login
+/// covers get the first login, so `servers` can add aliases to a provider-named host (e.g. a
+/// pull-through cache name). Rendering and verification both read this one mapping.
+pub fn logins_by_server<'a>(
+    registry: &'a Registry,
+    credential: &'a Credential,
+) -> BTreeMap<&'a str, &'a Login> {
+    let mut by_server = BTreeMap::new();
+    for login in &credential.logins {
+        match &login.server {
+            Some(server) => {
+                by_server.insert(server.as_str(), login);
+            }
+            None => by_server.extend(registry.servers.iter().map(|s| (s.as_str(), login))),
+        }
+    }
+    if let Some(first) = credential.logins.first() {
+        for server in &registry.servers {
+            by_server.entry(server.as_str()).or_insert(first);
+        }
+    }
+    by_server
+}
+
+/// Renders the credential for a registry (see [`logins_by_server`]). Empty or partial
+/// credentials are refused, so they can never replace a good Secret.
 pub fn render(registry: &Registry, credential: &Credential) -> Result<Rendered, CredentialError> {
     credential.validate()?;
-    let mut auths = BTreeMap::new();
-    for login in &credential.logins {
-        let servers: Vec<&str> = match &login.server {
-            Some(s) => vec![s.as_str()],
-            None => registry.servers.iter().map(String::as_str).collect(),
-        };
-        for server in servers {
+    let auths: BTreeMap<&str, AuthEntry<'_>> = logins_by_server(registry, credential)
+        .into_iter()
+        .map(|(server, login)| {
             let password = login.password.expose();
             let auth = STANDARD.encode(format!("{}:{password}", login.username));
-            auths.insert(
+            (
                 server,
                 AuthEntry {
                     username: &login.username,
                     password,
                     auth,
                 },
-            );
-        }
-    }
-    // Servers listed in the file but not covered by a server-specific login get the first login,
-    // so `servers` can add aliases to a provider-named host (e.g. a pull-through cache name).
-    if let Some(first) = credential.logins.first() {
-        for server in &registry.servers {
-            auths.entry(server.as_str()).or_insert_with(|| AuthEntry {
-                username: &first.username,
-                password: first.password.expose(),
-                auth: STANDARD.encode(format!("{}:{}", first.username, first.password.expose())),
-            });
-        }
-    }
+            )
+        })
+        .collect();
     if auths.is_empty() {
         return Err(CredentialError::NoLogin);
     }
@@ -103,7 +112,6 @@ pub fn render(registry: &Registry, credential: &Credential) -> Result<Rendered, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credential::Login;
     use crate::sensitive::Sensitive;
     use crate::testing::registry;
 
