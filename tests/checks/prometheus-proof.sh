@@ -49,13 +49,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- control plane -------------------------------------------------------------------------------
-if [[ -z ${KUBECONFIG:-} || ! -s ${KUBECONFIG:-} ]] || ! kubectl get --raw /readyz >/dev/null 2>&1; then
-  say "no running test control plane: starting one in $work/cluster"
-  own_cluster="$work/cluster"
-  tests/cluster/up "$own_cluster" >/dev/null || fail "tests/cluster/up failed (logs in $own_cluster/logs)"
-  # shellcheck disable=SC1091
-  . "$own_cluster/env"
-fi
+pk_use_or_start_cluster "$work"
 
 # --- pullkeeper binary ---------------------------------------------------------------------------
 cargo build --quiet --bin pullkeeper || fail "cargo build --bin pullkeeper failed"

@@ -10,6 +10,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd -P)"
 cd "$root"
+# shellcheck source=tests/cluster/lib.sh
+. tests/cluster/lib.sh
 
 fail() { echo "server-dry-run.sh: FAIL: $*" >&2; exit 1; }
 say() { echo "server-dry-run.sh: $*"; }
@@ -37,13 +39,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [[ -z ${KUBECONFIG:-} || ! -s ${KUBECONFIG:-} ]] || ! kubectl get --raw /readyz >/dev/null 2>&1; then
-  say "no running test control plane: starting one in $work/cluster"
-  own_cluster="$work/cluster"
-  tests/cluster/up "$own_cluster" >/dev/null || fail "tests/cluster/up failed (logs in $own_cluster/logs)"
-  # shellcheck disable=SC1091
-  . "$own_cluster/env"
-fi
+pk_use_or_start_cluster "$work"
 
 # Namespaced objects need their namespace to exist, even for a dry run.
 # It enforces (and warns about) the "restricted" Pod Security Standard, as the base's Namespace does.

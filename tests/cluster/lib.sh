@@ -141,3 +141,19 @@ pk_start_with_retry() {
     pk_die "$name was not ready after ${timeout} s"
   done
 }
+
+# pk_use_or_start_cluster WORKDIR: keeps using the control plane $KUBECONFIG points at when it
+# answers (as under tests/run-all.sh); otherwise starts one in WORKDIR/cluster and sources its
+# env. Sets own_cluster to that directory (empty when an existing one is used), for the caller's
+# cleanup to stop with tests/cluster/down. Run from the repository root.
+pk_use_or_start_cluster() {
+  own_cluster=""
+  if [[ -n ${KUBECONFIG:-} && -s ${KUBECONFIG:-} ]] && kubectl get --raw /readyz >/dev/null 2>&1; then
+    return 0
+  fi
+  own_cluster="$1/cluster"
+  pk_log "no running test control plane: starting one in $own_cluster"
+  tests/cluster/up "$own_cluster" >/dev/null || pk_die "tests/cluster/up failed (logs in $own_cluster/logs)"
+  # shellcheck disable=SC1091
+  . "$own_cluster/env"
+}
