@@ -1037,6 +1037,23 @@ mod azure {
         Box::leak(s.into_boxed_str())
     }
 
+    /// A built ACR provider on workload identity: the registry (plain HTTP) at `registry`, the
+    /// Entra authority at `authority`, the federated token read from `token_file`.
+    async fn workload_identity(
+        registry: &str,
+        authority: &str,
+        token_file: &std::path::Path,
+    ) -> std::sync::Arc<dyn pullkeeper::providers::Provider> {
+        spec(&format!(
+            "type: azure\nregistry: {registry}\nregistryScheme: http\nsource: workloadIdentity\n\
+             tenantId: {TENANT}\nclientId: {CLIENT}\ntokenFile: {}\nauthorityHost: {authority}",
+            token_file.display(),
+        ))
+        .build()
+        .await
+        .expect("builds")
+    }
+
     #[tokio::test]
     async fn workload_identity_exchanges_the_federated_token_for_an_acr_refresh_token() {
         let exp = Utc::now().timestamp() + 3 * 3600;
@@ -1046,16 +1063,7 @@ mod azure {
         let dir = tempfile::tempdir().expect("tempdir");
         let token_file = dir.path().join("azure-identity-token");
         std::fs::write(&token_file, format!("{federated}\n")).expect("write token");
-        let provider = spec(&format!(
-            "type: azure\nregistry: {}\nregistryScheme: http\nsource: workloadIdentity\n\
-             tenantId: {TENANT}\nclientId: {CLIENT}\ntokenFile: {}\nauthorityHost: {}/",
-            stub.addr,
-            token_file.display(),
-            stub.url
-        ))
-        .build()
-        .await
-        .expect("builds");
+        let provider = workload_identity(&stub.addr, &format!("{}/", stub.url), &token_file).await;
         let credential = provider.fetch().await.expect("exchange works");
         assert_eq!(credential.logins.len(), 1);
         let login = &credential.logins[0];
@@ -1116,16 +1124,7 @@ mod azure {
         let token_file = dir.path().join("azure-identity-token");
         let expired = fake_jwt(&format!(r#"{{"exp":{}}}"#, Utc::now().timestamp() - 60));
         std::fs::write(&token_file, &expired).expect("write token");
-        let provider = spec(&format!(
-            "type: azure\nregistry: {}\nregistryScheme: http\nsource: workloadIdentity\n\
-             tenantId: {TENANT}\nclientId: {CLIENT}\ntokenFile: {}\nauthorityHost: {}",
-            stub.addr,
-            token_file.display(),
-            stub.url
-        ))
-        .build()
-        .await
-        .expect("builds");
+        let provider = workload_identity(&stub.addr, &stub.url, &token_file).await;
         let err = fetch_err(&provider).await;
         assert_eq!(err.category, ErrorCategory::LocalInput);
         assert!(err.message.contains("expired"), "{}", err.message);
@@ -1159,16 +1158,7 @@ mod azure {
         let dir = tempfile::tempdir().expect("tempdir");
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, "opaque-federated-token").expect("write");
-        let provider = spec(&format!(
-            "type: azure\nregistry: {}\nregistryScheme: http\nsource: workloadIdentity\n\
-             tenantId: {TENANT}\nclientId: {CLIENT}\ntokenFile: {}\nauthorityHost: {}",
-            stub.addr,
-            token_file.display(),
-            stub.url
-        ))
-        .build()
-        .await
-        .expect("builds");
+        let provider = workload_identity(&stub.addr, &stub.url, &token_file).await;
         let err = fetch_err(&provider).await;
         assert_eq!(err.category, ErrorCategory::AuthDenied);
         assert!(err.message.contains("AADSTS700024"), "{}", err.message);

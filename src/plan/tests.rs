@@ -69,6 +69,24 @@ fn creds(pairs: &[(&str, Arc<Issued>)]) -> HashMap<String, Arc<Issued>> {
         .collect()
 }
 
+/// Plans `namespace` for the default installation from these cached objects.
+fn plan_with(
+    registries: &[Arc<crate::config::Registry>],
+    credentials: &HashMap<String, Arc<Issued>>,
+    namespace: &Namespace,
+    secrets: Vec<Arc<Secret>>,
+    service_accounts: Vec<Arc<ServiceAccount>>,
+    foreign: &HashSet<String>,
+) -> NamespacePlan {
+    let observed = Observed {
+        namespace,
+        secrets,
+        service_accounts,
+        foreign,
+    };
+    plan_namespace(&Owner::default(), registries, credentials, &observed)
+}
+
 /// Applies a JSON patch to the ServiceAccount the way the API server would.
 fn patched(account: &ServiceAccount, patch: &Patch) -> ServiceAccount {
     let mut doc = serde_json::to_value(account).expect("to json");
@@ -92,13 +110,14 @@ fn new_namespace_gets_the_secret_and_a_patched_default_account() {
     let namespace = ns("team-a");
     let foreign = HashSet::new();
     let default = sa("default", &[], None);
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![],
-        service_accounts: vec![default.clone(), sa("builder", &[], None)],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(&Owner::default(), &[reg], &c, &observed);
+    let plan = plan_with(
+        &[reg],
+        &c,
+        &namespace,
+        vec![],
+        vec![default.clone(), sa("builder", &[], None)],
+        &foreign,
+    );
     assert_eq!(plan.secrets.len(), 1);
     let SecretChange::Apply {
         secret, existing, ..
@@ -137,17 +156,13 @@ fn an_unchanged_namespace_plans_no_write() {
     let secret = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &i));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![secret],
-        service_accounts: vec![sa("default", &["harbor-pull"], Some("harbor-pull"))],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(
-        &Owner::default(),
+    let plan = plan_with(
         &[reg],
         &creds(&[("harbor", i)]),
-        &observed,
+        &namespace,
+        vec![secret],
+        vec![sa("default", &["harbor-pull"], Some("harbor-pull"))],
+        &foreign,
     );
     assert!(
         plan.secrets.is_empty() && plan.accounts.is_empty(),
@@ -166,17 +181,13 @@ fn a_hand_edited_secret_is_planned_for_repair_and_a_rotation_for_update() {
     )]));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![Arc::new(edited)],
-        service_accounts: vec![],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(
-        &Owner::default(),
+    let plan = plan_with(
         std::slice::from_ref(&reg),
         &creds(&[("harbor", i.clone())]),
-        &observed,
+        &namespace,
+        vec![Arc::new(edited)],
+        vec![],
+        &foreign,
     );
     assert!(matches!(
         &plan.secrets[..],
@@ -184,17 +195,13 @@ fn a_hand_edited_secret_is_planned_for_repair_and_a_rotation_for_update() {
     ));
 
     let current = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &i));
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![current],
-        service_accounts: vec![],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(
-        &Owner::default(),
+    let plan = plan_with(
         std::slice::from_ref(&reg),
         &creds(&[("harbor", issued(&reg, "pw2"))]),
-        &observed,
+        &namespace,
+        vec![current],
+        vec![],
+        &foreign,
     );
     assert!(matches!(
         &plan.secrets[..],
@@ -277,13 +284,14 @@ fn a_registry_removed_from_config_prunes_its_secret_and_only_its_references() {
     let namespace = ns("team-a");
     let foreign = HashSet::new();
     let account = sa("default", &["user-a", "harbor-pull"], Some("harbor-pull"));
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![secret],
-        service_accounts: vec![account.clone()],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(&Owner::default(), &[], &HashMap::new(), &observed);
+    let plan = plan_with(
+        &[],
+        &HashMap::new(),
+        &namespace,
+        vec![secret],
+        vec![account.clone()],
+        &foreign,
+    );
     assert_eq!(
         plan.secrets,
         [SecretChange::Delete {
@@ -302,17 +310,13 @@ fn a_foreign_secret_is_neither_written_nor_referenced() {
     let reg = Arc::new(registry("harbor", |_| {}));
     let namespace = ns("team-a");
     let foreign = HashSet::from(["harbor-pull".to_string()]);
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![],
-        service_accounts: vec![sa("default", &[], None)],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(
-        &Owner::default(),
+    let plan = plan_with(
         std::slice::from_ref(&reg),
         &creds(&[("harbor", issued(&reg, "pw"))]),
-        &observed,
+        &namespace,
+        vec![],
+        vec![sa("default", &[], None)],
+        &foreign,
     );
     assert!(
         plan.secrets.is_empty() && plan.accounts.is_empty(),
@@ -331,30 +335,27 @@ fn without_a_good_credential_the_existing_secret_stays_and_nothing_is_written() 
     ));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![old],
-        service_accounts: vec![sa("default", &["harbor-pull"], Some("harbor-pull"))],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(
-        &Owner::default(),
+    let plan = plan_with(
         std::slice::from_ref(&reg),
         &HashMap::new(),
-        &observed,
+        &namespace,
+        vec![old],
+        vec![sa("default", &["harbor-pull"], Some("harbor-pull"))],
+        &foreign,
     );
     assert!(
         plan.secrets.is_empty() && plan.accounts.is_empty(),
         "{plan:?}"
     );
     // And without any Secret yet, nothing is created or referenced.
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![],
-        service_accounts: vec![sa("default", &[], None)],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(&Owner::default(), &[reg], &HashMap::new(), &observed);
+    let plan = plan_with(
+        &[reg],
+        &HashMap::new(),
+        &namespace,
+        vec![],
+        vec![sa("default", &[], None)],
+        &foreign,
+    );
     assert!(plan.secrets.is_empty() && plan.accounts.is_empty());
 }
 
@@ -412,17 +413,13 @@ fn all_service_accounts_can_be_targeted() {
     }));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![],
-        service_accounts: vec![sa("default", &[], None), sa("builder", &["x"], None)],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(
-        &Owner::default(),
+    let plan = plan_with(
         std::slice::from_ref(&reg),
         &creds(&[("harbor", issued(&reg, "pw"))]),
-        &observed,
+        &namespace,
+        vec![],
+        vec![sa("default", &[], None), sa("builder", &["x"], None)],
+        &foreign,
     );
     assert_eq!(plan.accounts.len(), 2);
 }
@@ -569,17 +566,13 @@ fn the_same_credential_with_a_later_expiry_plans_no_write() {
     let existing = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &first));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
-    let observed = Observed {
-        namespace: &namespace,
-        secrets: vec![existing],
-        service_accounts: vec![],
-        foreign: &foreign,
-    };
-    let plan = plan_namespace(
-        &Owner::default(),
+    let plan = plan_with(
         std::slice::from_ref(&reg),
         &creds(&[("harbor", Arc::new(later))]),
-        &observed,
+        &namespace,
+        vec![existing],
+        vec![],
+        &foreign,
     );
     assert!(plan.secrets.is_empty(), "{plan:?}");
 }
