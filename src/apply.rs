@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::plan::{AccountChange, Owner, account_patch};
+use crate::ownership::Owner;
+use crate::plan::{AccountChange, account_patch};
 
 /// The field manager of every server-side apply pullkeeper makes.
 pub const FIELD_MANAGER: &str = "pullkeeper";

@@ -104,7 +104,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     let client = client(&args).await?;
     let metrics = Metrics::new().map_err(StartError::Metrics)?;
     let settings = Settings {
-        owner: crate::plan::Owner::new(args.instance.clone()),
+        owner: crate::ownership::Owner::new(args.instance.clone()),
         config_dir: args.config.clone(),
         reload_interval: args.reload_interval,
         concurrency: args.concurrency,

@@ -23,7 +23,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::apply::{Applier, SecretOutcome, WriteError};
 use crate::config::{self, Config, Registry};
 use crate::metrics::Metrics;
-use crate::plan::{self, Issued, Observed, Owner, SecretChange};
+use crate::ownership::{self, Owner};
+use crate::plan::{self, Issued, Observed, SecretChange};
 use crate::providers::{Provider, ProviderError};
 use crate::render;
 use crate::schedule;
@@ -658,12 +659,12 @@ fn update_gauges(shared: &Shared) {
             s.metadata
                 .labels
                 .as_ref()
-                .and_then(|l| l.get(plan::REGISTRY_LABEL))
+                .and_then(|l| l.get(ownership::REGISTRY_LABEL))
                 == Some(&reg.name)
                 && s.metadata.name.as_deref() == Some(&reg.secret_name)
         });
         let accounts = shared.accounts.state_filter(|sa| {
-            plan::owned_entries(&shared.settings.owner, sa).contains(&reg.secret_name)
+            ownership::owned_entries(&shared.settings.owner, sa).contains(&reg.secret_name)
                 && sa
                     .image_pull_secrets
                     .iter()

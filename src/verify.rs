@@ -10,7 +10,7 @@ use reqwest::header::{ACCEPT, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Client, RequestBuilder, StatusCode};
 use serde::Deserialize;
 
-use crate::config::FieldProblems;
+use crate::problems::FieldProblems;
 use crate::sensitive::Sensitive;
 
 /// Verification waits this long for each registry request unless `timeout` says otherwise.

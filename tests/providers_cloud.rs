@@ -645,11 +645,11 @@ mod ecr {
         let s = spec("type: ecr\nregions: [eu-west-1]\nroleArn: arn:aws:iam::123456789012:role/x");
         assert_eq!(s.type_name(), "ecr");
         assert!(s.provides_servers());
-        let mut problems = pullkeeper::config::FieldProblems::new(std::path::Path::new("e.yaml"));
+        let mut problems = pullkeeper::problems::FieldProblems::new(std::path::Path::new("e.yaml"));
         problems.scoped("provider", |p| s.validate(p));
         assert!(problems.is_empty());
         let s = spec("type: ecr\nregions: [mars-north-1x]");
-        let mut problems = pullkeeper::config::FieldProblems::new(std::path::Path::new("e.yaml"));
+        let mut problems = pullkeeper::problems::FieldProblems::new(std::path::Path::new("e.yaml"));
         problems.scoped("provider", |p| s.validate(p));
         let v: Vec<String> = problems
             .into_vec()

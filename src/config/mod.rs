@@ -4,7 +4,6 @@
 //! config. Validation reports every problem at once, each naming its file and field; a directory
 //! with any problem is rejected as a whole, so a bad reload never replaces a running config.
 
-mod problems;
 pub mod raw;
 mod selector;
 
@@ -16,9 +15,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-pub use problems::{FieldProblems, Problem};
+pub use crate::problems::{FieldProblems, Problem};
 pub use selector::{LabelSelector, glob_match};
 
+use crate::ownership::{RESERVED_PREFIXES, SYSTEM_NAMESPACE_PREFIX};
 use crate::providers::ProviderSpec;
 use crate::verify::VerifySpec;
 use raw::{RawDefaults, RawNamespaces, RawRefresh, RawRegistry};
@@ -65,7 +65,7 @@ impl NamespaceTargets {
     /// only in scope when named exactly in `include`.
     pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
         let named = self.include.iter().any(|p| p == name);
-        if name.starts_with("kube-") && !named {
+        if name.starts_with(SYSTEM_NAMESPACE_PREFIX) && !named {
             return false;
         }
         named
@@ -285,7 +285,7 @@ fn validate_registry(
         p.scoped("verify", |p| v.validate(p));
     }
     for (k, v) in &raw.secret_labels {
-        if k.starts_with("app.kubernetes.io/managed-by") || k.starts_with("pullkeeper.dev/") {
+        if RESERVED_PREFIXES.iter().any(|r| k.starts_with(r)) {
             p.push(
                 format!("secretLabels.{k}"),
                 "this label is reserved for pullkeeper",

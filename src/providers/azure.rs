@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::gcp::{is_host_port, is_loopback_host, is_safe_url};
 use super::{Provider, ProviderError, TextSource};
-use crate::config::FieldProblems;
+use crate::problems::FieldProblems;
 
 /// The username ACR expects with a refresh token.
 pub const ACR_USERNAME: &str = "00000000-0000-0000-0000-000000000000";

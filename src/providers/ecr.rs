@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{Provider, ProviderError};
-use crate::config::FieldProblems;
+use crate::problems::FieldProblems;
 
 /// The registry host of ECR Public.
 pub const ECR_PUBLIC_HOST: &str = "public.ecr.aws";

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{Provider, ProviderError};
-use crate::config::FieldProblems;
+use crate::problems::FieldProblems;
 
 /// The username registries expect with a Google access token.
 pub const GCP_USERNAME: &str = "oauth2accesstoken";

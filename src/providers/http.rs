@@ -27,7 +27,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::{ErrorCategory, Provider, ProviderError, TextSource};
-use crate::config::FieldProblems;
+use crate::problems::FieldProblems;
 use crate::credential::{Credential, Login};
 use crate::sensitive::Sensitive;
 

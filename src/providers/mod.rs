@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::config::FieldProblems;
+use crate::problems::FieldProblems;
 use crate::credential::Credential;
 use crate::sensitive::Sensitive;
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{Provider, ProviderError, TextSource};
-use crate::config::FieldProblems;
+use crate::problems::FieldProblems;
 use crate::credential::{Credential, Login};
 
 /// Settings of `provider: {type: static, …}`.
