@@ -1,6 +1,5 @@
 //! The admin server on its own port: `/metrics`, `/livez`, `/readyz`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -42,15 +41,12 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// Serves the admin routes until the process ends.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Metrics,
-    ready: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+/// Serves the admin routes on a bound listener until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, ready: Arc<AtomicBool>) {
     let app = router(metrics, Arc::new(move || ready.load(Ordering::SeqCst)));
-    axum::serve(listener, app).await
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "admin server stopped");
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{PatchOperation, RemoveOperation, TestOperation};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -11,9 +13,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{WriteKind, WriteMetrics, WriteOp, WriteOutcome};
 use crate::ownership::Owner;
-use crate::plan::{AccountChange, account_patch};
+use crate::plan::{AccountChange, DesiredSecret, account_patch};
 
 /// The field manager of every server-side apply pullkeeper makes.
 pub const FIELD_MANAGER: &str = "pullkeeper";
@@ -103,16 +105,30 @@ pub enum SecretOutcome {
 pub struct Applier {
     owner: Owner,
     client: Client,
-    metrics: Metrics,
+    metrics: WriteMetrics,
     limiter: WriteLimiter,
 }
 
-fn is_status(err: &kube::Error, codes: &[u16]) -> bool {
+pub fn is_status(err: &kube::Error, codes: &[u16]) -> bool {
     matches!(err, kube::Error::Api(s) if codes.contains(&s.code))
 }
 
+/// The outcome label of a failed write.
+fn failed(err: &kube::Error) -> WriteOutcome {
+    if is_status(err, &[409, 422]) {
+        WriteOutcome::Conflict
+    } else {
+        WriteOutcome::Error
+    }
+}
+
 impl Applier {
-    pub fn new(owner: Owner, client: Client, metrics: Metrics, writes_per_second: f64) -> Self {
+    pub fn new(
+        owner: Owner,
+        client: Client,
+        metrics: WriteMetrics,
+        writes_per_second: f64,
+    ) -> Self {
         Self {
             owner,
             client,
@@ -121,57 +137,107 @@ impl Applier {
         }
     }
 
-    fn count(&self, kind: &str, operation: &str, outcome: &str) {
-        self.metrics
-            .writes
-            .with_label_values(&[kind, operation, outcome])
-            .inc();
+    /// The client writes go through (shared with the recovery of stuck Pods).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn count(&self, kind: WriteKind, op: WriteOp, outcome: WriteOutcome) {
+        self.metrics.record(kind, op, outcome);
+    }
+
+    /// Waits for the next write slot of the shared rate limit.
+    pub async fn write_slot(&self) {
+        self.limiter.wait().await;
     }
 
     /// Creates or updates a Secret by server-side apply. When the cache held no managed Secret of
-    /// that name, reads it first: a Secret pullkeeper does not own is never overwritten.
+    /// that name, reads it first: a Secret pullkeeper does not own is never overwritten. Data
+    /// keys another field manager added (`stray_keys`) are removed first by a JSON patch guarded
+    /// by the observed `resource_version`: server-side apply alone cannot remove them.
     pub async fn apply_secret(
         &self,
-        secret: &Secret,
+        desired: &DesiredSecret,
         known_managed: bool,
+        stray_keys: &[String],
+        resource_version: Option<&str>,
     ) -> Result<SecretOutcome, WriteError> {
-        let ns = secret.metadata.namespace.clone().unwrap_or_default();
-        let name = secret.metadata.name.clone().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let ns = desired.namespace.as_str();
+        let name = desired.name.as_str();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let err = |operation, source| WriteError::Api {
             kind: "secret",
             operation,
-            namespace: ns.clone(),
-            name: name.clone(),
+            namespace: ns.to_string(),
+            name: name.to_string(),
             source,
         };
         if !known_managed {
-            let current = api.get_opt(&name).await.map_err(|e| err("get", e))?;
+            let current = api.get_opt(name).await.map_err(|e| err("get", e))?;
             if let Some(current) = current
                 && !self.owner.owns(&current.metadata)
             {
                 return Ok(SecretOutcome::Foreign);
             }
         }
+        if !stray_keys.is_empty() {
+            self.remove_keys(&api, ns, name, stray_keys, resource_version)
+                .await
+                .map_err(|e| err("patch", e))?;
+        }
         self.limiter.wait().await;
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        match api.patch(&name, &params, &Patch::Apply(secret)).await {
+        match api
+            .patch(name, &params, &Patch::Apply(desired.to_secret()))
+            .await
+        {
             Ok(_) => {
-                self.count("secret", "apply", "success");
+                self.count(WriteKind::Secret, WriteOp::Apply, WriteOutcome::Success);
                 info!(namespace = %ns, secret = %name, "secret applied");
                 Ok(SecretOutcome::Written)
             }
             Err(e) => {
-                self.count(
-                    "secret",
-                    "apply",
-                    if is_status(&e, &[409]) {
-                        "conflict"
-                    } else {
-                        "error"
-                    },
-                );
+                self.count(WriteKind::Secret, WriteOp::Apply, failed(&e));
                 Err(err("apply", e))
+            }
+        }
+    }
+
+    /// Removes data keys from a Secret, only if it is still the version observed.
+    async fn remove_keys(
+        &self,
+        api: &Api<Secret>,
+        ns: &str,
+        name: &str,
+        keys: &[String],
+        resource_version: Option<&str>,
+    ) -> Result<(), kube::Error> {
+        let mut ops = vec![PatchOperation::Test(TestOperation {
+            path: PointerBuf::from_tokens(["metadata", "resourceVersion"]),
+            value: serde_json::Value::String(resource_version.unwrap_or_default().to_string()),
+        })];
+        ops.extend(keys.iter().map(|k| {
+            PatchOperation::Remove(RemoveOperation {
+                path: PointerBuf::from_tokens(["data", k.as_str()]),
+            })
+        }));
+        self.limiter.wait().await;
+        match api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Json::<()>(json_patch::Patch(ops)),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.count(WriteKind::Secret, WriteOp::Patch, WriteOutcome::Success);
+                info!(namespace = %ns, secret = %name, removed = ?keys, "data keys pullkeeper did not write removed from its secret");
+                Ok(())
+            }
+            Err(e) => {
+                self.count(WriteKind::Secret, WriteOp::Patch, failed(&e));
+                Err(e)
             }
         }
     }
@@ -194,21 +260,13 @@ impl Applier {
         };
         match api.delete(name, &params).await {
             Ok(_) => {
-                self.count("secret", "delete", "success");
+                self.count(WriteKind::Secret, WriteOp::Delete, WriteOutcome::Success);
                 info!(namespace, secret = name, "secret pruned");
                 Ok(())
             }
             Err(e) if is_status(&e, &[404]) => Ok(()),
             Err(e) => {
-                self.count(
-                    "secret",
-                    "delete",
-                    if is_status(&e, &[409]) {
-                        "conflict"
-                    } else {
-                        "error"
-                    },
-                );
+                self.count(WriteKind::Secret, WriteOp::Delete, failed(&e));
                 Err(WriteError::Api {
                     kind: "secret",
                     operation: "delete",
@@ -247,14 +305,22 @@ impl Applier {
                 .await
             {
                 Ok(_) => {
-                    self.count("serviceaccount", "patch", "success");
+                    self.count(
+                        WriteKind::ServiceAccount,
+                        WriteOp::Patch,
+                        WriteOutcome::Success,
+                    );
                     info!(namespace, serviceaccount = %change.name, wanted = ?change.wanted, "serviceaccount imagePullSecrets updated");
                     return Ok(());
                 }
                 Err(e) if is_status(&e, &[404]) => return Ok(()),
                 // A failed `test` (422) or a write race (409): re-read and recompute.
                 Err(e) if is_status(&e, &[409, 422]) => {
-                    self.count("serviceaccount", "patch", "conflict");
+                    self.count(
+                        WriteKind::ServiceAccount,
+                        WriteOp::Patch,
+                        WriteOutcome::Conflict,
+                    );
                     debug!(namespace, serviceaccount = %change.name, attempt, "serviceaccount changed under us; retrying");
                     let Some(fresh) = api.get_opt(&change.name).await.map_err(|e| err("get", e))?
                     else {
@@ -266,7 +332,11 @@ impl Applier {
                     }
                 }
                 Err(e) => {
-                    self.count("serviceaccount", "patch", "error");
+                    self.count(
+                        WriteKind::ServiceAccount,
+                        WriteOp::Patch,
+                        WriteOutcome::Error,
+                    );
                     return Err(err("patch", e));
                 }
             }

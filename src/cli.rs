@@ -44,6 +44,10 @@ pub enum Command {
         /// exist: for validating, outside the pod, a config meant for it.
         #[arg(long)]
         no_file_checks: bool,
+        /// Accept a directory without any registry file (by default an error: a daemon running
+        /// it would prune every Secret it manages).
+        #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG")]
+        allow_empty_config: bool,
     },
 }
 
@@ -85,6 +89,15 @@ pub struct RunArgs {
     /// at again (so a removed one is replaced).
     #[arg(long, env = "PULLKEEPER_FOREIGN_RECHECK", default_value = "5m", value_parser = humantime::parse_duration)]
     pub foreign_recheck: Duration,
+    /// Accept a config directory without any registry file, at start and on reload. Without
+    /// it such a directory (an emptied ConfigMap) is rejected and the running config stays:
+    /// running with none would prune every Secret and ServiceAccount entry pullkeeper manages.
+    #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG", default_value_t = false)]
+    pub allow_empty_config: bool,
+    /// How often every namespace is looked at even without a watch event (0s: never). Bounds
+    /// how long any change can wait, however busy a namespace's objects are.
+    #[arg(long, env = "PULLKEEPER_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
     /// Time limit of one provider call.
     #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,

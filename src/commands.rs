@@ -1,14 +1,23 @@
-//! The three commands, as library functions returning the process exit code.
+//! The commands, as library functions returning the process exit code. `run` is the one place
+//! where the daemon is wired: client, metrics, leader election, admin server, daemon, and the
+//! order in which they stop.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kube::Client;
-use tracing::{error, info};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
-use crate::config;
-use crate::engine::{self, Settings};
+use crate::config::{self, LoadOptions};
+use crate::daemon::{self, Settings};
+use crate::events::PodIdentity;
+use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::ownership::Owner;
+use crate::reload;
 
 /// Errors that stop `run`/`once` before the daemon starts.
 #[derive(Debug, thiserror::Error)]
@@ -25,11 +34,13 @@ pub enum StartError {
     Metrics(#[source] prometheus::Error),
     #[error("cannot serve the admin port")]
     Admin(#[source] std::io::Error),
+    #[error("cannot listen for shutdown signals")]
+    Signals(#[source] std::io::Error),
 }
 
 /// `pullkeeper check`: prints every problem; 0 when valid, 2 when not.
-pub fn check(dir: &Path, check_files: bool) -> i32 {
-    match config::load_dir_with(dir, check_files) {
+pub fn check(dir: &Path, options: LoadOptions) -> i32 {
+    match config::load(dir, options) {
         Ok(c) => {
             println!(
                 "{}: {} registr{} valid",
@@ -57,34 +68,62 @@ pub fn check(dir: &Path, check_files: bool) -> i32 {
     }
 }
 
-async fn client(args: &RunArgs) -> Result<Client, StartError> {
-    match &args.kubeconfig {
-        None => Client::try_default().await.map_err(StartError::Client),
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                StartError::Kubeconfig {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
-            let cfg = kube::Config::from_custom_kubeconfig(
-                kc,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|source| StartError::Kubeconfig {
-                path: path.display().to_string(),
-                source,
-            })?;
-            Client::try_from(cfg).map_err(StartError::Client)
-        }
+/// A client from `--kubeconfig`, or the in-cluster config / `$KUBECONFIG`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, StartError> {
+    let Some(path) = kubeconfig else {
+        return Client::try_default().await.map_err(StartError::Client);
+    };
+    let kubeconfig_error = |source| StartError::Kubeconfig {
+        path: path.display().to_string(),
+        source,
+    };
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(kubeconfig_error)?;
+    Client::try_from(cfg).map_err(StartError::Client)
+}
+
+/// The settings of `run`/`once`, from the command line.
+fn settings(args: &RunArgs) -> Settings {
+    Settings {
+        owner: Owner::new(args.instance.clone()),
+        config_dir: args.config.clone(),
+        load: LoadOptions {
+            check_files: true,
+            allow_empty: args.allow_empty_config,
+        },
+        reload_interval: args.reload_interval,
+        resync_interval: args.resync_interval,
+        concurrency: args.concurrency,
+        writes_per_second: args.writes_per_second,
+        pod: args.identity.clone().map(|name| PodIdentity {
+            name,
+            namespace: args.lease_namespace.clone(),
+        }),
+        fetch_timeout: args.fetch_timeout,
+        foreign_recheck: args.foreign_recheck,
     }
+}
+
+/// Completes on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received; stopping"),
+            _ = int.recv() => info!("SIGINT received; stopping"),
+        }
+    })
 }
 
 /// `pullkeeper run` (and `once`): returns the exit code.
 pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
-    let config = match config::load_dir(&args.config) {
-        Ok(c) => c,
+    let settings = settings(&args);
+    let generation = match reload::load_first(&settings.config_dir, settings.load).await {
+        Ok(g) => g,
         Err(problems) => {
             for p in &problems {
                 error!(file = %p.file.display(), field = %p.field, problem = %p.message, "invalid config");
@@ -92,84 +131,102 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
             return Ok(2);
         }
     };
-    let providers = match engine::build_providers(&config).await {
-        Ok(p) => p,
-        Err(problems) => {
-            for p in &problems {
-                error!(file = %p.file.display(), field = %p.field, problem = %p.message, "cannot build provider");
-            }
-            return Ok(2);
-        }
-    };
-    let client = client(&args).await?;
+    let client = client(args.kubeconfig.as_deref()).await?;
     let metrics = Metrics::new().map_err(StartError::Metrics)?;
-    let settings = Settings {
-        owner: crate::ownership::Owner::new(args.instance.clone()),
-        config_dir: args.config.clone(),
-        reload_interval: args.reload_interval,
-        concurrency: args.concurrency,
-        writes_per_second: args.writes_per_second,
-        event_object: engine::own_pod_reference(),
-        fetch_timeout: args.fetch_timeout,
-        foreign_recheck: args.foreign_recheck,
+    let stop_signal = shutdown_signal()?;
+    info!(
+        registries = generation.config.registries.len(),
+        once, "starting"
+    );
+
+    let elect = args.leader_elect && !once;
+    let (leader_tx, leader_rx) = watch::channel(!elect);
+    let lease = LeaseConfig {
+        namespace: args.lease_namespace.clone(),
+        name: format!("{}-leader", args.instance),
+        identity: args
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("pullkeeper-{}", std::process::id())),
+        duration: std::time::Duration::from_secs(15),
+        renew_every: std::time::Duration::from_secs(5),
+        retry_every: std::time::Duration::from_secs(2),
     };
-    info!(registries = config.registries.len(), once, "starting");
-    let (leader_tx, leader_rx) = tokio::sync::watch::channel(!args.leader_elect || once);
-    let leadership_lost: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>> =
-        if args.leader_elect && !once {
-            let lease = crate::leader::LeaseConfig {
-                namespace: args.lease_namespace.clone(),
-                name: format!("{}-leader", args.instance),
-                identity: args
-                    .identity
-                    .clone()
-                    .unwrap_or_else(|| format!("pullkeeper-{}", std::process::id())),
-                duration: std::time::Duration::from_secs(15),
-                renew_every: std::time::Duration::from_secs(5),
-            };
-            info!(lease = %lease.name, identity = %lease.identity, "campaigning for leadership");
-            let campaign = tokio::spawn(crate::leader::run(
-                client.clone(),
-                lease,
-                metrics.clone(),
-                leader_tx,
-            ));
-            Box::pin(async move {
-                let _ = campaign.await;
-            })
-        } else {
-            metrics.leader.set(1);
-            drop(leader_tx);
-            Box::pin(std::future::pending())
-        };
-    let caches = engine::start(
-        client.clone(),
+    let lost = Arc::new(AtomicBool::new(false));
+    let campaign = if elect {
+        info!(lease = %lease.name, identity = %lease.identity, "campaigning for leadership");
+        Some(tokio::spawn(leader::run(
+            client.clone(),
+            lease.clone(),
+            metrics.leader.clone(),
+            leader_tx,
+        )))
+    } else {
+        metrics.leader.set(true);
+        drop(leader_tx);
+        None
+    };
+
+    let started = daemon::start(
+        &client,
         metrics.clone(),
         settings,
-        config,
-        providers,
-        leader_rx,
-    )
-    .await;
+        generation,
+        leader_rx.clone(),
+    );
     if once {
-        return Ok(if caches.once().await { 0 } else { 1 });
+        return Ok(if started.once().await { 0 } else { 1 });
     }
-    let shared = caches.shared();
+
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .map_err(StartError::Admin)?;
     info!(addr = %args.admin_addr, "admin server listening");
-    let admin = tokio::spawn(async move {
-        let ready = shared.clone();
-        let app = crate::admin::router(
-            shared.metrics.clone(),
-            std::sync::Arc::new(move || ready.ready.load(std::sync::atomic::Ordering::SeqCst)),
-        );
-        if let Err(e) = axum::serve(listener, app).await {
-            error!(error = %e, "admin server stopped");
+    let admin = tokio::spawn(crate::admin::serve(
+        listener,
+        metrics.clone(),
+        started.ready_flag(),
+    ));
+
+    // Stop on a signal, or when leadership once held is lost (a restart begins as follower).
+    let stop = {
+        let lost = lost.clone();
+        let mut leader = leader_rx;
+        async move {
+            let leadership_lost = async {
+                if !elect {
+                    return std::future::pending().await;
+                }
+                let _ = leader.wait_for(|l| *l).await;
+                let _ = leader.wait_for(|l| !*l).await;
+            };
+            tokio::select! {
+                () = stop_signal => {}
+                () = leadership_lost => {
+                    lost.store(true, Ordering::SeqCst);
+                    error!("leadership lost; stopping so a restart begins as a follower");
+                }
+            }
         }
-    });
-    let clean = caches.run(leadership_lost).await;
+    };
+    started.run(stop).await;
+
+    // Writes have stopped: give the Lease up so another replica takes over at once.
+    if let Some(campaign) = campaign {
+        campaign.abort();
+        let _ = campaign.await;
+        if !lost.load(Ordering::SeqCst) {
+            match leader::release(&client, &lease).await {
+                Ok(true) => info!(lease = %lease.name, "lease released"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(lease = %lease.name, error = %e, "could not release the lease; it expires by itself")
+                }
+            }
+        }
+        metrics.leader.set(false);
+    }
     admin.abort();
-    Ok(if clean { 0 } else { 1 })
+    info!("shut down");
+    Ok(if lost.load(Ordering::SeqCst) { 1 } else { 0 })
 }

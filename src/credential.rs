@@ -41,6 +41,19 @@ pub enum CredentialError {
 }
 
 impl Credential {
+    /// One rule for every provider: a stated expiry at or before `now` (clock skew between the
+    /// provider and this Pod, a provider that states a fixed date) is not believed. The
+    /// credential itself was just issued and is the best there is, so it is still written,
+    /// but as if no expiry were stated: the refresh policy's default lifetime schedules the
+    /// next refresh and no expiry annotation or gauge claims it has expired. Returns the
+    /// expiry dropped, if any.
+    pub fn drop_past_expiry(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.expires_at.is_some_and(|at| at <= now) {
+            return self.expires_at.take();
+        }
+        None
+    }
+
     /// Rejects empty or partial credentials: such a credential must never replace a good Secret.
     pub fn validate(&self) -> Result<(), CredentialError> {
         if self.logins.is_empty() {
@@ -96,5 +109,25 @@ mod tests {
             Err(CredentialError::ColonInUsername)
         );
         assert_eq!(c(vec![login("u", "p:with:colons")]), Ok(()));
+    }
+
+    #[test]
+    fn a_stated_expiry_that_has_passed_is_dropped_whatever_the_provider() {
+        let now = chrono::Utc::now();
+        let at = |secs: i64| Credential {
+            logins: vec![login("u", "p")],
+            expires_at: Some(now + chrono::TimeDelta::seconds(secs)),
+        };
+        let mut future = at(60);
+        assert_eq!(future.drop_past_expiry(now), None);
+        assert!(future.expires_at.is_some());
+        for secs in [0, -5] {
+            let mut past = at(secs);
+            assert_eq!(
+                past.drop_past_expiry(now),
+                Some(now + chrono::TimeDelta::seconds(secs))
+            );
+            assert_eq!(past.expires_at, None);
+        }
     }
 }

@@ -11,7 +11,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::LeaderMetrics;
 
 /// Lease settings.
 #[derive(Clone, Debug)]
@@ -20,7 +20,11 @@ pub struct LeaseConfig {
     pub name: String,
     pub identity: String,
     pub duration: Duration,
+    /// How often the leader renews.
     pub renew_every: Duration,
+    /// How often a follower looks whether the Lease became free (a released Lease is taken
+    /// within this time).
+    pub retry_every: Duration,
 }
 
 /// What one look at the Lease decided.
@@ -93,7 +97,12 @@ async fn try_lead(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Step, kube::Err
 /// Campaigns for the Lease and keeps it renewed, publishing leadership on `tx`. Returns when
 /// leadership, once held, is lost (the caller stops writing and exits so a restart begins as
 /// a follower).
-pub async fn run(client: Client, cfg: LeaseConfig, metrics: Metrics, tx: watch::Sender<bool>) {
+pub async fn run(
+    client: Client,
+    cfg: LeaseConfig,
+    metrics: LeaderMetrics,
+    tx: watch::Sender<bool>,
+) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let mut last_renewed: Option<tokio::time::Instant> = None;
     loop {
@@ -104,7 +113,7 @@ pub async fn run(client: Client, cfg: LeaseConfig, metrics: Metrics, tx: watch::
                 last_renewed = Some(tokio::time::Instant::now());
                 if !leading {
                     info!(lease = %cfg.name, identity = %cfg.identity, "became leader");
-                    metrics.leader.set(1);
+                    metrics.set(true);
                     let _ = tx.send(true);
                 }
             }
@@ -122,10 +131,41 @@ pub async fn run(client: Client, cfg: LeaseConfig, metrics: Metrics, tx: watch::
                 }
             }
         }
-        tokio::time::sleep(cfg.renew_every).await;
+        let leading = *tx.borrow();
+        tokio::time::sleep(if leading {
+            cfg.renew_every
+        } else {
+            cfg.retry_every
+        })
+        .await;
     }
-    metrics.leader.set(0);
+    metrics.set(false);
     let _ = tx.send(false);
+}
+
+/// Gives the Lease up if this replica holds it, so another replica takes over at its next
+/// look instead of waiting for the Lease to expire. Call only after writes have stopped.
+/// Returns whether a Lease was released.
+pub async fn release(client: &Client, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+        return Ok(false);
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(false);
+    };
+    if spec.holder_identity.as_deref() != Some(&cfg.identity) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    spec.lease_duration_seconds = Some(1);
+    // The replace carries the resourceVersion read: a replica that took over meanwhile wins.
+    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

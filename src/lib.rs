@@ -7,7 +7,8 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod credential;
-pub mod engine;
+pub mod daemon;
+pub mod events;
 pub mod leader;
 pub mod logging;
 pub mod metrics;
@@ -15,9 +16,13 @@ pub mod ownership;
 pub mod plan;
 pub mod problems;
 pub mod providers;
+pub mod reconcile;
+pub mod refresh;
+pub mod reload;
 pub mod render;
 pub mod schedule;
 pub mod sensitive;
+pub mod store;
 pub mod verify;
 
 #[cfg(test)]

@@ -12,7 +12,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Check {
             config,
             no_file_checks,
-        } => pullkeeper::commands::check(&config, !no_file_checks),
+            allow_empty_config,
+        } => pullkeeper::commands::check(
+            &config,
+            pullkeeper::config::LoadOptions {
+                check_files: !no_file_checks,
+                allow_empty: allow_empty_config,
+            },
+        ),
         Command::Run(args) => pullkeeper::commands::run(args, false).await?,
         Command::Once(args) => pullkeeper::commands::run(args, true).await?,
     };

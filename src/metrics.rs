@@ -1,226 +1,514 @@
-//! Prometheus metrics, registered once. Label values come from bounded sets only: registry
-//! names from the config, provider types, results and error categories — never error text.
+//! Prometheus metrics, registered once and grouped by subsystem. Label values come from bounded
+//! sets only: registry names from the config, provider types, typed results and error
+//! categories — never error text. Where an outcome is also worth a log line, the method that
+//! counts it logs it, so dashboards and logs never disagree.
 
+use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use tracing::{error, info, warn};
+
+use crate::problems::Problem;
 
 /// Every metric pullkeeper exports.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub refreshes: IntCounterVec,
-    pub refresh_failures: IntCounterVec,
-    pub refresh_duration: HistogramVec,
-    pub credential_expiry: GaugeVec,
-    pub last_success: GaugeVec,
-    pub next_refresh: GaugeVec,
-    pub managed_secrets: IntGaugeVec,
-    pub managed_service_accounts: IntGaugeVec,
-    pub foreign_secrets: IntGaugeVec,
-    pub writes: IntCounterVec,
-    pub config_reloads: IntCounterVec,
-    pub config_last_reload_ok: IntGauge,
-    pub registries_configured: IntGauge,
-    pub leader: IntGauge,
-    pub provider_duration: HistogramVec,
-    pub provider_errors: IntCounterVec,
-    pub verifications: IntCounterVec,
-    pub build_info: GaugeVec,
-    pub start_time: Gauge,
+    pub refresh: RefreshMetrics,
+    pub inventory: InventoryMetrics,
+    pub writes: WriteMetrics,
+    pub config: ConfigMetrics,
+    pub leader: LeaderMetrics,
+    pub recovery: RecoveryMetrics,
 }
 
-fn counter(
-    reg: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    reg.register(Box::new(c.clone()))?;
-    Ok(c)
+/// Success or failure of one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
 }
 
-fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
-    let g = GaugeVec::new(Opts::new(name, help), labels)?;
-    reg.register(Box::new(g.clone()))?;
-    Ok(g)
+impl Outcome {
+    pub const ALL: [Outcome; 2] = [Self::Success, Self::Failure];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+
+    pub fn of<T, E>(result: &Result<T, E>) -> Self {
+        if result.is_ok() {
+            Self::Success
+        } else {
+            Self::Failure
+        }
+    }
 }
 
-fn int_gauge_vec(
-    reg: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntGaugeVec> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    reg.register(Box::new(g.clone()))?;
-    Ok(g)
+/// Credential refreshes, provider calls and verifications.
+#[derive(Clone)]
+pub struct RefreshMetrics {
+    refreshes: IntCounterVec,
+    failures: IntCounterVec,
+    duration: HistogramVec,
+    expiry: GaugeVec,
+    last_success: GaugeVec,
+    next_refresh: GaugeVec,
+    provider_duration: HistogramVec,
+    provider_errors: IntCounterVec,
+    verifications: IntCounterVec,
 }
 
-fn int_gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
-    let g = IntGauge::new(name, help)?;
-    reg.register(Box::new(g.clone()))?;
-    Ok(g)
+impl RefreshMetrics {
+    /// Creates a registry's refresh series at zero, so `increase()` sees even the first failure.
+    pub fn register(&self, registry: &str) {
+        for outcome in Outcome::ALL {
+            self.refreshes
+                .with_label_values(&[registry, outcome.as_str()]);
+        }
+    }
+
+    /// Times one refresh (fetch and verification) of a registry.
+    pub fn timer(&self, registry: &str) -> HistogramTimer {
+        self.duration.with_label_values(&[registry]).start_timer()
+    }
+
+    /// Times one provider call.
+    pub fn provider_timer(&self, provider: &str) -> HistogramTimer {
+        self.provider_duration
+            .with_label_values(&[provider])
+            .start_timer()
+    }
+
+    /// Counts a failed provider call by its bounded category.
+    pub fn provider_failed(&self, provider: &str, category: &str) {
+        self.provider_errors
+            .with_label_values(&[provider, category])
+            .inc();
+    }
+
+    /// Counts one verification of a new credential against its registry.
+    pub fn verified(&self, registry: &str, outcome: Outcome) {
+        self.verifications
+            .with_label_values(&[registry, outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts and logs a successful refresh.
+    pub fn succeeded(
+        &self,
+        registry: &str,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+        changed: bool,
+    ) {
+        self.refreshes
+            .with_label_values(&[registry, Outcome::Success.as_str()])
+            .inc();
+        self.last_success
+            .with_label_values(&[registry])
+            .set(now.timestamp() as f64);
+        match expires_at {
+            Some(e) => self
+                .expiry
+                .with_label_values(&[registry])
+                .set(e.timestamp() as f64),
+            None => {
+                let _ = self.expiry.remove_label_values(&[registry]);
+            }
+        }
+        info!(registry, changed, expires_at = ?expires_at.map(|e| e.to_rfc3339()), "credential refreshed");
+    }
+
+    /// Counts and logs a failed refresh; `error` is the whole chain, free of credential material.
+    pub fn failed(&self, registry: &str, category: &str, attempt: u32, error: &str) {
+        self.refreshes
+            .with_label_values(&[registry, Outcome::Failure.as_str()])
+            .inc();
+        self.failures.with_label_values(&[registry, category]).inc();
+        warn!(
+            registry,
+            category, attempt, error, "refresh failed; the last good Secret stays"
+        );
+    }
+
+    /// Publishes when the next refresh (or retry) of a registry is due.
+    pub fn scheduled(&self, registry: &str, next: DateTime<Utc>) {
+        self.next_refresh
+            .with_label_values(&[registry])
+            .set(next.timestamp() as f64);
+    }
+
+    fn forget(&self, registry: &str) {
+        for g in [&self.expiry, &self.last_success, &self.next_refresh] {
+            let _ = g.remove_label_values(&[registry]);
+        }
+    }
 }
 
-fn histogram(
-    reg: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<HistogramVec> {
-    let buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
-    reg.register(Box::new(h.clone()))?;
-    Ok(h)
+/// What pullkeeper manages, recomputed from the caches.
+#[derive(Clone)]
+pub struct InventoryMetrics {
+    secrets: IntGaugeVec,
+    accounts: IntGaugeVec,
+    foreign: IntGaugeVec,
+}
+
+impl InventoryMetrics {
+    pub fn set(&self, registry: &str, secrets: usize, accounts: usize, foreign: usize) {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.secrets.with_label_values(&[registry]).set(n(secrets));
+        self.accounts
+            .with_label_values(&[registry])
+            .set(n(accounts));
+        self.foreign.with_label_values(&[registry]).set(n(foreign));
+    }
+
+    fn forget(&self, registry: &str) {
+        for g in [&self.secrets, &self.accounts, &self.foreign] {
+            let _ = g.remove_label_values(&[registry]);
+        }
+    }
+}
+
+/// The kind of object written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    Secret,
+    ServiceAccount,
+    Pod,
+}
+
+/// The write operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    Apply,
+    /// A guarded JSON patch (ServiceAccounts, and data keys another manager added to a Secret).
+    Patch,
+    Delete,
+}
+
+/// How a write ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Success,
+    /// A precondition or `test` failed, or the object changed under us.
+    Conflict,
+    Error,
+}
+
+impl WriteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Secret => "secret",
+            Self::ServiceAccount => "serviceaccount",
+            Self::Pod => "pod",
+        }
+    }
+}
+
+impl WriteOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Apply => "apply",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+impl WriteOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Conflict => "conflict",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Write requests to the API server.
+#[derive(Clone)]
+pub struct WriteMetrics {
+    writes: IntCounterVec,
+}
+
+impl WriteMetrics {
+    pub fn record(&self, kind: WriteKind, op: WriteOp, outcome: WriteOutcome) {
+        self.writes
+            .with_label_values(&[kind.as_str(), op.as_str(), outcome.as_str()])
+            .inc();
+    }
+}
+
+/// Config loads and reloads.
+#[derive(Clone)]
+pub struct ConfigMetrics {
+    reloads: IntCounterVec,
+    last_ok: IntGauge,
+    registries: IntGauge,
+}
+
+impl ConfigMetrics {
+    /// Counts and logs an accepted config.
+    pub fn accepted(&self, registries: usize) {
+        self.reloads
+            .with_label_values(&[Outcome::Success.as_str()])
+            .inc();
+        self.last_ok.set(1);
+        self.registries
+            .set(i64::try_from(registries).unwrap_or(i64::MAX));
+        info!(registries, "config loaded");
+    }
+
+    /// Counts and logs a rejected config (the previous one keeps running).
+    pub fn rejected(&self, problems: &[Problem]) {
+        self.reloads
+            .with_label_values(&[Outcome::Failure.as_str()])
+            .inc();
+        self.last_ok.set(0);
+        for p in problems {
+            error!(file = %p.file.display(), field = %p.field, problem = %p.message, "config rejected; the previous config keeps running");
+        }
+    }
+
+    /// The running config is (again) what the directory holds: a failure state clears.
+    pub fn current(&self) {
+        self.last_ok.set(1);
+    }
+
+    pub fn last_ok(&self) -> bool {
+        self.last_ok.get() == 1
+    }
+}
+
+/// Leader election.
+#[derive(Clone)]
+pub struct LeaderMetrics {
+    leader: IntGauge,
+}
+
+impl LeaderMetrics {
+    pub fn set(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+}
+
+/// Recovery of Pods stuck before their credential existed.
+#[derive(Clone)]
+pub struct RecoveryMetrics {
+    recovered: IntCounterVec,
+    stuck: IntGaugeVec,
+}
+
+impl RecoveryMetrics {
+    /// Counts one Pod deleted so its controller recreates it with the reference.
+    pub fn recovered(&self, registry: &str) {
+        self.recovered.with_label_values(&[registry]).inc();
+    }
+
+    /// Publishes how many Pods wait on a managed registry, by reason.
+    pub fn stuck(&self, registry: &str, reason: &str, pods: usize) {
+        self.stuck
+            .with_label_values(&[registry, reason])
+            .set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    fn forget(&self, registry: &str) {
+        let _ = self.recovered.remove_label_values(&[registry]);
+    }
+}
+
+struct Builder(Registry);
+
+impl Builder {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        c: C,
+    ) -> prometheus::Result<C> {
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
+        self.register(GaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn int_gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        self.register(IntGauge::new(name, help)?)
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<HistogramVec> {
+        let buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        self.register(HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets),
+            labels,
+        )?)
+    }
 }
 
 impl Metrics {
     /// Registers every metric. The names are constants, so a registration failure is a
     /// programming error caught by the unit test below.
     pub fn new() -> prometheus::Result<Self> {
-        let r = Registry::new();
-        let m = Self {
-            refreshes: counter(
-                &r,
+        let b = Builder(Registry::new());
+        let refresh = RefreshMetrics {
+            refreshes: b.counter(
                 "pullkeeper_refresh_total",
                 "Credential refreshes by registry and result.",
                 &["registry", "result"],
             )?,
-            refresh_failures: counter(
-                &r,
+            failures: b.counter(
                 "pullkeeper_refresh_failures_total",
                 "Failed refreshes by registry and error category.",
                 &["registry", "category"],
             )?,
-            refresh_duration: histogram(
-                &r,
+            duration: b.histogram(
                 "pullkeeper_refresh_duration_seconds",
                 "Time to fetch (and verify) a credential.",
                 &["registry"],
             )?,
-            credential_expiry: gauge(
-                &r,
+            expiry: b.gauge(
                 "pullkeeper_credential_expiry_timestamp_seconds",
                 "When the current credential expires (unix seconds).",
                 &["registry"],
             )?,
-            last_success: gauge(
-                &r,
+            last_success: b.gauge(
                 "pullkeeper_last_success_timestamp_seconds",
                 "When the last refresh succeeded (unix seconds).",
                 &["registry"],
             )?,
-            next_refresh: gauge(
-                &r,
+            next_refresh: b.gauge(
                 "pullkeeper_next_refresh_timestamp_seconds",
                 "When the next refresh is due (unix seconds).",
                 &["registry"],
             )?,
-            managed_secrets: int_gauge_vec(
-                &r,
-                "pullkeeper_managed_secrets",
-                "Namespaces where the registry's Secret is in place.",
-                &["registry"],
-            )?,
-            managed_service_accounts: int_gauge_vec(
-                &r,
-                "pullkeeper_managed_service_accounts",
-                "ServiceAccounts referencing the registry's Secret through pullkeeper.",
-                &["registry"],
-            )?,
-            foreign_secrets: int_gauge_vec(
-                &r,
-                "pullkeeper_foreign_secrets",
-                "Same-named Secrets owned by someone else, left untouched.",
-                &["registry"],
-            )?,
-            writes: counter(
-                &r,
-                "pullkeeper_writes_total",
-                "Write requests to the API server.",
-                &["kind", "operation", "outcome"],
-            )?,
-            config_reloads: counter(
-                &r,
-                "pullkeeper_config_reloads_total",
-                "Config loads by result.",
-                &["result"],
-            )?,
-            config_last_reload_ok: int_gauge(
-                &r,
-                "pullkeeper_config_last_reload_successful",
-                "1 when the last config load was accepted.",
-            )?,
-            registries_configured: int_gauge(
-                &r,
-                "pullkeeper_registries_configured",
-                "Registries in the running config.",
-            )?,
-            leader: int_gauge(
-                &r,
-                "pullkeeper_leader",
-                "1 while this replica is the leader and writes.",
-            )?,
-            provider_duration: histogram(
-                &r,
+            provider_duration: b.histogram(
                 "pullkeeper_provider_request_duration_seconds",
                 "Provider call duration.",
                 &["provider"],
             )?,
-            provider_errors: counter(
-                &r,
+            provider_errors: b.counter(
                 "pullkeeper_provider_errors_total",
                 "Provider call errors by category.",
                 &["provider", "category"],
             )?,
-            verifications: counter(
-                &r,
+            verifications: b.counter(
                 "pullkeeper_verifications_total",
                 "Credential verifications against the registry.",
                 &["registry", "result"],
             )?,
-            build_info: gauge(
-                &r,
-                "pullkeeper_build_info",
-                "Build information.",
-                &["version"],
-            )?,
-            start_time: {
-                let g = Gauge::new(
-                    "pullkeeper_start_time_seconds",
-                    "Process start (unix seconds).",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            registry: r,
         };
-        m.build_info
+        let inventory = InventoryMetrics {
+            secrets: b.int_gauges(
+                "pullkeeper_managed_secrets",
+                "Namespaces where the registry's Secret is in place.",
+                &["registry"],
+            )?,
+            accounts: b.int_gauges(
+                "pullkeeper_managed_service_accounts",
+                "ServiceAccounts referencing the registry's Secret through pullkeeper.",
+                &["registry"],
+            )?,
+            foreign: b.int_gauges(
+                "pullkeeper_foreign_secrets",
+                "Same-named Secrets owned by someone else, left untouched.",
+                &["registry"],
+            )?,
+        };
+        let writes = WriteMetrics {
+            writes: b.counter(
+                "pullkeeper_writes_total",
+                "Write requests to the API server.",
+                &["kind", "operation", "outcome"],
+            )?,
+        };
+        let config = ConfigMetrics {
+            reloads: b.counter(
+                "pullkeeper_config_reloads_total",
+                "Config loads by result.",
+                &["result"],
+            )?,
+            last_ok: b.int_gauge(
+                "pullkeeper_config_last_reload_successful",
+                "1 when the running config is what the config directory holds.",
+            )?,
+            registries: b.int_gauge(
+                "pullkeeper_registries_configured",
+                "Registries in the running config.",
+            )?,
+        };
+        let leader = LeaderMetrics {
+            leader: b.int_gauge(
+                "pullkeeper_leader",
+                "1 while this replica is the leader and writes.",
+            )?,
+        };
+        let recovery = RecoveryMetrics {
+            recovered: b.counter(
+                "pullkeeper_pods_recovered_total",
+                "Pods stuck on a managed registry deleted so their controller recreates them.",
+                &["registry"],
+            )?,
+            stuck: b.int_gauges(
+                "pullkeeper_pods_stuck",
+                "Pods waiting for an image on a managed registry, by reason.",
+                &["registry", "reason"],
+            )?,
+        };
+        let build_info = b.gauge("pullkeeper_build_info", "Build information.", &["version"])?;
+        build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
-        m.start_time.set(chrono::Utc::now().timestamp() as f64);
-        Ok(m)
+        let start_time = b.register(Gauge::new(
+            "pullkeeper_start_time_seconds",
+            "Process start (unix seconds).",
+        )?)?;
+        start_time.set(Utc::now().timestamp() as f64);
+        Ok(Self {
+            registry: b.0,
+            refresh,
+            inventory,
+            writes,
+            config,
+            leader,
+            recovery,
+        })
     }
 
     /// Removes every per-registry series of a registry that left the config.
     pub fn forget_registry(&self, name: &str) {
-        for g in [
-            &self.credential_expiry,
-            &self.last_success,
-            &self.next_refresh,
-        ] {
-            let _ = g.remove_label_values(&[name]);
-        }
-        for g in [
-            &self.managed_secrets,
-            &self.managed_service_accounts,
-            &self.foreign_secrets,
-        ] {
-            let _ = g.remove_label_values(&[name]);
-        }
+        self.refresh.forget(name);
+        self.inventory.forget(name);
+        self.recovery.forget(name);
     }
 
     /// The text exposition of every metric.
@@ -239,14 +527,29 @@ mod tests {
     #[test]
     fn every_metric_registers_and_renders_with_the_pullkeeper_prefix() {
         let m = Metrics::new().expect("metrics register");
-        m.refreshes.with_label_values(&["harbor", "success"]).inc();
+        m.refresh.succeeded("harbor", Utc::now(), None, true);
+        m.writes
+            .record(WriteKind::Secret, WriteOp::Apply, WriteOutcome::Success);
         let text = m.render();
         assert!(
             text.contains("pullkeeper_refresh_total{registry=\"harbor\",result=\"success\"} 1")
         );
+        assert!(text.contains(
+            "pullkeeper_writes_total{kind=\"secret\",operation=\"apply\",outcome=\"success\"} 1"
+        ));
         assert!(text.contains("pullkeeper_build_info{version="));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("pullkeeper_"), "{line}");
         }
+    }
+
+    #[test]
+    fn a_rejected_config_clears_when_the_running_one_is_current_again() {
+        let m = Metrics::new().expect("metrics register");
+        m.config.accepted(1);
+        m.config.rejected(&[]);
+        assert!(!m.config.last_ok());
+        m.config.current();
+        assert!(m.config.last_ok());
     }
 }

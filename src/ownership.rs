@@ -72,7 +72,6 @@ impl Owner {
     }
 }
 
-
 /// Label and annotation prefixes a registry file may not set on its Secrets.
 pub const RESERVED_PREFIXES: [&str; 2] = [MANAGED_BY_LABEL, "pullkeeper.dev/"];
 
@@ -94,4 +93,3 @@ pub fn owned_entries(owner: &Owner, sa: &ServiceAccount) -> BTreeSet<String> {
         })
         .unwrap_or_default()
 }
-

@@ -14,12 +14,13 @@ use serde_json::{Value, json};
 
 use crate::config::Registry;
 use crate::ownership::{
-    DEFAULT_INSTANCE, EXPIRES_ANNOTATION, HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE, OPT_OUT_ANNOTATION, Owner, REGISTRY_LABEL, SA_ANNOTATION, owned_entries,
+    EXPIRES_ANNOTATION, HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    OPT_OUT_ANNOTATION, Owner, REGISTRY_LABEL, owned_entries,
 };
 use crate::render::{DATA_KEY, Rendered, SECRET_TYPE, content_hash};
 
 /// The current good credential of one registry, rendered once and shared by every namespace.
+/// `Debug` shows the content hash and hosts only ([`Rendered`] redacts its bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Issued {
     pub rendered: Rendered,
@@ -34,6 +35,41 @@ pub struct Observed<'a> {
     pub service_accounts: Vec<Arc<ServiceAccount>>,
     /// Names of Secrets here that exist but are not pullkeeper's (learnt when writing).
     pub foreign: &'a HashSet<String>,
+    /// The moment the plan is made (an expiry annotation already in the past is rewritten).
+    pub now: DateTime<Utc>,
+}
+
+/// The Secret pullkeeper wants for a registry in a namespace. The credential stays inside
+/// [`Issued`] (whose `Debug` redacts it) until the applier builds the request with
+/// [`DesiredSecret::to_secret`], so no plan can print it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredSecret {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub issued: Arc<Issued>,
+}
+
+impl DesiredSecret {
+    /// The API object (for the request body only: it carries the credential).
+    pub fn to_secret(&self) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(self.labels.clone()),
+                annotations: Some(self.annotations.clone()),
+                ..ObjectMeta::default()
+            },
+            type_: Some(SECRET_TYPE.into()),
+            data: Some(BTreeMap::from([(
+                DATA_KEY.to_string(),
+                ByteString(self.issued.rendered.bytes.clone()),
+            )])),
+            ..Secret::default()
+        }
+    }
 }
 
 /// One change to a Secret.
@@ -43,13 +79,21 @@ pub enum SecretChange {
     /// managed Secret of that name (the applier then checks for a foreign one first).
     Apply {
         registry: String,
-        secret: Box<Secret>,
+        secret: Box<DesiredSecret>,
         existing: bool,
+        /// Data keys someone else added to pullkeeper's Secret. Server-side apply cannot
+        /// remove a field another manager owns, so the applier removes them first with a
+        /// JSON patch guarded by `resource_version`; the Secret then holds exactly
+        /// pullkeeper's content and costs no further write.
+        stray_keys: Vec<String>,
+        resource_version: Option<String>,
     },
-    /// Remove a Secret pullkeeper wrote that left scope or config.
+    /// Remove a Secret pullkeeper wrote that left scope or config, only if it is still the
+    /// one observed (`uid`).
     Delete {
         name: String,
         registry: Option<String>,
+        uid: Option<String>,
     },
 }
 
@@ -66,9 +110,52 @@ pub struct AccountChange {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NamespacePlan {
     pub secrets: Vec<SecretChange>,
+    /// The ServiceAccount changes when every planned Secret can be written.
     pub accounts: Vec<AccountChange>,
-    /// Registry name → whether its Secret is in place or planned here (for gauges).
+    /// Registry names in scope here (for gauges).
     pub in_scope: Vec<String>,
+    /// Each observed ServiceAccount with the Secrets it should list; lets
+    /// [`NamespacePlan::accounts_without`] answer without planning again.
+    targets: Vec<(Arc<ServiceAccount>, BTreeSet<String>)>,
+}
+
+impl NamespacePlan {
+    /// The ServiceAccount changes when the Secrets named in `blocked` turned out to be someone
+    /// else's while writing: a ServiceAccount must never be made to reference those.
+    pub fn accounts_without(&self, owner: &Owner, blocked: &HashSet<String>) -> Vec<AccountChange> {
+        if blocked.is_empty() {
+            return self.accounts.clone();
+        }
+        account_changes(owner, &self.targets, blocked)
+    }
+
+    /// Whether the plan writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty() && self.accounts.is_empty()
+    }
+}
+
+fn account_changes(
+    owner: &Owner,
+    targets: &[(Arc<ServiceAccount>, BTreeSet<String>)],
+    blocked: &HashSet<String>,
+) -> Vec<AccountChange> {
+    targets
+        .iter()
+        .filter_map(|(sa, wanted)| {
+            let wanted: BTreeSet<String> = wanted
+                .iter()
+                .filter(|s| !blocked.contains(*s))
+                .cloned()
+                .collect();
+            let patch = account_patch(owner, sa, &wanted)?;
+            Some(AccountChange {
+                name: sa.metadata.name.clone().unwrap_or_default(),
+                wanted,
+                patch,
+            })
+        })
+        .collect()
 }
 
 /// Whether a namespace is being deleted (its objects are going away anyway).
@@ -87,10 +174,13 @@ fn opted_out(ns: &Namespace) -> bool {
 }
 
 /// The registries whose Secret belongs in this namespace.
-fn registries_in_scope<'r>(
+pub fn registries_in_scope<'r>(
     registries: &'r [Arc<Registry>],
     ns: &Namespace,
 ) -> Vec<&'r Arc<Registry>> {
+    if terminating(ns) || opted_out(ns) {
+        return Vec::new();
+    }
     let name = ns.metadata.name.as_deref().unwrap_or_default();
     let empty = BTreeMap::new();
     let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
@@ -114,18 +204,14 @@ pub fn plan_namespace(
     }
     let ns_name = ns.metadata.name.clone().unwrap_or_default();
     // An opted-out namespace has no registry in scope: pullkeeper's own objects there are pruned.
-    let in_scope = if !opted_out(ns) {
-        registries_in_scope(registries, ns)
-    } else {
-        Vec::new()
-    };
+    let in_scope = registries_in_scope(registries, ns);
     let managed: HashMap<&str, &Arc<Secret>> = observed
         .secrets
         .iter()
         .filter_map(|s| s.metadata.name.as_deref().map(|n| (n, s)))
         .collect();
 
-    // Secrets that should exist here (registry name → secret name).
+    // Secrets that should exist here (secret name → registry).
     let mut present: BTreeMap<&str, &Arc<Registry>> = BTreeMap::new();
     for reg in &in_scope {
         if observed.foreign.contains(&reg.secret_name) {
@@ -135,11 +221,14 @@ pub fn plan_namespace(
         match credentials.get(&reg.name) {
             Some(issued) => {
                 let desired = desired_secret(owner, reg, &ns_name, issued);
-                if existing.is_none_or(|s| !secret_up_to_date(s, &desired)) {
+                if existing.is_none_or(|s| !secret_up_to_date(s, &desired, observed.now)) {
                     plan.secrets.push(SecretChange::Apply {
                         registry: reg.name.clone(),
                         secret: Box::new(desired),
                         existing: existing.is_some(),
+                        stray_keys: existing.map(|s| stray_keys(s)).unwrap_or_default(),
+                        resource_version: existing
+                            .and_then(|s| s.metadata.resource_version.clone()),
                     });
                 }
                 present.insert(reg.secret_name.as_str(), reg);
@@ -162,30 +251,35 @@ pub fn plan_namespace(
                     .labels
                     .as_ref()
                     .and_then(|l| l.get(REGISTRY_LABEL).cloned()),
+                uid: secret.metadata.uid.clone(),
             });
         }
     }
 
-    for sa in &observed.service_accounts {
-        let sa_name = sa.metadata.name.as_deref().unwrap_or_default();
-        let wanted: BTreeSet<String> = present
-            .iter()
-            .filter(|(_, reg)| reg.service_accounts.matches(sa_name))
-            .map(|(secret, _)| (*secret).to_string())
-            .collect();
-        if let Some(patch) = account_patch(owner, sa, &wanted) {
-            plan.accounts.push(AccountChange {
-                name: sa_name.to_string(),
-                wanted,
-                patch,
-            });
-        }
-    }
+    plan.targets = observed
+        .service_accounts
+        .iter()
+        .map(|sa| {
+            let sa_name = sa.metadata.name.as_deref().unwrap_or_default();
+            let wanted: BTreeSet<String> = present
+                .iter()
+                .filter(|(_, reg)| reg.service_accounts.matches(sa_name))
+                .map(|(secret, _)| (*secret).to_string())
+                .collect();
+            (sa.clone(), wanted)
+        })
+        .collect();
+    plan.accounts = account_changes(owner, &plan.targets, &HashSet::new());
     plan
 }
 
 /// The Secret pullkeeper wants for a registry in a namespace.
-pub fn desired_secret(owner: &Owner, reg: &Registry, namespace: &str, issued: &Issued) -> Secret {
+pub fn desired_secret(
+    owner: &Owner,
+    reg: &Registry,
+    namespace: &str,
+    issued: &Arc<Issued>,
+) -> DesiredSecret {
     let mut labels = reg.secret_labels.clone();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     labels.insert(INSTANCE_LABEL.into(), owner.instance.clone());
@@ -198,55 +292,67 @@ pub fn desired_secret(owner: &Owner, reg: &Registry, namespace: &str, issued: &I
             exp.to_rfc3339_opts(SecondsFormat::Secs, true),
         );
     }
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(reg.secret_name.clone()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            ..ObjectMeta::default()
-        },
-        type_: Some(SECRET_TYPE.into()),
-        data: Some(BTreeMap::from([(
-            DATA_KEY.to_string(),
-            ByteString(issued.rendered.bytes.clone()),
-        )])),
-        ..Secret::default()
+    DesiredSecret {
+        namespace: namespace.to_string(),
+        name: reg.secret_name.clone(),
+        labels,
+        annotations,
+        issued: issued.clone(),
     }
+}
+
+/// Data keys of an observed Secret that are not pullkeeper's.
+fn stray_keys(observed: &Secret) -> Vec<String> {
+    observed
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .filter(|k| k.as_str() != DATA_KEY)
+        .cloned()
+        .collect()
 }
 
 /// Whether the observed Secret already carries the desired content, type, labels and
 /// annotations (a hand-edited `.dockerconfigjson` no longer matches its hash and is repaired).
-fn secret_up_to_date(observed: &Secret, desired: &Secret) -> bool {
+///
+/// The expiry annotation is compared loosely: one that still lies in the future is kept even
+/// when the provider now states another expiry for the same credential (a sliding
+/// `expires_in` would otherwise rewrite every namespace on every refresh). One that is missing,
+/// unreadable or already past is rewritten, so the annotation never claims a working
+/// credential has expired. A content change always rewrites it.
+fn secret_up_to_date(observed: &Secret, desired: &DesiredSecret, now: DateTime<Utc>) -> bool {
     let data_hash = observed
         .data
         .as_ref()
         .and_then(|d| d.get(DATA_KEY))
         .map(|b| content_hash(&b.0));
-    let want_hash = desired
-        .metadata
+    let have = observed.metadata.annotations.as_ref();
+    let have_annotation = |k: &str| have.and_then(|h| h.get(k));
+    let expiry_ok = desired
         .annotations
-        .as_ref()
-        .and_then(|a| a.get(HASH_ANNOTATION));
-    let extra_keys = observed.data.as_ref().is_some_and(|d| d.len() != 1);
-    // The expiry annotation alone never causes a write: a provider that hands out the same
-    // credential with a sliding `expires_in` would otherwise rewrite every namespace on every
-    // refresh. It is refreshed whenever the content changes.
-    let subset = |want: &Option<BTreeMap<String, String>>,
-                  have: &Option<BTreeMap<String, String>>| {
-        want.iter()
-            .flatten()
-            .filter(|(k, _)| k.as_str() != EXPIRES_ANNOTATION)
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
-    observed.type_ == desired.type_
-        && data_hash.as_ref() == want_hash
-        && !extra_keys
-        && subset(&desired.metadata.labels, &observed.metadata.labels)
-        && subset(
-            &desired.metadata.annotations,
-            &observed.metadata.annotations,
-        )
+        .get(EXPIRES_ANNOTATION)
+        .is_none_or(|want| {
+            have_annotation(EXPIRES_ANNOTATION).is_some_and(|v| {
+                v == want
+                    || DateTime::parse_from_rfc3339(v).is_ok_and(|t| t.with_timezone(&Utc) > now)
+            })
+        });
+    let labels_ok = desired
+        .labels
+        .iter()
+        .all(|(k, v)| observed.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+    let annotations_ok = desired
+        .annotations
+        .iter()
+        .filter(|(k, _)| k.as_str() != EXPIRES_ANNOTATION)
+        .all(|(k, v)| have_annotation(k) == Some(v));
+    observed.type_.as_deref() == Some(SECRET_TYPE)
+        && data_hash.as_ref() == Some(&desired.issued.rendered.hash)
+        && stray_keys(observed).is_empty()
+        && expiry_ok
+        && labels_ok
+        && annotations_ok
 }
 
 /// A JSON patch bringing the ServiceAccount's `imagePullSecrets` to contain `wanted`, removing

@@ -243,7 +243,8 @@ async fn entries_people_added_survive_rotation_and_removal() {
     .await
     .expect("user patch");
     let (endpoint, dir) = one_registry(test, "users", token("user-pw1"), FAST).await;
-    let d = daemon::start(&client, &dir, "info").await;
+    // Its only registry file is removed below: running with none must be allowed explicitly.
+    let d = daemon::start_args(&client, &dir, "info", &["--allow-empty-config"]).await;
 
     wait_pull_secrets(
         &client,

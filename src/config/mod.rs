@@ -567,3 +567,39 @@ fn is_dns_subdomain(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// How a config directory is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Require the files the config names (mounted Secrets, token files, CAs) to exist now.
+    pub check_files: bool,
+    /// Accept a directory without any registry file. Off by default: a daemon running such a
+    /// config prunes every Secret and ServiceAccount entry it manages.
+    pub allow_empty: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            check_files: true,
+            allow_empty: false,
+        }
+    }
+}
+
+/// Reads and validates a config directory with `options` (see [`load_dir_with`]); a directory
+/// without any registry file is refused unless `options.allow_empty`.
+pub fn load(dir: &Path, options: LoadOptions) -> Result<Config, Vec<Problem>> {
+    let config = load_dir_with(dir, options.check_files)?;
+    if config.registries.is_empty() && !options.allow_empty {
+        return Err(vec![Problem {
+            file: dir.to_path_buf(),
+            field: String::new(),
+            message: "no registry file (*.yaml besides defaults.yaml) in the directory; running \
+                      with none would prune every Secret and ServiceAccount entry pullkeeper \
+                      manages. Pass --allow-empty-config if that is what you want"
+                .into(),
+        }]);
+    }
+    Ok(config)
+}

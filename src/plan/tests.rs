@@ -1,6 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     LocalObjectReference, Namespace, NamespaceStatus, Secret, ServiceAccount,
 };
@@ -10,6 +11,7 @@ use serde_json::json;
 use super::*;
 use crate::config::ServiceAccountTargets;
 use crate::credential::{Credential, Login};
+use crate::ownership::SA_ANNOTATION;
 use crate::render::render;
 use crate::sensitive::Sensitive;
 use crate::testing::registry;
@@ -83,8 +85,19 @@ fn plan_with(
         secrets,
         service_accounts,
         foreign,
+        now: chrono::Utc::now(),
     };
     plan_namespace(&Owner::default(), registries, credentials, &observed)
+}
+
+/// The Secret as pullkeeper writes it, as the cache would hold it.
+fn secret_of(
+    owner: &Owner,
+    reg: &crate::config::Registry,
+    namespace: &str,
+    issued: &Issued,
+) -> Secret {
+    desired_secret(owner, reg, namespace, &Arc::new(issued.clone())).to_secret()
 }
 
 /// Applies a JSON patch to the ServiceAccount the way the API server would.
@@ -126,6 +139,7 @@ fn new_namespace_gets_the_secret_and_a_patched_default_account() {
         panic!("expected apply")
     };
     assert!(!existing);
+    let secret = secret.to_secret();
     assert_eq!(
         secret.type_.as_deref(),
         Some("kubernetes.io/dockerconfigjson")
@@ -153,7 +167,7 @@ fn new_namespace_gets_the_secret_and_a_patched_default_account() {
 fn an_unchanged_namespace_plans_no_write() {
     let reg = Arc::new(registry("harbor", |_| {}));
     let i = issued(&reg, "pw1");
-    let secret = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &i));
+    let secret = Arc::new(secret_of(&Owner::default(), &reg, "team-a", &i));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
     let plan = plan_with(
@@ -174,7 +188,7 @@ fn an_unchanged_namespace_plans_no_write() {
 fn a_hand_edited_secret_is_planned_for_repair_and_a_rotation_for_update() {
     let reg = Arc::new(registry("harbor", |_| {}));
     let i = issued(&reg, "pw1");
-    let mut edited = desired_secret(&Owner::default(), &reg, "team-a", &i);
+    let mut edited = secret_of(&Owner::default(), &reg, "team-a", &i);
     edited.data = Some(BTreeMap::from([(
         DATA_KEY.to_string(),
         ByteString(b"{\"auths\":{}}".to_vec()),
@@ -194,7 +208,7 @@ fn a_hand_edited_secret_is_planned_for_repair_and_a_rotation_for_update() {
         [SecretChange::Apply { existing: true, .. }]
     ));
 
-    let current = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &i));
+    let current = Arc::new(secret_of(&Owner::default(), &reg, "team-a", &i));
     let plan = plan_with(
         std::slice::from_ref(&reg),
         &creds(&[("harbor", issued(&reg, "pw2"))]),
@@ -280,7 +294,7 @@ fn a_guarded_patch_fails_when_the_list_changed_since_it_was_observed() {
 fn a_registry_removed_from_config_prunes_its_secret_and_only_its_references() {
     let reg = registry("harbor", |_| {});
     let i = issued(&reg, "pw1");
-    let secret = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &i));
+    let secret = Arc::new(secret_of(&Owner::default(), &reg, "team-a", &i));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
     let account = sa("default", &["user-a", "harbor-pull"], Some("harbor-pull"));
@@ -296,7 +310,8 @@ fn a_registry_removed_from_config_prunes_its_secret_and_only_its_references() {
         plan.secrets,
         [SecretChange::Delete {
             name: "harbor-pull".into(),
-            registry: Some("harbor".into())
+            registry: Some("harbor".into()),
+            uid: None,
         }]
     );
     assert_eq!(
@@ -327,7 +342,7 @@ fn a_foreign_secret_is_neither_written_nor_referenced() {
 #[test]
 fn without_a_good_credential_the_existing_secret_stays_and_nothing_is_written() {
     let reg = Arc::new(registry("harbor", |_| {}));
-    let old = Arc::new(desired_secret(
+    let old = Arc::new(secret_of(
         &Owner::default(),
         &reg,
         "team-a",
@@ -371,6 +386,7 @@ fn system_terminating_and_opted_out_namespaces_are_left_alone() {
             secrets: vec![],
             service_accounts: vec![],
             foreign: &foreign,
+            now: chrono::Utc::now(),
         };
         plan_namespace(&Owner::default(), std::slice::from_ref(&reg), &c, &observed)
     };
@@ -383,6 +399,7 @@ fn system_terminating_and_opted_out_namespaces_are_left_alone() {
         secrets: vec![],
         service_accounts: vec![],
         foreign: &foreign,
+        now: chrono::Utc::now(),
     };
     assert_eq!(
         plan_namespace(&Owner::default(), &[named], &c, &observed)
@@ -437,6 +454,7 @@ fn a_label_selector_limits_the_namespaces() {
         secrets: vec![],
         service_accounts: vec![],
         foreign: &foreign,
+        now: chrono::Utc::now(),
     };
     assert!(
         plan_namespace(&Owner::default(), std::slice::from_ref(&reg), &c, &observed)
@@ -452,6 +470,7 @@ fn a_label_selector_limits_the_namespaces() {
         secrets: vec![],
         service_accounts: vec![],
         foreign: &foreign,
+        now: chrono::Utc::now(),
     };
     assert_eq!(
         plan_namespace(&Owner::default(), &[reg], &c, &observed)
@@ -480,7 +499,7 @@ fn rendered_secret_matches_snapshot() {
         rendered: render(&reg, &cred).expect("renders"),
         expires_at: cred.expires_at,
     };
-    let secret: Secret = desired_secret(&Owner::default(), &reg, "team-a", &i);
+    let secret: Secret = secret_of(&Owner::default(), &reg, "team-a", &i);
     let value = serde_json::to_value(&secret).expect("json");
     assert_eq!(
         value,
@@ -511,7 +530,7 @@ fn rendered_secret_matches_snapshot() {
 fn two_installations_never_touch_each_others_objects() {
     let blue = Owner::new("blue");
     let reg = Arc::new(registry("harbor", |_| {}));
-    let theirs = Arc::new(desired_secret(
+    let theirs = Arc::new(secret_of(
         &Owner::default(),
         &reg,
         "team-a",
@@ -557,22 +576,175 @@ fn a_named_installation_removes_its_own_entry() {
     );
 }
 
+fn with_expiry(issued: &Issued, at: chrono::DateTime<chrono::Utc>) -> Arc<Issued> {
+    let mut i = issued.clone();
+    i.expires_at = Some(at);
+    Arc::new(i)
+}
+
 #[test]
 fn the_same_credential_with_a_later_expiry_plans_no_write() {
     let reg = Arc::new(registry("harbor", |_| {}));
-    let first = issued(&reg, "pw");
-    let mut later = (*first).clone();
-    later.expires_at = Some(chrono::Utc::now() + chrono::TimeDelta::hours(1));
-    let existing = Arc::new(desired_secret(&Owner::default(), &reg, "team-a", &first));
+    let now = chrono::Utc::now();
+    let hour = chrono::TimeDelta::hours(1);
+    let first = with_expiry(&issued(&reg, "pw"), now + hour);
+    let later = with_expiry(&first, now + hour * 2);
+    let existing = Arc::new(secret_of(&Owner::default(), &reg, "team-a", &first));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
     let plan = plan_with(
         std::slice::from_ref(&reg),
-        &creds(&[("harbor", Arc::new(later))]),
+        &creds(&[("harbor", later)]),
         &namespace,
         vec![existing],
         vec![],
         &foreign,
     );
     assert!(plan.secrets.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn an_expiry_annotation_that_has_passed_is_rewritten_once() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let now = chrono::Utc::now();
+    let hour = chrono::TimeDelta::hours(1);
+    let written = with_expiry(&issued(&reg, "pw"), now - hour);
+    let current = with_expiry(&written, now + hour);
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let stale = Arc::new(secret_of(&Owner::default(), &reg, "team-a", &written));
+    let plan = plan_with(
+        std::slice::from_ref(&reg),
+        &creds(&[("harbor", current.clone())]),
+        &namespace,
+        vec![stale],
+        vec![],
+        &foreign,
+    );
+    let [SecretChange::Apply { secret, .. }] = plan.secrets.as_slice() else {
+        panic!("expected one apply: {plan:?}")
+    };
+    let fresh = Arc::new(secret.to_secret());
+    let plan = plan_with(
+        std::slice::from_ref(&reg),
+        &creds(&[("harbor", current)]),
+        &namespace,
+        vec![fresh],
+        vec![],
+        &foreign,
+    );
+    assert!(plan.secrets.is_empty(), "converged: {plan:?}");
+}
+
+#[test]
+fn a_data_key_someone_added_is_planned_for_removal_and_then_costs_nothing() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let i = issued(&reg, "pw");
+    let mut edited = secret_of(&Owner::default(), &reg, "team-a", &i);
+    edited.metadata.resource_version = Some("7".into());
+    edited
+        .data
+        .as_mut()
+        .expect("data")
+        .insert("extra".into(), ByteString(b"x".to_vec()));
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let plan = plan_with(
+        std::slice::from_ref(&reg),
+        &creds(&[("harbor", i.clone())]),
+        &namespace,
+        vec![Arc::new(edited)],
+        vec![],
+        &foreign,
+    );
+    assert!(matches!(
+        plan.secrets.as_slice(),
+        [SecretChange::Apply { existing: true, stray_keys, resource_version: Some(rv), .. }]
+            if stray_keys == &["extra".to_string()] && rv == "7"
+    ));
+    let repaired = Arc::new(secret_of(&Owner::default(), &reg, "team-a", &i));
+    let plan = plan_with(
+        std::slice::from_ref(&reg),
+        &creds(&[("harbor", i)]),
+        &namespace,
+        vec![repaired],
+        vec![],
+        &foreign,
+    );
+    assert!(plan.is_empty(), "{plan:?}");
+}
+
+#[test]
+fn a_foreign_secret_learnt_while_writing_is_never_added_to_an_account() {
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let namespace = ns("team-a");
+    let foreign = HashSet::new();
+    let plan = plan_with(
+        std::slice::from_ref(&reg),
+        &creds(&[("harbor", issued(&reg, "pw"))]),
+        &namespace,
+        vec![],
+        vec![sa("default", &[], None)],
+        &foreign,
+    );
+    assert_eq!(plan.accounts.len(), 1);
+    let blocked = HashSet::from(["harbor-pull".to_string()]);
+    assert!(
+        plan.accounts_without(&Owner::default(), &blocked)
+            .is_empty()
+    );
+}
+
+#[test]
+fn no_plan_type_prints_the_credential_with_debug() {
+    const CANARY: &str = "canary-7f3a9c";
+    let reg = Arc::new(registry("harbor", |_| {}));
+    let cred = Credential {
+        logins: vec![Login {
+            server: None,
+            username: "robot".into(),
+            password: Sensitive::new(CANARY),
+        }],
+        expires_at: None,
+    };
+    let i = Arc::new(Issued {
+        rendered: render(&reg, &cred).expect("renders"),
+        expires_at: None,
+    });
+    let encoded = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("robot:{CANARY}"),
+    );
+    let desired = desired_secret(&Owner::default(), &reg, "team-a", &i);
+    let plan = plan_with(
+        std::slice::from_ref(&reg),
+        &creds(&[("harbor", i.clone())]),
+        &ns("team-a"),
+        vec![],
+        vec![sa("default", &[], None)],
+        &HashSet::new(),
+    );
+    let change = plan.secrets.first().cloned().expect("a change");
+    let texts = [
+        format!("{cred:?}"),
+        format!("{:?}", cred.logins[0]),
+        format!("{i:?}"),
+        format!("{:?}", i.rendered),
+        format!("{desired:?}"),
+        format!("{desired:#?}"),
+        format!("{change:?}"),
+        format!("{plan:?}"),
+        format!("{plan:#?}"),
+    ];
+    for text in texts {
+        assert!(!text.contains(CANARY), "{text}");
+        assert!(!text.contains(&encoded), "{text}");
+    }
+    // The request body, built only by the applier, does carry it.
+    let body = serde_json::to_string(&desired.to_secret()).expect("json");
+    let raw = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &i.rendered.bytes,
+    );
+    assert!(body.contains(&raw));
 }

@@ -27,8 +27,8 @@ use serde_json::Value;
 use url::Url;
 
 use super::{ErrorCategory, Provider, ProviderError, TextSource};
-use crate::problems::FieldProblems;
 use crate::credential::{Credential, Login};
+use crate::problems::FieldProblems;
 use crate::sensitive::Sensitive;
 
 /// Used when `timeout` is not set.

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::problems::FieldProblems;
 use crate::credential::Credential;
+use crate::problems::FieldProblems;
 use crate::sensitive::Sensitive;
 
 pub mod azure;

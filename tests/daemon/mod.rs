@@ -71,6 +71,26 @@ pub async fn start(admin: &Client, config_dir: &Path, log_filter: &str) -> Daemo
     .await
 }
 
+/// Like [`start`], with extra flags after `--reload-interval 1s`.
+pub async fn start_args(
+    admin: &Client,
+    config_dir: &Path,
+    log_filter: &str,
+    extra: &[&str],
+) -> Daemon {
+    let kubeconfig = pullkeeper_kubeconfig(admin).await;
+    let mut args = vec!["--reload-interval", "1s"];
+    args.extend_from_slice(extra);
+    start_with(
+        &kubeconfig,
+        config_dir,
+        log_filter,
+        &unique_instance(),
+        &args,
+    )
+    .await
+}
+
 pub async fn start_with(
     kubeconfig: &Path,
     config_dir: &Path,
