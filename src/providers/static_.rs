@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{Provider, ProviderError, TextSource};
-use crate::problems::FieldProblems;
 use crate::credential::{Credential, Login};
+use crate::problems::FieldProblems;
 
 /// Settings of `provider: {type: static, …}`.
 #[derive(Clone, Debug, Deserialize)]
