@@ -66,7 +66,7 @@ impl ErrorCategory {
 
 /// A failed fetch. `message` says what failed and on what; it never contains credential material
 /// (no response bodies, no tokens). HTTP answers and transport errors are turned into one in
-/// [`web`].
+/// the `web` module.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ProviderError {

@@ -49,18 +49,20 @@ impl ClientOptions<'_> {
     }
 }
 
-/// Why a client could not be built; every variant is a local problem.
+/// Why a client could not be built; every variant is a local problem. Callers keep only the
+/// message (a [`ProviderError`] or a verification reason), so the cause is part of it rather
+/// than a chained source.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientError {
-    #[error("cannot read CA file {}: {source}", path.display())]
+    #[error("cannot read CA file {}: {cause}", path.display())]
     ReadCaFile {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("CA file {} holds no PEM certificate", path.display())]
     NoCertificate { path: PathBuf },
     #[error("cannot build the HTTP client: {0}")]
-    Build(#[source] reqwest::Error),
+    Build(reqwest::Error),
 }
 
 impl From<ClientError> for ProviderError {
@@ -88,9 +90,9 @@ pub(crate) async fn client(options: ClientOptions<'_>) -> Result<reqwest::Client
 async fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
     let pem = tokio::fs::read(path)
         .await
-        .map_err(|source| ClientError::ReadCaFile {
+        .map_err(|cause| ClientError::ReadCaFile {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
     reqwest::Certificate::from_pem_bundle(&pem)
         .ok()

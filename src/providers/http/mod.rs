@@ -2,14 +2,13 @@
 //! accounts, Quay robot federation, Vault KV, GitLab deploy tokens, in-house brokers) and a
 //! mapping from its JSON response to a login and an expiry.
 //!
-//! - [`config`]: the settings as written, parsed once into typed values, and their validation;
-//! - [`mapping`]: the pure step from a JSON answer to a credential;
+//! - `config`: the settings as written, parsed once into typed values, and their validation;
+//! - `mapping`: the pure step from a JSON answer to a credential;
 //! - `client`: the built provider that sends the request and applies the mapping.
 
-pub mod config;
-pub mod mapping;
-
 mod client;
+mod config;
+mod mapping;
 
 pub use config::{BasicAuth, EndpointAuth, Headers, HttpConfig, Parsed};
 pub use mapping::{Mapped, ResponseMapping};
