@@ -11,6 +11,7 @@ use reqwest::{Client, RequestBuilder, StatusCode};
 use serde::Deserialize;
 
 use crate::problems::FieldProblems;
+use crate::providers::web::{self, Causes, ClientOptions, is_http_url};
 use crate::sensitive::Sensitive;
 
 /// Verification waits this long for each registry request unless `timeout` says otherwise.
@@ -180,26 +181,15 @@ impl<'a> Check<'a> {
         username: &'a str,
         password: &'a Sensitive,
     ) -> Result<Self, VerifyError> {
-        let local = |reason: String| VerifyError::LocalInput {
+        let http = web::client(ClientOptions {
+            ca_file: spec.ca_file.as_deref(),
+            ..ClientOptions::with_timeout(spec.timeout())
+        })
+        .await
+        .map_err(|e| VerifyError::LocalInput {
             server: server.to_string(),
-            reason,
-        };
-        let mut builder = Client::builder()
-            .timeout(spec.timeout())
-            .user_agent(concat!("pullkeeper/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &spec.ca_file {
-            let pem = tokio::fs::read(path)
-                .await
-                .map_err(|e| local(format!("cannot read CA file {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| local(format!("CA file {} is not PEM: {e}", path.display())))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| local(format!("cannot build the HTTP client: {e}")))?;
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             spec,
             server,
@@ -284,7 +274,7 @@ impl<'a> Check<'a> {
     ) -> Result<Sensitive, VerifyError> {
         let realm_url = url::Url::parse(realm)
             .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .filter(is_http_url)
             .ok_or_else(|| self.bad("the Bearer challenge's realm is not an http(s) URL".into()))?;
         if self.spec.scheme() == "https" && realm_url.scheme() != "https" {
             return Err(self.bad(format!(
@@ -354,7 +344,12 @@ impl<'a> Check<'a> {
 
     fn transport(&self, what: &str, err: &reqwest::Error) -> VerifyError {
         // Without the URL: a token service's URL could carry a query we built.
-        let reason = format!("{what}: {}", ErrorChain(err));
+        let causes = Causes(err).to_string();
+        let reason = if causes.is_empty() {
+            format!("{what}: request failed")
+        } else {
+            format!("{what}: {causes}")
+        };
         if err.is_timeout() || err.is_connect() || err.is_request() {
             VerifyError::Unreachable {
                 server: self.server.to_string(),
@@ -390,29 +385,6 @@ impl<'a> Check<'a> {
             server: self.server.to_string(),
             reason,
         }
-    }
-}
-
-/// A reqwest error and its sources, without the request URL.
-struct ErrorChain<'a>(&'a reqwest::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::error::Error as _;
-        let mut first = true;
-        let mut source: Option<&dyn std::error::Error> = self.0.source();
-        if source.is_none() {
-            return f.write_str("request failed");
-        }
-        while let Some(s) = source {
-            if !first {
-                f.write_str(": ")?;
-            }
-            first = false;
-            write!(f, "{s}")?;
-            source = s.source();
-        }
-        Ok(())
     }
 }
 
@@ -668,6 +640,33 @@ mod tests {
         assert!(!is_repository("") && !is_repository("a//b") && !is_repository("-a"));
         assert!(is_reference("latest") && is_reference("v1.2_3-rc"));
         assert!(!is_reference("-x") && !is_reference("sha256:zz"));
+    }
+
+    #[tokio::test]
+    async fn a_ca_file_without_a_certificate_is_a_local_input_error_before_any_request() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").expect("write");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        for path in [junk, empty] {
+            let spec = VerifySpec {
+                ca_file: Some(path.clone()),
+                ..VerifySpec::default()
+            };
+            // Nothing listens on the discard port: the CA file must be refused first.
+            let err = verify(&spec, "127.0.0.1:9", "u", &Sensitive::new("p"))
+                .await
+                .expect_err("a CA file without a certificate is refused");
+            assert_eq!(err.category(), "local_input", "{err}");
+            assert!(
+                err.to_string().contains(&format!(
+                    "CA file {} holds no PEM certificate",
+                    path.display()
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::gcp::{is_host_port, is_loopback_host, is_safe_url};
+use super::web::{is_host_port, is_http_url, is_loopback_host, is_safe_url};
 use super::{Provider, ProviderError, TextSource};
 use crate::problems::FieldProblems;
 
@@ -140,8 +140,7 @@ impl AzureConfig {
             }
             AzureSource::ManagedIdentity => {
                 if let Some(v) = &self.imds_endpoint
-                    && !url::Url::parse(v)
-                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    && !url::Url::parse(v).is_ok_and(|u| is_http_url(&u))
                 {
                     problems.push("imdsEndpoint", format!("`{v}` is not an http(s) URL"));
                 }
@@ -214,7 +213,7 @@ impl AzureConfig {
     pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
         #[cfg(feature = "azure")]
         {
-            client::build(self)
+            client::build(self).await
         }
         #[cfg(not(feature = "azure"))]
         {
@@ -234,21 +233,6 @@ fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// The `exp` claim of a JWT, read without verifying it (the token is only ever passed on).
-pub fn jwt_expiry(token: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    use base64::Engine as _;
-    #[derive(Deserialize)]
-    struct Exp {
-        exp: i64,
-    }
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: Exp = serde_json::from_slice(&bytes).ok()?;
-    chrono::DateTime::from_timestamp(claims.exp, 0)
-}
-
 #[cfg(feature = "azure")]
 mod client {
     //! Fetching: Entra token, then the ACR exchange.
@@ -264,10 +248,9 @@ mod client {
 
     use super::{
         ACR_USERNAME, AzureConfig, AzureSource, DEFAULT_AUTHORITY_HOST, DEFAULT_IMDS_ENDPOINT,
-        jwt_expiry,
     };
     use crate::credential::{Credential, Login};
-    use crate::providers::gcp::answer::{failed, malformed};
+    use crate::providers::web::{self, ClientOptions, json_answer, jwt_exp};
     use crate::providers::{ErrorCategory, Provider, ProviderError, TextSource};
     use crate::sensitive::Sensitive;
 
@@ -275,7 +258,7 @@ mod client {
     const ACR_SCOPE: &str = "https://containerregistry.azure.net/.default";
     const ACR_RESOURCE: &str = "https://containerregistry.azure.net";
 
-    pub(super) fn build(config: &AzureConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    pub(super) async fn build(config: &AzureConfig) -> Result<Arc<dyn Provider>, ProviderError> {
         let local = |msg: &str| ProviderError::new(ErrorCategory::LocalInput, msg.to_string());
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let registry = config
@@ -334,15 +317,13 @@ mod client {
             },
         };
         let scheme = config.registry_scheme.as_deref().unwrap_or("https");
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
-            .map_err(|e| local(&format!("cannot build the HTTP client: {e}")))?;
-        let imds = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .no_proxy()
-            .build()
-            .map_err(|e| local(&format!("cannot build the HTTP client: {e}")))?;
+        let http = web::client(ClientOptions::with_timeout(TIMEOUT)).await?;
+        // IMDS is on the node's link: never through a proxy.
+        let imds = web::client(ClientOptions {
+            direct: true,
+            ..ClientOptions::with_timeout(TIMEOUT)
+        })
+        .await?;
         Ok(Arc::new(AcrProvider {
             http,
             imds,
@@ -430,7 +411,7 @@ mod client {
                     format!("{what} answered an empty refresh_token"),
                 ));
             }
-            let expires_at = jwt_expiry(&refresh.refresh_token);
+            let expires_at = jwt_exp(&refresh.refresh_token);
             Ok(Credential {
                 logins: vec![Login {
                     server: Some(self.registry.clone()),
@@ -464,7 +445,7 @@ mod client {
                             token_file.display()
                         )));
                     }
-                    if let Some(exp) = jwt_expiry(assertion)
+                    if let Some(exp) = jwt_exp(assertion)
                         && exp <= Utc::now()
                     {
                         return Err(local(format!(
@@ -528,20 +509,6 @@ mod client {
             }
             Ok(Sensitive::new(token.access_token))
         }
-    }
-
-    async fn json_answer<T: for<'de> Deserialize<'de>>(
-        resp: reqwest::Response,
-        what: &str,
-    ) -> Result<T, ProviderError> {
-        if !resp.status().is_success() {
-            return Err(failed(resp, what).await);
-        }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::from_reqwest(e, what))?;
-        serde_json::from_slice(&body).map_err(|e| malformed(&e, what))
     }
 }
 
@@ -649,23 +616,6 @@ mod tests {
             c.server_problem("other.azurecr.io")
                 .is_some_and(|m| m.contains("other.azurecr.io") && m.contains("myreg.azurecr.io"))
         );
-    }
-
-    #[test]
-    fn jwt_expiry_reads_exp_without_verifying() {
-        use base64::Engine as _;
-        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let token = format!(
-            "{}.{}.sig",
-            enc(r#"{"alg":"RS256"}"#),
-            enc(r#"{"exp":1700000000}"#)
-        );
-        assert_eq!(
-            jwt_expiry(&token).map(|t| t.timestamp()),
-            Some(1_700_000_000)
-        );
-        assert_eq!(jwt_expiry("not-a-jwt"), None);
-        assert_eq!(jwt_expiry(&format!("a.{}.c", enc("{}"))), None);
     }
 
     #[cfg(not(feature = "azure"))]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::web::is_http_url;
 use super::{Provider, ProviderError};
 use crate::problems::FieldProblems;
 
@@ -94,7 +95,7 @@ impl Identity<'_> {
         }
         if let Some(url) = self.endpoint_url {
             match url::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(u) if is_http_url(&u) => {}
                 _ => problems.push("endpointUrl", format!("`{url}` is not an http(s) URL")),
             }
         }

@@ -1,15 +1,13 @@
 //! Google Artifact Registry / GCR: an OAuth access token, used with the username
 //! `oauth2accesstoken`. The token comes from the metadata server (GKE Workload Identity, GCE) or
 //! from a service-account key file through the JWT bearer grant (RFC 7523).
-//!
-//! Also home of the small HTTP helpers shared by the OAuth-speaking providers (GCP and Azure):
-//! turning a failed answer into a [`ProviderError`] without ever echoing a body.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::web::is_host_port;
 use super::{Provider, ProviderError};
 use crate::problems::FieldProblems;
 
@@ -80,7 +78,7 @@ impl GcpConfig {
     pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
         #[cfg(feature = "gcp")]
         {
-            client::build(self)
+            client::build(self).await
         }
         #[cfg(not(feature = "gcp"))]
         {
@@ -88,189 +86,6 @@ impl GcpConfig {
                 super::ErrorCategory::LocalInput,
                 "pullkeeper was built without the `gcp` feature",
             ))
-        }
-    }
-}
-
-/// `host`, `host:port`, `[::1]:port`: something that can follow `http://` with nothing else.
-pub(crate) fn is_host_port(s: &str) -> bool {
-    !s.is_empty()
-        && !s.contains(['/', '@', '?', '#', ' '])
-        && url::Url::parse(&format!("http://{s}/"))
-            .is_ok_and(|u| u.host().is_some() && u.path() == "/")
-}
-
-/// Whether `host[:port]` names the loopback interface.
-pub(crate) fn is_loopback_host(host_port: &str) -> bool {
-    url::Url::parse(&format!("http://{host_port}/")).is_ok_and(|u| match u.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    })
-}
-
-/// Whether a URL may carry a secret: https anywhere, plain http only to loopback.
-pub(crate) fn is_safe_url(url: &url::Url) -> bool {
-    match url.scheme() {
-        "https" => url.host().is_some(),
-        "http" => match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        },
-        _ => false,
-    }
-}
-
-#[cfg(any(feature = "gcp", feature = "azure"))]
-pub(super) mod answer {
-    //! Failed HTTP answers → [`ProviderError`], shared by the GCP and Azure providers.
-
-    use std::time::Duration;
-
-    use chrono::{DateTime, Utc};
-    use serde::Deserialize;
-
-    use crate::providers::{ErrorCategory, ProviderError};
-
-    /// An OAuth 2 error body (RFC 6749 §5.2). Only the `error` code is ever repeated; the
-    /// description is free text and is reduced to an Entra `AADSTS…` code at most.
-    #[derive(Deserialize)]
-    struct OAuthError {
-        error: Option<String>,
-        error_description: Option<String>,
-    }
-
-    /// Reads a non-success answer and says what failed, with the status, the OAuth error code
-    /// when there is one, and `Retry-After` when the server asked us to wait.
-    pub(crate) async fn failed(resp: reqwest::Response, what: &str) -> ProviderError {
-        let status = resp.status().as_u16();
-        let retry_after = retry_after(resp.headers(), Utc::now());
-        let body = resp.bytes().await.unwrap_or_default();
-        let oauth = serde_json::from_slice::<OAuthError>(&body).ok();
-        let code = oauth.as_ref().and_then(|o| o.error.as_deref()).filter(|c| {
-            c.len() <= 64
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        });
-        let aadsts = oauth
-            .as_ref()
-            .and_then(|o| o.error_description.as_deref())
-            .and_then(aadsts_code);
-        let mut err = ProviderError::from_status(status, what);
-        if status == 400
-            && code.is_some_and(|c| {
-                matches!(
-                    c,
-                    "invalid_grant"
-                        | "invalid_client"
-                        | "unauthorized_client"
-                        | "access_denied"
-                        | "invalid_scope"
-                )
-            })
-        {
-            err.category = ErrorCategory::AuthDenied;
-        }
-        if let Some(code) = code {
-            err.message.push_str(&format!(" ({code}"));
-            if let Some(aadsts) = aadsts {
-                err.message.push_str(&format!(", {aadsts}"));
-            }
-            err.message.push(')');
-        }
-        err.retry_after = retry_after;
-        err
-    }
-
-    /// `AADSTS700024: Client assertion is not within its valid time range…` → `AADSTS700024`.
-    fn aadsts_code(description: &str) -> Option<&str> {
-        let rest = description.strip_prefix("AADSTS")?;
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        (digits > 0).then(|| &description[..6 + digits])
-    }
-
-    /// `Retry-After` as seconds or as an HTTP date (relative to `now`).
-    pub(crate) fn retry_after(
-        headers: &reqwest::header::HeaderMap,
-        now: DateTime<Utc>,
-    ) -> Option<Duration> {
-        let value = headers
-            .get(reqwest::header::RETRY_AFTER)?
-            .to_str()
-            .ok()?
-            .trim();
-        if let Ok(secs) = value.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
-        }
-        let at = DateTime::parse_from_rfc2822(value)
-            .ok()?
-            .with_timezone(&Utc);
-        Some((at - now).to_std().unwrap_or(Duration::ZERO))
-    }
-
-    /// A JSON body that does not have the expected shape.
-    pub(crate) fn malformed(err: &serde_json::Error, what: &str) -> ProviderError {
-        ProviderError::new(
-            ErrorCategory::BadResponse,
-            format!("{what} answered a malformed body: {}", json_detail(err)),
-        )
-    }
-
-    /// What is wrong with a JSON document. serde's messages can quote values (tokens, keys),
-    /// so only a missing field's name or the position is kept.
-    pub(crate) fn json_detail(err: &serde_json::Error) -> String {
-        let detail = err.to_string();
-        if detail.starts_with("missing field") {
-            detail
-        } else {
-            format!(
-                "unexpected content at line {} column {}",
-                err.line(),
-                err.column()
-            )
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn retry_after_is_read_as_seconds_or_a_date() {
-            let mut h = reqwest::header::HeaderMap::new();
-            let now = DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z")
-                .expect("date")
-                .with_timezone(&Utc);
-            assert_eq!(retry_after(&h, now), None);
-            h.insert(reqwest::header::RETRY_AFTER, "7".parse().expect("value"));
-            assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
-            h.insert(
-                reqwest::header::RETRY_AFTER,
-                "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("value"),
-            );
-            assert_eq!(retry_after(&h, now), Some(Duration::from_secs(60)));
-        }
-
-        #[test]
-        fn entra_error_codes_are_kept_and_descriptions_dropped() {
-            assert_eq!(
-                aadsts_code("AADSTS700024: Client assertion is not within its valid time range."),
-                Some("AADSTS700024")
-            );
-            assert_eq!(aadsts_code("token abc is bad"), None);
-        }
-
-        #[test]
-        fn malformed_bodies_never_quote_values() {
-            let err = serde_json::from_str::<OAuthError>(r#"{"error": 12345678}"#)
-                .err()
-                .expect("wrong type");
-            let e = malformed(&err, "token endpoint");
-            assert!(!e.message.contains("12345678"), "{}", e.message);
-            assert_eq!(e.category, ErrorCategory::BadResponse);
         }
     }
 }
@@ -288,16 +103,15 @@ mod client {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Serialize};
 
-    use super::answer::{failed, json_detail, malformed};
-    use super::is_safe_url;
     use super::{CLOUD_PLATFORM_SCOPE, DEFAULT_METADATA_HOST, GCP_USERNAME, GcpConfig, GcpSource};
     use crate::credential::{Credential, Login};
+    use crate::providers::web::{self, ClientOptions, is_safe_url, json_answer, json_detail};
     use crate::providers::{ErrorCategory, Provider, ProviderError};
     use crate::sensitive::Sensitive;
 
     const TIMEOUT: Duration = Duration::from_secs(30);
 
-    pub(super) fn build(config: &GcpConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    pub(super) async fn build(config: &GcpConfig) -> Result<Arc<dyn Provider>, ProviderError> {
         let source = match config.source {
             GcpSource::Metadata => {
                 let host = config
@@ -321,17 +135,12 @@ mod client {
                 })?,
             },
         };
-        let mut http = reqwest::Client::builder().timeout(TIMEOUT);
-        if matches!(source, Source::Metadata { .. }) {
+        let http = web::client(ClientOptions {
             // The metadata server is on the node's link: never through a proxy.
-            http = http.no_proxy();
-        }
-        let http = http.build().map_err(|e| {
-            ProviderError::new(
-                ErrorCategory::LocalInput,
-                format!("cannot build the HTTP client: {e}"),
-            )
-        })?;
+            direct: matches!(source, Source::Metadata { .. }),
+            ..ClientOptions::with_timeout(TIMEOUT)
+        })
+        .await?;
         Ok(Arc::new(GcpProvider { http, source }))
     }
 
@@ -462,7 +271,7 @@ mod client {
                     file.display()
                 ))
             })?;
-            let what = format!("the GCP token endpoint {}", token_uri.as_str());
+            let what = format!("the GCP token endpoint {}", web::describe_url(&token_uri));
             let resp = self
                 .http
                 .post(token_uri)
@@ -481,15 +290,8 @@ mod client {
         resp: reqwest::Response,
         what: &str,
     ) -> Result<(Sensitive, Option<DateTime<Utc>>), ProviderError> {
-        if !resp.status().is_success() {
-            return Err(failed(resp, what).await);
-        }
         let received = Utc::now();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::from_reqwest(e, what))?;
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| malformed(&e, what))?;
+        let answer: TokenAnswer = json_answer(resp, what).await?;
         if answer.access_token.trim().is_empty() {
             return Err(ProviderError::new(
                 ErrorCategory::BadResponse,
@@ -553,28 +355,6 @@ mod tests {
         assert!(serde_yaml_ng::from_str::<GcpConfig>("source: workload").is_err());
         assert!(serde_yaml_ng::from_str::<GcpConfig>("source: metadata\nscope: x").is_err());
         assert!(serde_yaml_ng::from_str::<GcpConfig>("{}").is_err());
-    }
-
-    #[test]
-    fn host_port_rejects_schemes_and_paths() {
-        assert!(is_host_port("metadata.google.internal"));
-        assert!(is_host_port("127.0.0.1:8080"));
-        assert!(is_host_port("[::1]:80"));
-        assert!(!is_host_port("http://x"));
-        assert!(!is_host_port("x/y"));
-        assert!(!is_host_port(""));
-    }
-
-    #[test]
-    fn secrets_go_over_https_or_to_loopback_only() {
-        let ok = |s: &str| is_safe_url(&url::Url::parse(s).expect("url"));
-        assert!(ok("https://oauth2.googleapis.com/token"));
-        assert!(ok("http://127.0.0.1:8080/token"));
-        assert!(ok("http://[::1]:8080/token"));
-        assert!(ok("http://localhost:8080/token"));
-        assert!(!ok("http://example.com/token"));
-        assert!(!ok("ftp://127.0.0.1/token"));
-        assert!(is_loopback_host("127.0.0.1:5000") && !is_loopback_host("10.0.0.1:5000"));
     }
 
     #[cfg(not(feature = "gcp"))]

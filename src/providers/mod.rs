@@ -19,6 +19,7 @@ pub mod ecr;
 pub mod gcp;
 pub mod http;
 pub mod static_;
+pub(crate) mod web;
 
 /// A built provider. Implementations hold their clients and settings; `fetch` must not log or
 /// return (in errors) any credential material.
@@ -64,7 +65,8 @@ impl ErrorCategory {
 }
 
 /// A failed fetch. `message` says what failed and on what; it never contains credential material
-/// (no response bodies, no tokens).
+/// (no response bodies, no tokens). HTTP answers and transport errors are turned into one in
+/// the `web` module.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ProviderError {
@@ -81,44 +83,6 @@ impl ProviderError {
             message: message.into(),
             retry_after: None,
         }
-    }
-
-    /// The category of a failed HTTP status.
-    pub fn from_status(status: u16, what: &str) -> Self {
-        let category = match status {
-            401 | 403 => ErrorCategory::AuthDenied,
-            429 => ErrorCategory::Throttled,
-            _ => ErrorCategory::BadResponse,
-        };
-        Self::new(category, format!("{what} answered HTTP {status}"))
-    }
-
-    /// The category of a transport error from reqwest (never includes a body). `what` names the
-    /// request (method and URL without query), since the URL reqwest holds may carry a token.
-    pub fn from_reqwest(err: reqwest::Error, what: &str) -> Self {
-        if let Some(status) = err.status() {
-            return Self::from_status(status.as_u16(), what);
-        }
-        let transport = err.is_timeout() || err.is_connect() || err.is_request();
-        let category = if transport {
-            ErrorCategory::Unreachable
-        } else {
-            ErrorCategory::BadResponse
-        };
-        let err = err.without_url();
-        let mut message = format!("{what}: {err}");
-        // The causes of a transport failure (refused, DNS, TLS, timed out) are what an operator
-        // needs. Decode and body errors keep only reqwest's summary: serde's messages may quote
-        // values from the body.
-        if transport {
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
-                source = cause.source();
-            }
-        }
-        Self::new(category, message)
     }
 
     pub fn category(&self) -> &'static str {
