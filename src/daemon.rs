@@ -21,7 +21,7 @@ use tracing::{Instrument, error, info, info_span};
 use crate::apply::Applier;
 use crate::config::LoadOptions;
 use crate::events::{Events, PodIdentity};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 use crate::ownership::{self, Owner};
 use crate::reconcile::{Caches, ReconcileError, Reconciler};
 use crate::refresh::{Refresher, Refreshers, error_chain};
@@ -204,7 +204,9 @@ impl Daemon {
     /// Syncs every cached namespace, a bounded number at once. Returns whether every write
     /// succeeded.
     async fn sweep_all(&self) -> bool {
+        let started = Utc::now();
         let namespaces = self.caches.namespaces.state();
+        let count = namespaces.len();
         let failures = std::sync::atomic::AtomicUsize::new(0);
         futures::stream::iter(namespaces)
             .for_each_concurrent(usize::from(self.settings.concurrency.max(1)), |ns| {
@@ -217,7 +219,17 @@ impl Daemon {
                 }
             })
             .await;
-        failures.load(Ordering::Relaxed) == 0
+        let ok = failures.load(Ordering::Relaxed) == 0;
+        self.metrics.sweeps.completed(
+            started,
+            count,
+            if ok {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+        );
+        ok
     }
 
     /// Recomputes the per-registry gauges from the caches.

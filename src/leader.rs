@@ -11,7 +11,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::metrics::LeaderMetrics;
+use crate::metrics::{LeaderMetrics, LeaseLook};
 
 /// Lease settings.
 #[derive(Clone, Debug)]
@@ -108,6 +108,11 @@ pub async fn run(
     loop {
         let step = try_lead(&api, &cfg).await;
         let leading = *tx.borrow();
+        metrics.looked(match &step {
+            Ok(Step::Lead) => LeaseLook::Lead,
+            Ok(Step::Follow) => LeaseLook::Follow,
+            Err(_) => LeaseLook::Error,
+        });
         match step {
             Ok(Step::Lead) => {
                 last_renewed = Some(tokio::time::Instant::now());

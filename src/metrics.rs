@@ -5,10 +5,10 @@
 
 use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramTimer, HistogramVec,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::problems::Problem;
 
@@ -22,6 +22,13 @@ pub struct Metrics {
     pub config: ConfigMetrics,
     pub leader: LeaderMetrics,
     pub recovery: RecoveryMetrics,
+    pub sweeps: SweepMetrics,
+}
+
+/// Unix seconds with sub-second precision (so a test or a query can order two moments in the
+/// same second).
+fn unix_seconds(at: DateTime<Utc>) -> f64 {
+    at.timestamp_millis() as f64 / 1000.0
 }
 
 /// Success or failure of one attempt.
@@ -112,7 +119,7 @@ impl RefreshMetrics {
             .inc();
         self.last_success
             .with_label_values(&[registry])
-            .set(now.timestamp() as f64);
+            .set(unix_seconds(now));
         match expires_at {
             Some(e) => self
                 .expiry
@@ -291,11 +298,54 @@ impl ConfigMetrics {
 #[derive(Clone)]
 pub struct LeaderMetrics {
     leader: IntGauge,
+    looks: IntCounterVec,
+}
+
+/// What one look at the Lease found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseLook {
+    Lead,
+    Follow,
+    Error,
 }
 
 impl LeaderMetrics {
     pub fn set(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Counts one look at the Lease.
+    pub fn looked(&self, look: LeaseLook) {
+        let result = match look {
+            LeaseLook::Lead => "lead",
+            LeaseLook::Follow => "follow",
+            LeaseLook::Error => "error",
+        };
+        self.looks.with_label_values(&[result]).inc();
+    }
+}
+
+/// Sweeps over every namespace (after a rotation, a reload, on becoming leader, at resync).
+#[derive(Clone)]
+pub struct SweepMetrics {
+    completed: IntCounterVec,
+    last_start: Gauge,
+    duration: Histogram,
+}
+
+impl SweepMetrics {
+    /// Records a finished sweep that started at `started`.
+    pub fn completed(&self, started: DateTime<Utc>, namespaces: usize, outcome: Outcome) {
+        self.completed.with_label_values(&[outcome.as_str()]).inc();
+        self.last_start.set(unix_seconds(started));
+        let seconds = (Utc::now() - started).num_milliseconds() as f64 / 1000.0;
+        self.duration.observe(seconds);
+        debug!(
+            namespaces,
+            seconds,
+            result = outcome.as_str(),
+            "sweep finished"
+        );
     }
 }
 
@@ -471,6 +521,31 @@ impl Metrics {
                 "pullkeeper_leader",
                 "1 while this replica is the leader and writes.",
             )?,
+            looks: b.counter(
+                "pullkeeper_lease_looks_total",
+                "Looks at the leader-election Lease by what they found.",
+                &["result"],
+            )?,
+        };
+        let sweeps = SweepMetrics {
+            completed: b.counter(
+                "pullkeeper_sweeps_total",
+                "Completed sweeps over every namespace, by result.",
+                &["result"],
+            )?,
+            last_start: b.register(Gauge::new(
+                "pullkeeper_last_sweep_timestamp_seconds",
+                "When the last completed sweep over every namespace started (unix seconds).",
+            )?)?,
+            duration: b.register(Histogram::with_opts(
+                HistogramOpts::new(
+                    "pullkeeper_sweep_duration_seconds",
+                    "Time to sync every namespace once.",
+                )
+                .buckets(vec![
+                    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                ]),
+            )?)?,
         };
         let recovery = RecoveryMetrics {
             recovered: b.counter(
@@ -501,6 +576,7 @@ impl Metrics {
             config,
             leader,
             recovery,
+            sweeps,
         })
     }
 

@@ -198,9 +198,13 @@ async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
     .await;
     wait_pull_secrets(&client, &ns, "default", &["later-pull"]).await;
     // The ServiceAccount admission plugin copies the reference into a Pod created now.
+    // Held back from scheduling: the image's host exists nowhere, and no node may try it.
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "app"},
-        "spec": {"containers": [{"name": "app", "image": "registry.later.test/team/app:1"}]}
+        "spec": {
+            "schedulingGates": [{"name": "pullkeeper.dev/admission-only"}],
+            "containers": [{"name": "app", "image": "registry.later.test/team/app:1"}]
+        }
     }))
     .expect("pod");
     let created = Api::<Pod>::namespaced(client.clone(), &ns)
@@ -222,7 +226,21 @@ async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
         .create(&PostParams::default(), &sa)
         .await
         .expect("create sa");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Make pullkeeper sync this namespace again after the ServiceAccount exists: it repairs a
+    // deleted Secret, and the same sync would have patched `builder` were it targeted.
+    let before = get_secret(&client, &ns, "later-pull")
+        .await
+        .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete("later-pull", &DeleteParams::default())
+        .await
+        .expect("delete");
+    support::wait_for_named("later-pull recreated", WAIT, || async {
+        get_secret(&client, &ns, "later-pull")
+            .await
+            .filter(|s| s.metadata.uid != before.metadata.uid)
+    })
+    .await;
     assert!(pull_secrets(&client, &ns, "builder").await.is_empty());
     d.stop().await;
     namespaces.cleanup().await;
@@ -552,11 +570,18 @@ async fn an_invalid_reload_keeps_the_old_config_and_removing_a_registry_prunes_i
         d.logs().contains("secretNmae"),
         "the log names the bad field"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        get_secret(&client, &ns, "a-pull").await.is_some(),
-        "old config keeps running"
-    );
+    // The old config keeps running: it still repairs a's Secret.
+    let old = get_secret(&client, &ns, "a-pull").await.expect("a-pull");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete("a-pull", &DeleteParams::default())
+        .await
+        .expect("delete a-pull");
+    support::wait_for_named("a-pull repaired by the old config", WAIT, || async {
+        get_secret(&client, &ns, "a-pull")
+            .await
+            .filter(|s| s.metadata.uid != old.metadata.uid)
+    })
+    .await;
 
     // Fixed: a's removal now takes effect, b stays.
     write_config(&dir, "b.yaml", &b);
@@ -776,7 +801,14 @@ async fn only_the_elected_leader_writes_and_a_follower_takes_over() {
     wait_password(&client, &ns, "lead-pull", "registry.lead.test", "leader-pw").await;
     let second =
         daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags("replica-b")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The second replica has looked at the Lease and found it held.
+    support::wait_for_named("second replica follows", WAIT, || async {
+        second
+            .sample("pullkeeper_lease_looks_total{result=\"follow\"}")
+            .await
+            >= 1.0
+    })
+    .await;
     assert_eq!(first.sample("pullkeeper_leader").await, 1.0);
     assert_eq!(second.sample("pullkeeper_leader").await, 0.0);
     // The follower neither fetched nor wrote.
@@ -857,8 +889,27 @@ async fn an_ecr_token_from_moto_lands_in_the_namespace_under_each_region_host() 
         );
     }
     wait_pull_secrets(&client, &ns, "default", &["ecr-pull"]).await;
-    // moto's expiry is a fixed date in the past: the scheduler must not spin on it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // moto's expiry is a fixed date in the past: it is not believed, the default lifetime (12 h)
+    // schedules the next refresh, and the scheduler does not spin on it.
+    let next = support::wait_for_named("next refresh scheduled", WAIT, || async {
+        Some(
+            d.sample("pullkeeper_next_refresh_timestamp_seconds{registry=\"ecr\"}")
+                .await,
+        )
+        .filter(|t| *t > 0.0)
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(next - now > 3600.0, "next refresh in {} s", next - now);
+    assert!(
+        d.sample("pullkeeper_credential_expiry_timestamp_seconds{registry=\"ecr\"}")
+            .await
+            == 0.0,
+        "no expiry gauge claims the credential has expired"
+    );
     assert_eq!(
         d.sample("pullkeeper_refresh_total{registry=\"ecr\",result=\"success\"}")
             .await,
@@ -964,14 +1015,23 @@ async fn a_restarted_daemon_on_an_unchanged_cluster_makes_no_write() {
 
     let second = daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags).await;
     // Let it fetch (same credential) and reconcile every namespace from its fresh caches.
-    support::wait_for_named("the restarted daemon's refresh", WAIT, || async {
-        second
-            .sample("pullkeeper_refresh_total{registry=\"restart\",result=\"success\"}")
-            .await
-            >= 1.0
+    let refreshed = support::wait_for_named("the restarted daemon's refresh", WAIT, || async {
+        Some(
+            second
+                .sample("pullkeeper_last_success_timestamp_seconds{registry=\"restart\"}")
+                .await,
+        )
+        .filter(|t| *t > 0.0)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A sweep over every namespace that started after that refresh has finished.
+    support::wait_for_named("a sweep after the refresh", WAIT, || async {
+        second
+            .sample("pullkeeper_last_sweep_timestamp_seconds")
+            .await
+            > refreshed
+    })
+    .await;
     let metrics = second.metrics().await;
     let writes: f64 = metrics
         .lines()
@@ -985,6 +1045,301 @@ async fn a_restarted_daemon_on_an_unchanged_cluster_makes_no_write() {
     for ns in &names {
         assert_eq!(pull_secrets(&client, ns, "default").await, ["restart-pull"]);
     }
+    second.stop().await;
+    namespaces.cleanup().await;
+}
+
+/// Seconds since the epoch, as the daemon's timestamp gauges state them.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+/// Waits for a sweep over every namespace that started after `after` (unix seconds).
+async fn wait_sweep_after(d: &daemon::Daemon, after: f64) {
+    support::wait_for_named("a sweep over every namespace", WAIT, || async {
+        d.sample("pullkeeper_last_sweep_timestamp_seconds").await > after
+    })
+    .await;
+}
+
+fn applies(text: &str) -> f64 {
+    daemon::sample(
+        text,
+        "pullkeeper_writes_total{kind=\"secret\",operation=\"apply\",outcome=\"success\"}",
+    )
+}
+
+#[tokio::test]
+async fn a_data_key_added_by_hand_is_removed_and_the_repaired_secret_costs_no_more_writes() {
+    let test = "engine-stray-key";
+    let (client, namespaces) = setup(test).await;
+    let ns = namespaces.create().await;
+    let (_endpoint, dir) = one_registry(test, "stray", token("stray-pw"), SLOW).await;
+    let d = daemon::start_args(&client, &dir, "info", &["--resync-interval", "1s"]).await;
+    wait_password(
+        &client,
+        &ns,
+        "stray-pull",
+        "registry.stray.test",
+        "stray-pw",
+    )
+    .await;
+
+    // As `kubectl patch secret stray-pull -p '{"data":{"extra":"eA=="}}'` would.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    secrets
+        .patch(
+            "stray-pull",
+            &PatchParams {
+                field_manager: Some("kubectl-patch".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(json!({"data": {"extra": "eA=="}})),
+        )
+        .await
+        .expect("add a key by hand");
+    let repaired = support::wait_for_named("the extra key removed", WAIT, || async {
+        get_secret(&client, &ns, "stray-pull").await.filter(|s| {
+            s.data
+                .as_ref()
+                .is_some_and(|d| d.keys().eq([".dockerconfigjson"]))
+        })
+    })
+    .await;
+    assert_eq!(
+        password_in(&repaired, "registry.stray.test").as_deref(),
+        Some("stray-pw")
+    );
+
+    // Converged: several more sweeps over this namespace write nothing.
+    let writes = applies(&d.metrics().await);
+    for _ in 0..3 {
+        wait_sweep_after(&d, unix_now()).await;
+    }
+    assert_eq!(applies(&d.metrics().await), writes, "no further apply");
+    let after = get_secret(&client, &ns, "stray-pull")
+        .await
+        .expect("secret");
+    assert_eq!(
+        after.metadata.resource_version, repaired.metadata.resource_version,
+        "the repaired Secret is not written again"
+    );
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_namespace_whose_service_account_churns_still_gets_every_rotation() {
+    let test = "engine-churn";
+    let (client, namespaces) = setup(test).await;
+    let ns = namespaces.create().await;
+    wait_default_sa(&client, &ns).await;
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "busy"}})).expect("sa"),
+    )
+    .await
+    .expect("create busy");
+    let (endpoint, dir) = one_registry(test, "churn", token("churn-0"), FAST).await;
+    let d = daemon::start(&client, &dir, "info").await;
+    wait_password(&client, &ns, "churn-pull", "registry.churn.test", "churn-0").await;
+
+    // Another controller patches a ServiceAccount here about ten times a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let sas = sas.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut patches = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                sas.patch(
+                    "busy",
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"metadata": {"annotations": {"churn": patches.to_string()}}}),
+                    ),
+                )
+                .await
+                .expect("churn patch");
+                patches += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (patches, started.elapsed())
+        })
+    };
+    for round in 1..=4 {
+        let password = format!("churn-{round}");
+        endpoint.set(token(&password));
+        wait_password(&client, &ns, "churn-pull", "registry.churn.test", &password).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (patches, elapsed) = churn.await.expect("churn task");
+    let rate = f64::from(patches) / elapsed.as_secs_f64();
+    println!("churn: {patches} patches in {elapsed:?} ({rate:.1}/s)");
+    assert!(
+        rate >= 5.0,
+        "the churn must reach 5 patches/s, was {rate:.1}"
+    );
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_emptied_config_directory_is_refused_and_the_running_config_keeps_its_secrets() {
+    let test = "engine-empty";
+    let (client, namespaces) = setup(test).await;
+    let ns = namespaces.create().await;
+    let (_endpoint, dir) = one_registry(test, "empty", token("empty-pw"), SLOW).await;
+    let d = daemon::start(&client, &dir, "info").await;
+    wait_password(
+        &client,
+        &ns,
+        "empty-pull",
+        "registry.empty.test",
+        "empty-pw",
+    )
+    .await;
+    wait_pull_secrets(&client, &ns, "default", &["empty-pull"]).await;
+
+    // A broken rollout empties the mounted ConfigMap.
+    let text = std::fs::read_to_string(dir.join("empty.yaml")).expect("read");
+    std::fs::remove_file(dir.join("empty.yaml")).expect("empty the directory");
+    support::wait_for_named("the empty config rejected", WAIT, || async {
+        d.sample("pullkeeper_config_reloads_total{result=\"failure\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(
+        d.sample("pullkeeper_config_last_reload_successful").await,
+        0.0,
+        "the config-reload alert fires"
+    );
+    assert!(
+        d.logs().contains("--allow-empty-config"),
+        "the log says why and how"
+    );
+    // The running config still manages the namespace: it repairs a deleted Secret.
+    let old = get_secret(&client, &ns, "empty-pull").await.expect("kept");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete("empty-pull", &DeleteParams::default())
+        .await
+        .expect("delete");
+    support::wait_for_named("empty-pull repaired", WAIT, || async {
+        get_secret(&client, &ns, "empty-pull")
+            .await
+            .filter(|s| s.metadata.uid != old.metadata.uid)
+    })
+    .await;
+    assert_eq!(pull_secrets(&client, &ns, "default").await, ["empty-pull"]);
+
+    // The file comes back: the failure state clears.
+    write_config(&dir, "empty.yaml", &text);
+    support::wait_for_named("reload status back to 1", WAIT, || async {
+        d.sample("pullkeeper_config_last_reload_successful").await == 1.0
+    })
+    .await;
+    d.stop().await;
+
+    // Neither `run` nor `check` starts on an empty directory.
+    let empty = config_dir();
+    for args in [
+        vec!["check", "--config"],
+        vec!["run", "--kubeconfig", "/nonexistent", "--config"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
+            .args(&args)
+            .arg(&empty)
+            .output()
+            .expect("run pullkeeper");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("no registry file"), "{args:?}: {text}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
+        .args(["check", "--allow-empty-config", "--config"])
+        .arg(&empty)
+        .output()
+        .expect("run pullkeeper");
+    assert_eq!(out.status.code(), Some(0));
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_leader_stopped_with_sigterm_stops_writing_then_releases_its_lease() {
+    let test = "engine-release";
+    let (client, namespaces) = setup(test).await;
+    let ns = namespaces.create().await;
+    let (_endpoint, dir) = one_registry(test, "release", token("release-pw"), SLOW).await;
+    let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
+    let instance = daemon::unique_instance();
+    let flags = |id: &'static str| {
+        [
+            "--reload-interval",
+            "1s",
+            "--leader-elect",
+            "--identity",
+            id,
+        ]
+    };
+    let mut first =
+        daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags("replica-a")).await;
+    wait_password(
+        &client,
+        &ns,
+        "release-pull",
+        "registry.release.test",
+        "release-pw",
+    )
+    .await;
+    let second =
+        daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags("replica-b")).await;
+    support::wait_for_named("second replica follows", WAIT, || async {
+        second
+            .sample("pullkeeper_lease_looks_total{result=\"follow\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+
+    let stopped = std::time::Instant::now();
+    let status = first.terminate().await;
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), support::PULLKEEPER_NAMESPACE);
+    let lease = leases
+        .get(&format!("{instance}-leader"))
+        .await
+        .expect("lease");
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    assert_ne!(
+        holder.as_deref(),
+        Some("replica-a"),
+        "the stopped leader must not keep the Lease until it expires"
+    );
+    let logs = first.logs();
+    let stopped_writing = logs
+        .find("stopped writing")
+        .expect("stopped writing logged");
+    let released = logs.find("lease released").expect("lease released logged");
+    assert!(
+        stopped_writing < released,
+        "writes stop before the Lease goes"
+    );
+
+    support::wait_for_named("second replica leads", WAIT, || async {
+        second.sample("pullkeeper_leader").await == 1.0
+    })
+    .await;
+    println!(
+        "hand-over after SIGTERM: {:?} (Lease duration 15 s)",
+        stopped.elapsed()
+    );
     second.stop().await;
     namespaces.cleanup().await;
 }
