@@ -19,8 +19,16 @@ use crate::providers::web::{self, ClientOptions, describe_url, read_body, status
 use crate::providers::{ErrorCategory, Provider, ProviderError, TextSource};
 use crate::sensitive::Sensitive;
 
+impl HttpConfig {
+    /// Builds the provider: one HTTP client (timeout, extra CA) reused by every fetch. Fails
+    /// only on the CA file, which is read now, or on settings `validate` would have refused.
+    pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
+        build(self).await
+    }
+}
+
 /// Builds the provider from a config whose settings parsed (see [`HttpConfig::validate`]).
-pub(super) async fn build(config: &HttpConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+async fn build(config: &HttpConfig) -> Result<Arc<dyn Provider>, ProviderError> {
     let (Some(url), Some(method), Some(timeout)) = (
         config.url.value(),
         config.method.value(),

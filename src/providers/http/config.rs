@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use reqwest::Method;
@@ -17,8 +17,8 @@ use url::Url;
 
 use super::mapping::ResponseMapping;
 use crate::problems::FieldProblems;
+use crate::providers::TextSource;
 use crate::providers::web::{describe_url, is_http_url};
-use crate::providers::{Provider, ProviderError, TextSource};
 
 /// Used when `timeout` is not set.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -318,12 +318,6 @@ impl HttpConfig {
             EndpointAuth::Bearer(token) => token.validate(p, "bearer", true),
         });
         problems.scoped("response", |p| self.response.validate(p));
-    }
-
-    /// Builds the provider: one HTTP client (timeout, extra CA) reused by every fetch. Fails
-    /// only on the CA file, which is read now, or on settings `validate` would have refused.
-    pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
-        super::client::build(self).await
     }
 }
 
