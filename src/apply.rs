@@ -1,5 +1,5 @@
 //! Executes a namespace plan against the API server: server-side apply for Secrets, guarded
-//! JSON patches for ServiceAccounts, precondition-guarded deletes. Every write is rate limited,
+//! JSON patches for `ServiceAccounts`, precondition-guarded deletes. Every write is rate limited,
 //! counted by kind, operation and outcome, and logged from the same place.
 
 use std::time::Duration;
@@ -20,7 +20,7 @@ use crate::plan::{AccountChange, DesiredSecret, account_patch};
 /// The field manager of every server-side apply pullkeeper makes.
 pub const FIELD_MANAGER: &str = "pullkeeper";
 
-/// How many times a ServiceAccount patch is recomputed after its `test` failed.
+/// How many times a `ServiceAccount` patch is recomputed after its `test` failed.
 const ACCOUNT_RETRIES: usize = 6;
 
 /// Errors of a single write.
@@ -101,7 +101,7 @@ pub enum SecretOutcome {
     Foreign,
 }
 
-/// Writes Secrets and ServiceAccount patches.
+/// Writes Secrets and `ServiceAccount` patches.
 pub struct Applier {
     owner: Owner,
     client: Client,
@@ -278,8 +278,8 @@ impl Applier {
         }
     }
 
-    /// Applies a ServiceAccount change; when the guarded `test` fails because someone else
-    /// changed the list, re-reads the ServiceAccount and recomputes the patch.
+    /// Applies a `ServiceAccount` change; when the guarded `test` fails because someone else
+    /// changed the list, re-reads the `ServiceAccount` and recomputes the patch.
     pub async fn patch_account(
         &self,
         namespace: &str,

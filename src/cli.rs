@@ -71,7 +71,7 @@ pub struct RunArgs {
     /// Upper bound on write requests per second to the API server (0: unlimited).
     #[arg(long, env = "PULLKEEPER_WRITES_PER_SECOND", default_value_t = 50.0)]
     pub writes_per_second: f64,
-    /// Name of this installation: it owns only Secrets and ServiceAccount entries labelled with
+    /// Name of this installation: it owns only Secrets and `ServiceAccount` entries labelled with
     /// it, so several installations can share a cluster.
     #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
     pub instance: String,
@@ -90,8 +90,8 @@ pub struct RunArgs {
     #[arg(long, env = "PULLKEEPER_FOREIGN_RECHECK", default_value = "5m", value_parser = humantime::parse_duration)]
     pub foreign_recheck: Duration,
     /// Accept a config directory without any registry file, at start and on reload. Without
-    /// it such a directory (an emptied ConfigMap) is rejected and the running config stays:
-    /// running with none would prune every Secret and ServiceAccount entry pullkeeper manages.
+    /// it such a directory (an emptied `ConfigMap`) is rejected and the running config stays:
+    /// running with none would prune every Secret and `ServiceAccount` entry pullkeeper manages.
     #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG", default_value_t = false)]
     pub allow_empty_config: bool,
     /// How often every namespace is looked at even without a watch event (0s: never). Bounds

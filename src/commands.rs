@@ -175,7 +175,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
         leader_rx.clone(),
     );
     if once {
-        return Ok(if started.once().await { 0 } else { 1 });
+        return Ok(i32::from(!started.once().await));
     }
 
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
@@ -220,7 +220,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
                 Ok(true) => info!(lease = %lease.name, "lease released"),
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(lease = %lease.name, error = %e, "could not release the lease; it expires by itself")
+                    warn!(lease = %lease.name, error = %e, "could not release the lease; it expires by itself");
                 }
             }
         }
@@ -228,5 +228,5 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     }
     admin.abort();
     info!("shut down");
-    Ok(if lost.load(Ordering::SeqCst) { 1 } else { 0 })
+    Ok(i32::from(lost.load(Ordering::SeqCst)))
 }

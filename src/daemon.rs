@@ -1,4 +1,4 @@
-//! The daemon: watches Namespaces, ServiceAccounts and pullkeeper's own Secrets into caches,
+//! The daemon: watches Namespaces, `ServiceAccounts` and pullkeeper's own Secrets into caches,
 //! runs one refresh task per registry, and syncs namespaces — on their watch events (through a
 //! debounced controller), and in sweeps over every namespace after a rotation, a reload, on
 //! becoming leader and at each resync interval. Sweeps do not go through the debounced queue,
@@ -181,9 +181,10 @@ async fn caches_synced(caches: &Caches) -> bool {
         K::DynamicType: Eq + std::hash::Hash + Clone,
     {
         loop {
-            match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
-                Ok(result) => return result.is_ok(),
-                Err(_) => continue,
+            if let Ok(result) =
+                tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await
+            {
+                return result.is_ok();
             }
         }
     }

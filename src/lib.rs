@@ -1,5 +1,5 @@
 //! pullkeeper keeps short-lived registry credentials fresh as `kubernetes.io/dockerconfigjson`
-//! Secrets in every target namespace, and keeps ServiceAccounts referencing them.
+//! Secrets in every target namespace, and keeps `ServiceAccounts` referencing them.
 
 pub mod admin;
 pub mod apply;

@@ -195,7 +195,7 @@ pub enum WriteKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOp {
     Apply,
-    /// A guarded JSON patch (ServiceAccounts, and data keys another manager added to a Secret).
+    /// A guarded JSON patch (`ServiceAccounts`, and data keys another manager added to a Secret).
     Patch,
     Delete,
 }

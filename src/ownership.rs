@@ -15,7 +15,7 @@ pub const REGISTRY_LABEL: &str = "pullkeeper.dev/registry";
 pub const HASH_ANNOTATION: &str = "pullkeeper.dev/content-hash";
 /// Annotation with the credential's expiry (RFC 3339), when the provider states one.
 pub const EXPIRES_ANNOTATION: &str = "pullkeeper.dev/expires-at";
-/// Annotation on a ServiceAccount listing the `imagePullSecrets` entries pullkeeper added.
+/// Annotation on a `ServiceAccount` listing the `imagePullSecrets` entries pullkeeper added.
 pub const SA_ANNOTATION: &str = "pullkeeper.dev/image-pull-secrets";
 /// Namespace annotation that opts a namespace out (`"true"`).
 pub const OPT_OUT_ANNOTATION: &str = "pullkeeper.dev/ignore";
@@ -54,7 +54,7 @@ impl Owner {
         )
     }
 
-    /// The ServiceAccount annotation recording this installation's entries.
+    /// The `ServiceAccount` annotation recording this installation's entries.
     pub fn account_annotation(&self) -> String {
         if self.instance == DEFAULT_INSTANCE {
             SA_ANNOTATION.to_string()
@@ -78,7 +78,7 @@ pub const RESERVED_PREFIXES: [&str; 2] = [MANAGED_BY_LABEL, "pullkeeper.dev/"];
 /// The prefix of system namespaces, in scope only when named exactly.
 pub const SYSTEM_NAMESPACE_PREFIX: &str = "kube-";
 
-/// The entries pullkeeper recorded as its own on a ServiceAccount.
+/// The entries pullkeeper recorded as its own on a `ServiceAccount`.
 pub fn owned_entries(owner: &Owner, sa: &ServiceAccount) -> BTreeSet<String> {
     sa.metadata
         .annotations

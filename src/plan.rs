@@ -97,7 +97,7 @@ pub enum SecretChange {
     },
 }
 
-/// One ServiceAccount whose `imagePullSecrets` must change, with the full set of entries
+/// One `ServiceAccount` whose `imagePullSecrets` must change, with the full set of entries
 /// pullkeeper wants there (used to recompute the patch after a conflict).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AccountChange {
@@ -110,18 +110,18 @@ pub struct AccountChange {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NamespacePlan {
     pub secrets: Vec<SecretChange>,
-    /// The ServiceAccount changes when every planned Secret can be written.
+    /// The `ServiceAccount` changes when every planned Secret can be written.
     pub accounts: Vec<AccountChange>,
     /// Registry names in scope here (for gauges).
     pub in_scope: Vec<String>,
-    /// Each observed ServiceAccount with the Secrets it should list; lets
+    /// Each observed `ServiceAccount` with the Secrets it should list; lets
     /// [`NamespacePlan::accounts_without`] answer without planning again.
     targets: Vec<(Arc<ServiceAccount>, BTreeSet<String>)>,
 }
 
 impl NamespacePlan {
-    /// The ServiceAccount changes when the Secrets named in `blocked` turned out to be someone
-    /// else's while writing: a ServiceAccount must never be made to reference those.
+    /// The `ServiceAccount` changes when the Secrets named in `blocked` turned out to be someone
+    /// else's while writing: a `ServiceAccount` must never be made to reference those.
     pub fn accounts_without(&self, owner: &Owner, blocked: &HashSet<String>) -> Vec<AccountChange> {
         if blocked.is_empty() {
             return self.accounts.clone();
@@ -355,7 +355,7 @@ fn secret_up_to_date(observed: &Secret, desired: &DesiredSecret, now: DateTime<U
         && annotations_ok
 }
 
-/// A JSON patch bringing the ServiceAccount's `imagePullSecrets` to contain `wanted`, removing
+/// A JSON patch bringing the `ServiceAccount`'s `imagePullSecrets` to contain `wanted`, removing
 /// only entries pullkeeper itself added, guarded by a `test` of the list as observed (or of the
 /// resourceVersion when the list is absent). `None` when nothing must change.
 pub fn account_patch(

@@ -109,7 +109,7 @@ mod tests {
     fn scoped_problems_carry_file_and_dotted_field() {
         let mut p = FieldProblems::new(Path::new("/c/harbor.yaml"));
         p.scoped("provider", |p| {
-            p.scoped("auth", |p| p.push("bearer", "missing"))
+            p.scoped("auth", |p| p.push("bearer", "missing"));
         });
         p.push("secretName", "empty");
         let v: Vec<String> = p.into_vec().iter().map(ToString::to_string).collect();

@@ -1,5 +1,5 @@
 //! The rotation engine end to end on the real control plane: the `pullkeeper` binary runs under
-//! its own ServiceAccount with the shipped RBAC, each test in its own namespaces with its own
+//! its own `ServiceAccount` with the shipped RBAC, each test in its own namespaces with its own
 //! daemon and credential endpoint.
 
 mod daemon;

@@ -1,6 +1,6 @@
 //! Proof that the test platform is real: each test passes only because the piece it names is
-//! there (the controller manager, the ServiceAccount admission plugin, RBAC with the shipped
-//! ClusterRole, and registries that check credentials). They need the platform's env (see
+//! there (the controller manager, the `ServiceAccount` admission plugin, RBAC with the shipped
+//! `ClusterRole`, and registries that check credentials). They need the platform's env (see
 //! tests/support/mod.rs); `make test` provides it.
 
 mod support;

@@ -1057,7 +1057,7 @@ mod azure {
     #[tokio::test]
     async fn workload_identity_exchanges_the_federated_token_for_an_acr_refresh_token() {
         let exp = Utc::now().timestamp() + 3 * 3600;
-        let federated = leak(fake_jwt(&format!(r#"{{"exp":{}}}"#, exp)));
+        let federated = leak(fake_jwt(&format!(r#"{{"exp":{exp}}}"#)));
         let refresh = refresh_token(exp);
         let stub = azure_endpoints(federated, refresh.clone()).await;
         let dir = tempfile::tempdir().expect("tempdir");

@@ -75,11 +75,11 @@ impl NamespaceTargets {
     }
 }
 
-/// Which ServiceAccounts reference the Secret.
+/// Which `ServiceAccounts` reference the Secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceAccountTargets {
     Names(BTreeSet<String>),
-    /// Every ServiceAccount in the namespace (written `["*"]`).
+    /// Every `ServiceAccount` in the namespace (written `["*"]`).
     All,
 }
 
@@ -161,7 +161,7 @@ pub fn load_dir_with(dir: &Path, check_files: bool) -> Result<Config, Vec<Proble
     })
 }
 
-/// The YAML files of a config directory, sorted by name. Hidden entries (a mounted ConfigMap's
+/// The YAML files of a config directory, sorted by name. Hidden entries (a mounted `ConfigMap`'s
 /// `..data` and timestamped directories) are skipped; symlinks are followed.
 fn list_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<Problem>> {
     let whole = |message: String| {
@@ -178,9 +178,11 @@ fn list_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<Problem>> {
         .map(|e| e.path())
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-            !name.starts_with('.')
-                && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                && p.is_file()
+            let yaml = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+            !name.starts_with('.') && yaml && p.is_file()
         })
         .collect();
     paths.sort();
@@ -475,7 +477,7 @@ fn refresh(
 }
 
 /// Parses a cron expression in UTC: 5 fields (minute hour day month weekday) as users write
-/// them for Kubernetes CronJobs, or 6–7 fields with seconds first.
+/// them for Kubernetes `CronJobs`, or 6–7 fields with seconds first.
 pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     let fields = expr.split_whitespace().count();
     let full = match fields {
@@ -574,7 +576,7 @@ pub struct LoadOptions {
     /// Require the files the config names (mounted Secrets, token files, CAs) to exist now.
     pub check_files: bool,
     /// Accept a directory without any registry file. Off by default: a daemon running such a
-    /// config prunes every Secret and ServiceAccount entry it manages.
+    /// config prunes every Secret and `ServiceAccount` entry it manages.
     pub allow_empty: bool,
 }
 

@@ -100,7 +100,7 @@ fn secret_of(
     desired_secret(owner, reg, namespace, &Arc::new(issued.clone())).to_secret()
 }
 
-/// Applies a JSON patch to the ServiceAccount the way the API server would.
+/// Applies a JSON patch to the `ServiceAccount` the way the API server would.
 fn patched(account: &ServiceAccount, patch: &Patch) -> ServiceAccount {
     let mut doc = serde_json::to_value(account).expect("to json");
     json_patch::patch(&mut doc, patch).expect("patch applies to the observed object");
@@ -392,7 +392,7 @@ fn system_terminating_and_opted_out_namespaces_are_left_alone() {
     };
     assert!(plan_for(&system).secrets.is_empty());
     let named = Arc::new(registry("harbor", |r| {
-        r.namespaces.include = vec!["kube-system".into()]
+        r.namespaces.include = vec!["kube-system".into()];
     }));
     let observed = Observed {
         namespace: &system,
@@ -426,7 +426,7 @@ fn system_terminating_and_opted_out_namespaces_are_left_alone() {
 #[test]
 fn all_service_accounts_can_be_targeted() {
     let reg = Arc::new(registry("harbor", |r| {
-        r.service_accounts = ServiceAccountTargets::All
+        r.service_accounts = ServiceAccountTargets::All;
     }));
     let namespace = ns("team-a");
     let foreign = HashSet::new();
@@ -444,7 +444,7 @@ fn all_service_accounts_can_be_targeted() {
 #[test]
 fn a_label_selector_limits_the_namespaces() {
     let reg = Arc::new(registry("harbor", |r| {
-        r.namespaces.selector = "team=payments".parse().expect("selector")
+        r.namespaces.selector = "team=payments".parse().expect("selector");
     }));
     let c = creds(&[("harbor", issued(&reg, "pw"))]);
     let foreign = HashSet::new();

@@ -24,7 +24,7 @@ pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identit
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum AzureSource {
-    /// AKS workload identity: a projected, federated ServiceAccount token.
+    /// AKS workload identity: a projected, federated `ServiceAccount` token.
     WorkloadIdentity,
     /// The managed identity of the node (IMDS).
     ManagedIdentity,
@@ -119,7 +119,7 @@ impl AzureConfig {
             AzureSource::WorkloadIdentity => {
                 match &self.token_file {
                     Some(p) if !p.is_absolute() => {
-                        problems.push("tokenFile", "must be an absolute path")
+                        problems.push("tokenFile", "must be an absolute path");
                     }
                     Some(p) => problems.require_file("tokenFile", p),
                     None => {}

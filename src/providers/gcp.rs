@@ -161,7 +161,7 @@ mod client {
                 Source::Metadata { url } => d.field("metadata", url),
                 Source::Key { file } => d.field("key_file", file),
             };
-            d.finish()
+            d.finish_non_exhaustive()
         }
     }
 

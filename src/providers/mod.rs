@@ -32,9 +32,9 @@ pub trait Provider: Send + Sync + fmt::Debug {
 /// The bounded set of reasons a provider call fails; used as metric label and event reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCategory {
-    /// The provider refused our identity (HTTP 401/403, AWS AccessDenied, invalid_grant).
+    /// The provider refused our identity (HTTP 401/403, AWS `AccessDenied`, `invalid_grant`).
     AuthDenied,
-    /// Rate limited (HTTP 429, AWS ThrottlingException).
+    /// Rate limited (HTTP 429, AWS `ThrottlingException`).
     Throttled,
     /// Could not reach the provider (DNS, connect, TLS, timeout).
     Unreachable,

@@ -75,7 +75,6 @@ impl Provider for StaticProvider {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::path::{Path, PathBuf};
 

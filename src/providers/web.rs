@@ -270,9 +270,11 @@ mod oauth {
             err.category = ErrorCategory::AuthDenied;
         }
         if let Some(code) = code {
-            err.message.push_str(&format!(" ({code}"));
+            err.message.push_str(" (");
+            err.message.push_str(code);
             if let Some(aadsts) = aadsts {
-                err.message.push_str(&format!(", {aadsts}"));
+                err.message.push_str(", ");
+                err.message.push_str(aadsts);
             }
             err.message.push(')');
         }
@@ -321,14 +323,14 @@ pub(crate) fn is_host_port(s: &str) -> bool {
 
 /// Whether `host[:port]` names the loopback interface.
 pub(crate) fn is_loopback_host(host_port: &str) -> bool {
-    Url::parse(&format!("http://{host_port}/")).is_ok_and(|u| is_loopback(u.host()))
+    Url::parse(&format!("http://{host_port}/")).is_ok_and(|u| is_loopback(u.host().as_ref()))
 }
 
 /// Whether a URL may carry a secret: https anywhere, plain http only to loopback.
 pub(crate) fn is_safe_url(url: &Url) -> bool {
     match url.scheme() {
         "https" => url.host().is_some(),
-        "http" => is_loopback(url.host()),
+        "http" => is_loopback(url.host().as_ref()),
         _ => false,
     }
 }
@@ -338,11 +340,11 @@ pub(crate) fn is_http_url(url: &Url) -> bool {
     matches!(url.scheme(), "http" | "https") && url.host().is_some()
 }
 
-fn is_loopback(host: Option<Host<&str>>) -> bool {
+fn is_loopback(host: Option<&Host<&str>>) -> bool {
     match host {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(Host::Domain(d)) => d == "localhost",
+        Some(Host::Domain(d)) => *d == "localhost",
         None => false,
     }
 }
@@ -383,7 +385,6 @@ pub(crate) fn unix_seconds(secs: f64) -> Option<DateTime<Utc>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use chrono::TimeZone;
     use reqwest::header::HeaderValue;

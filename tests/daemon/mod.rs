@@ -1,5 +1,5 @@
 //! Runs the real `pullkeeper` binary as a child process for integration tests, with only the
-//! permissions of its own ServiceAccount (the shipped RBAC), and a local credential endpoint
+//! permissions of its own `ServiceAccount` (the shipped RBAC), and a local credential endpoint
 //! that speaks plain HTTP/JSON like a generic token broker.
 
 #![allow(dead_code)]
@@ -45,7 +45,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A kubeconfig carrying only a token of pullkeeper's own ServiceAccount.
+/// A kubeconfig carrying only a token of pullkeeper's own `ServiceAccount`.
 pub async fn pullkeeper_kubeconfig(admin: &Client) -> PathBuf {
     support::install_rbac(admin).await;
     let token = support::sa_token(
@@ -255,7 +255,7 @@ async fn token(State((answer, calls)): State<EndpointState>) -> Response {
             password,
             expires_in,
         } => json_response(
-            json!({"robot": {"name": username, "secret": password}, "expires_in": expires_in}),
+            &json!({"robot": {"name": username, "secret": password}, "expires_in": expires_in}),
         ),
         Answer::Status(code) => (
             StatusCode::from_u16(code).expect("status"),
@@ -269,12 +269,12 @@ async fn token(State((answer, calls)): State<EndpointState>) -> Response {
         )
             .into_response(),
         Answer::MissingPassword => {
-            json_response(json!({"robot": {"name": "robot"}, "expires_in": 3600}))
+            json_response(&json!({"robot": {"name": "robot"}, "expires_in": 3600}))
         }
     }
 }
 
-fn json_response(value: serde_json::Value) -> Response {
+fn json_response(value: &serde_json::Value) -> Response {
     (
         StatusCode::OK,
         [("content-type", "application/json")],
@@ -329,7 +329,7 @@ pub const FAST: &str =
 /// Refresh only when the (1 h) token is 2/3 through its life, i.e. not during a test.
 pub const SLOW: &str = "refresh:\n  minInterval: 1s\n  maxInterval: 1h\n";
 
-/// Writes a config file atomically (write, then rename), as a ConfigMap update would appear.
+/// Writes a config file atomically (write, then rename), as a `ConfigMap` update would appear.
 pub fn write_config(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).expect("write config");

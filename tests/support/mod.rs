@@ -33,7 +33,7 @@ use serde::Deserialize as _;
 
 /// Label on every namespace a test creates (so leftovers can be found: `-l pullkeeper.dev/test=true`).
 pub const TEST_LABEL: &str = "pullkeeper.dev/test";
-/// Namespace and ServiceAccount that `deploy/kustomize/base/rbac.yaml` grants pullkeeper's rights to.
+/// Namespace and `ServiceAccount` that `deploy/kustomize/base/rbac.yaml` grants pullkeeper's rights to.
 pub const PULLKEEPER_NAMESPACE: &str = "pullkeeper";
 pub const PULLKEEPER_SERVICE_ACCOUNT: &str = "pullkeeper";
 /// Field manager of everything the test support applies.
@@ -61,7 +61,7 @@ pub fn test_dir() -> PathBuf {
     PathBuf::from(env("PK_TEST_DIR"))
 }
 
-/// `PK_MOTO_URL`: moto_server's base URL (ECR and STS), e.g. `http://127.0.0.1:PORT`.
+/// `PK_MOTO_URL`: `moto_server`'s base URL (ECR and STS), e.g. `http://127.0.0.1:PORT`.
 pub fn moto_url() -> String {
     env("PK_MOTO_URL")
 }
@@ -86,7 +86,7 @@ impl Registry {
         Self::from_env("PK_REGISTRY_HTPASSWD")
     }
 
-    /// Debian docker-registry with Docker token auth against tests/peers/token_server.py:
+    /// Debian docker-registry with Docker token auth against `tests/peers/token_server.py`:
     /// `PK_REGISTRY_TOKEN*`.
     pub fn token() -> Self {
         Self::from_env("PK_REGISTRY_TOKEN")
@@ -223,7 +223,7 @@ pub async fn client_for_token(token: &str) -> Client {
     client_from_kubeconfig(kubeconfig, "a token identity").await
 }
 
-/// Mints a token for ServiceAccount `ns/sa` with the TokenRequest API (valid for one hour).
+/// Mints a token for `ServiceAccount` `ns/sa` with the `TokenRequest` API (valid for one hour).
 pub async fn sa_token(client: &Client, ns: &str, sa: &str) -> String {
     let request = TokenRequest {
         metadata: ObjectMeta::default(),
@@ -378,7 +378,7 @@ pub const RBAC_MANIFEST: &str = concat!(
 
 /// Applies `deploy/kustomize/base/rbac.yaml` (creating namespace `pullkeeper` first) with
 /// server-side apply, idempotently (safe from parallel tests), and waits until the API server's
-/// authorizer has seen every binding in it (checked with SubjectAccessReviews), so a token minted
+/// authorizer has seen every binding in it (checked with `SubjectAccessReviews`), so a token minted
 /// right after is authorized as the manifest says.
 pub async fn install_rbac(client: &Client) {
     let apply = PatchParams::apply(FIELD_MANAGER).force();
@@ -447,8 +447,8 @@ fn parse_manifest(text: &str) -> Vec<DynamicObject> {
 }
 
 /// RBAC is enforced from informer caches: a fresh binding takes a moment to count. For every
-/// ServiceAccount subject of every binding in `objects`, and every rule of the role it binds, asks
-/// the authorizer (SubjectAccessReview) until the first verb on the first resource is allowed.
+/// `ServiceAccount` subject of every binding in `objects`, and every rule of the role it binds, asks
+/// the authorizer (`SubjectAccessReview`) until the first verb on the first resource is allowed.
 async fn wait_until_bindings_authorize(client: &Client, objects: &[DynamicObject]) {
     let kind_of = |o: &DynamicObject| o.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
     for binding in objects
@@ -640,9 +640,10 @@ where
             Ok(v) => return v,
             Err(why) => why,
         };
-        if std::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
-        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last: {last}"
+        );
         // A real-time pause that neither blocks the runtime nor depends on its (maybe paused) clock.
         tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(100)))
             .await

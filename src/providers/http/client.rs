@@ -177,7 +177,6 @@ impl Provider for HttpProvider {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::Mutex;
     use std::time::Duration;

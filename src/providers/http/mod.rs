@@ -14,7 +14,6 @@ pub use config::{BasicAuth, EndpointAuth, Headers, HttpConfig, Parsed};
 pub use mapping::{Mapped, ResponseMapping};
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod testing {
     //! Builders and canaries shared by the http provider's unit tests.
 
