@@ -278,6 +278,48 @@ impl Applier {
         }
     }
 
+    /// Deletes a Pod stuck before its credential existed, only if it is still the one observed
+    /// (same UID), so its controller recreates it. Returns false when it was already gone.
+    pub async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<bool, WriteError> {
+        let api: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), namespace);
+        self.limiter.wait().await;
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {
+                self.count(WriteKind::Pod, WriteOp::Delete, WriteOutcome::Success);
+                info!(
+                    namespace,
+                    pod = name,
+                    "stuck pod deleted so its controller recreates it"
+                );
+                Ok(true)
+            }
+            Err(e) if is_status(&e, &[404]) => Ok(false),
+            Err(e) => {
+                self.count(WriteKind::Pod, WriteOp::Delete, failed(&e));
+                Err(WriteError::Api {
+                    kind: "pod",
+                    operation: "delete",
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    source: e,
+                })
+            }
+        }
+    }
+
     /// Applies a `ServiceAccount` change; when the guarded `test` fails because someone else
     /// changed the list, re-reads the `ServiceAccount` and recomputes the patch.
     pub async fn patch_account(

@@ -23,6 +23,14 @@ pub struct Cli {
     pub log_filter: String,
 }
 
+/// What pullkeeper does about Pods stuck before their credential existed.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum RecoveryMode {
+    Off,
+    Observe,
+    On,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -98,6 +106,29 @@ pub struct RunArgs {
     /// how long any change can wait, however busy a namespace's objects are.
     #[arg(long, env = "PULLKEEPER_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
+    /// Pods stuck in `ErrImagePull`/`ImagePullBackOff` on a managed registry because they were
+    /// created before their `ServiceAccount` listed the Secret: `off` (default) ignores Pods,
+    /// `observe` counts them (`pullkeeper_pods_stuck`) and `on` also deletes those owned by a
+    /// `ReplicaSet`, `StatefulSet`, `DaemonSet` or Job so they are recreated with the reference.
+    /// Needs the optional pod-recovery RBAC.
+    #[arg(long, env = "PULLKEEPER_POD_RECOVERY", value_enum, default_value_t = RecoveryMode::Off)]
+    pub pod_recovery: RecoveryMode,
+    /// How often stuck Pods are looked for.
+    #[arg(long, env = "PULLKEEPER_RECOVERY_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub recovery_interval: Duration,
+    /// Most stuck Pods deleted per minute, across registries.
+    #[arg(long, env = "PULLKEEPER_RECOVERY_PER_MINUTE", default_value_t = 20)]
+    pub recovery_per_minute: u32,
+    /// Most stuck Pods deleted per minute for one registry.
+    #[arg(
+        long,
+        env = "PULLKEEPER_RECOVERY_PER_REGISTRY_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub recovery_per_registry_per_minute: u32,
+    /// Largest share of one owner's stuck Pods deleted in one round (at least one is).
+    #[arg(long, env = "PULLKEEPER_RECOVERY_MAX_SHARE", default_value_t = 0.5)]
+    pub recovery_max_share: f64,
     /// Time limit of one provider call.
     #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,

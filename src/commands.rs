@@ -10,13 +10,14 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cli::RunArgs;
+use crate::cli::{RecoveryMode, RunArgs};
 use crate::config::{self, LoadOptions};
-use crate::daemon::{self, Settings};
+use crate::daemon::{self, RecoverySettings, Settings};
 use crate::events::PodIdentity;
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::ownership::Owner;
+use crate::recover::Limits;
 use crate::reload;
 
 /// Errors that stop `run`/`once` before the daemon starts.
@@ -103,7 +104,49 @@ fn settings(args: &RunArgs) -> Settings {
         }),
         fetch_timeout: args.fetch_timeout,
         foreign_recheck: args.foreign_recheck,
+        recovery: RecoverySettings {
+            mode: args.pod_recovery,
+            interval: args.recovery_interval,
+            limits: Limits {
+                per_minute: args.recovery_per_minute,
+                per_registry_per_minute: args.recovery_per_registry_per_minute,
+                max_share: args.recovery_max_share,
+            },
+        },
     }
+}
+
+/// Whether this identity may do what the recovery mode needs with Pods in every namespace.
+async fn may_recover(client: &Client, mode: RecoveryMode) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let verbs: &[&str] = match mode {
+        RecoveryMode::Off => return Ok(true),
+        RecoveryMode::Observe => &["list", "watch"],
+        RecoveryMode::On => &["list", "watch", "delete"],
+    };
+    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(client.clone());
+    for verb in verbs {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some((*verb).to_string()),
+                    resource: Some("pods".into()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let answer = api
+            .create(&kube::api::PostParams::default(), &review)
+            .await?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -132,6 +175,21 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
         }
     };
     let client = client(args.kubeconfig.as_deref()).await?;
+    let mut settings = settings;
+    if settings.recovery.mode != RecoveryMode::Off {
+        match may_recover(&client, settings.recovery.mode).await {
+            Ok(true) => info!(mode = ?settings.recovery.mode, "pod recovery enabled"),
+            Ok(false) => {
+                error!(mode = ?settings.recovery.mode,
+                    "pod recovery is enabled but not permitted: pullkeeper may not list, watch and (for `on`) delete pods in every namespace; install the optional pod-recovery RBAC (see deploy/README.md). Recovery stays off");
+                settings.recovery.mode = RecoveryMode::Off;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot check the pod-recovery permissions; recovery stays off");
+                settings.recovery.mode = RecoveryMode::Off;
+            }
+        }
+    }
     let metrics = Metrics::new().map_err(StartError::Metrics)?;
     let stop_signal = shutdown_signal()?;
     info!(

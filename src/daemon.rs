@@ -4,26 +4,30 @@
 //! becoming leader and at each resync interval. Sweeps do not go through the debounced queue,
 //! so a namespace whose objects change all the time still gets every rotation.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use futures::{StreamExt, future};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store as Cache};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Notify, watch};
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::apply::Applier;
+use crate::cli::RecoveryMode;
 use crate::config::LoadOptions;
-use crate::events::{Events, PodIdentity};
+use crate::events::{Events, PodIdentity, pod_reference};
 use crate::metrics::{Metrics, Outcome};
 use crate::ownership::{self, Owner};
 use crate::reconcile::{Caches, ReconcileError, Reconciler};
+use crate::recover;
 use crate::refresh::{Refresher, Refreshers, error_chain};
 use crate::reload::{Reload, Reloader};
 use crate::store::{Generation, Store};
@@ -45,6 +49,15 @@ pub struct Settings {
     /// How long a Secret found to be someone else's is left alone before it is looked at again
     /// (its deletion is not watched: only pullkeeper's own Secrets are).
     pub foreign_recheck: Duration,
+    pub recovery: RecoverySettings,
+}
+
+/// Recovery of Pods stuck before their credential existed (off by default).
+#[derive(Clone, Debug)]
+pub struct RecoverySettings {
+    pub mode: RecoveryMode,
+    pub interval: Duration,
+    pub limits: recover::Limits,
 }
 
 /// Everything the daemon's tasks share.
@@ -64,6 +77,8 @@ struct Daemon {
 pub struct Started {
     daemon: Arc<Daemon>,
     controller: Controller<Namespace>,
+    /// The watch of pending Pods, when recovery is not off.
+    pods: Option<(Cache<Pod>, futures::stream::BoxStream<'static, ()>)>,
 }
 
 /// Drops from a cached object what planning never reads.
@@ -128,6 +143,21 @@ pub fn start(
         .watches_stream(account_stream, |s: ServiceAccount| {
             s.metadata.namespace.map(|ns| ObjectRef::new(&ns))
         });
+    // Only Pods not yet running can be stuck pulling: the field selector keeps the cache small.
+    let pods = (settings.recovery.mode != RecoveryMode::Off).then(|| {
+        let (pods, pod_writer) = reflector::store();
+        let stream = watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields("status.phase=Pending"),
+        )
+        .default_backoff()
+        .modify(slim)
+        .reflect(pod_writer)
+        .touched_objects()
+        .map(|_| ())
+        .boxed();
+        (pods, stream)
+    });
     let events = Events::new(client.clone(), settings.pod.as_ref());
     let applier = Applier::new(
         settings.owner.clone(),
@@ -169,6 +199,7 @@ pub fn start(
             ready: Arc::new(AtomicBool::new(false)),
         }),
         controller,
+        pods,
     }
 }
 
@@ -290,7 +321,19 @@ impl Started {
     /// Runs the daemon until `stop` completes (a shutdown signal, or leadership lost). Writes
     /// stop before this returns: in-flight namespace syncs finish, no new one starts.
     pub async fn run(self, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-        let Started { daemon, controller } = self;
+        let Started {
+            daemon,
+            controller,
+            pods,
+        } = self;
+        let recovery = pods.map(|(cache, stream)| {
+            let daemon = daemon.clone();
+            tokio::spawn(async move {
+                let watch = tokio::spawn(stream.for_each(|()| future::ready(())));
+                recovery_loop(&daemon, &cache).await;
+                watch.abort();
+            })
+        });
         let mut refreshers = Refreshers::default();
         refreshers.sync(&daemon.refresher, &daemon.store.current().config);
 
@@ -360,13 +403,18 @@ impl Started {
             .for_each(|_| future::ready(()))
             .await;
         background.abort();
+        if let Some(recovery) = recovery {
+            recovery.abort();
+        }
         info!("stopped writing");
     }
 
     /// One full pass: fetch every registry once, wait for the caches, sync every namespace.
     /// Returns whether every registry refreshed and every write succeeded.
     pub async fn once(self) -> bool {
-        let Started { daemon, controller } = self;
+        let Started {
+            daemon, controller, ..
+        } = self;
         // Drive the watches (the controller owns their streams) while the pass runs.
         let driver = tokio::spawn(
             controller
@@ -399,6 +447,146 @@ impl Started {
         ok &= daemon.sweep_all().await;
         driver.abort();
         ok
+    }
+}
+
+/// Looks for stuck Pods every recovery interval: publishes the stuck-Pods gauge, tells once
+/// about each Pod that cannot recover by itself, and (mode `on`, leader only) deletes what the
+/// limits allow.
+async fn recovery_loop(daemon: &Daemon, pods: &Cache<Pod>) {
+    let settings = &daemon.settings.recovery;
+    let mut budget = recover::Budget::default();
+    let mut told: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !daemon.ready.load(Ordering::SeqCst) || !caches_synced(&daemon.caches).await {
+            continue;
+        }
+        let stuck = daemon.stuck_pods(pods);
+        let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for s in &stuck {
+            *counts
+                .entry((s.registry.clone(), s.reason.clone()))
+                .or_default() += 1;
+        }
+        daemon.metrics.recovery.stuck(&counts);
+        if settings.mode != RecoveryMode::On || !daemon.reconciler.is_leader() {
+            continue;
+        }
+        told.retain(|uid| stuck.iter().any(|s| &s.uid == uid));
+        for s in &stuck {
+            if let recover::Verdict::CannotRecover { why } = &s.verdict
+                && told.insert(s.uid.clone())
+            {
+                warn!(namespace = %s.namespace, pod = %s.name, registry = %s.registry, "{why}");
+                daemon
+                    .reconciler
+                    .events
+                    .warn(
+                        &pod_reference(&s.namespace, &s.name, &s.uid),
+                        "CannotRecover",
+                        "Recover",
+                        format!(
+                            "pullkeeper cannot recover this Pod (it lacks imagePullSecrets {} for {}): {why}",
+                            s.secret, s.image
+                        ),
+                    )
+                    .await;
+            }
+        }
+        for s in budget.choose(&settings.limits, &stuck, Utc::now()) {
+            let recover::Verdict::Recover {
+                owner_kind,
+                owner_name,
+                ..
+            } = &s.verdict
+            else {
+                continue;
+            };
+            match daemon
+                .reconciler
+                .applier
+                .delete_pod(&s.namespace, &s.name, &s.uid)
+                .await
+            {
+                Ok(deleted) => {
+                    budget.spent(Utc::now(), &s.registry);
+                    if !deleted {
+                        continue;
+                    }
+                    daemon.metrics.recovery.recovered(&s.registry);
+                    let note = format!(
+                        "deleted so that {owner_kind} {owner_name} recreates it with imagePullSecrets {} (it was created before its ServiceAccount listed it; image {})",
+                        s.secret, s.image
+                    );
+                    let events = &daemon.reconciler.events;
+                    events
+                        .normal(
+                            &pod_reference(&s.namespace, &s.name, &s.uid),
+                            "Recovered",
+                            "Delete",
+                            note.clone(),
+                        )
+                        .await;
+                    events
+                        .on_own_pod(
+                            kube::runtime::events::EventType::Normal,
+                            "RecoveredPod",
+                            "Delete",
+                            format!("Pod {}/{}: {note}", s.namespace, s.name),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    error!(namespace = %s.namespace, pod = %s.name, category = e.category(), error = %error_chain(&e), "deleting a stuck pod failed");
+                }
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Every Pod waiting for an image on a managed registry, with a verdict.
+    fn stuck_pods(&self, pods: &Cache<Pod>) -> Vec<recover::Stuck> {
+        let generation = self.store.current();
+        let credentials = generation.credentials();
+        let mut by_namespace: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
+        for pod in pods.state() {
+            if let Some(ns) = pod.metadata.namespace.clone() {
+                by_namespace.entry(ns).or_default().push(pod);
+            }
+        }
+        let mut stuck = Vec::new();
+        for (ns, pods) in by_namespace {
+            let Some(namespace) = self.caches.namespaces.get(&ObjectRef::new(&ns)) else {
+                continue;
+            };
+            let secrets: Vec<String> = self
+                .caches
+                .secrets
+                .state_filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .iter()
+                .filter_map(|s| s.metadata.name.clone())
+                .collect();
+            let accounts = self
+                .caches
+                .accounts
+                .state_filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()));
+            let view = recover::NamespaceView {
+                namespace: &namespace,
+                secrets: &secrets,
+                service_accounts: &accounts,
+            };
+            stuck.extend(recover::stuck_pods(
+                &generation.config.registries,
+                &credentials,
+                &view,
+                &pods,
+            ));
+        }
+        stuck
     }
 }
 

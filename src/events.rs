@@ -33,6 +33,15 @@ pub struct Events {
     own_pod: Option<ObjectReference>,
 }
 
+/// A reference to a Pod by name and UID (its Events then never mix with a same-named
+/// successor's).
+pub fn pod_reference(namespace: &str, name: &str, uid: &str) -> ObjectReference {
+    ObjectReference {
+        uid: Some(uid.into()),
+        ..core_reference("Pod", namespace, name)
+    }
+}
+
 /// A reference to a namespaced core/v1 object.
 pub fn core_reference(kind: &str, namespace: &str, name: &str) -> ObjectReference {
     ObjectReference {

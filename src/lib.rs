@@ -17,6 +17,7 @@ pub mod plan;
 pub mod problems;
 pub mod providers;
 pub mod reconcile;
+pub mod recover;
 pub mod refresh;
 pub mod reload;
 pub mod render;

@@ -362,11 +362,15 @@ impl RecoveryMetrics {
         self.recovered.with_label_values(&[registry]).inc();
     }
 
-    /// Publishes how many Pods wait on a managed registry, by reason.
-    pub fn stuck(&self, registry: &str, reason: &str, pods: usize) {
-        self.stuck
-            .with_label_values(&[registry, reason])
-            .set(i64::try_from(pods).unwrap_or(i64::MAX));
+    /// Publishes how many Pods wait on a managed registry, by registry and reason; series of
+    /// pairs no longer stuck go away.
+    pub fn stuck(&self, counts: &std::collections::BTreeMap<(String, String), usize>) {
+        self.stuck.reset();
+        for ((registry, reason), pods) in counts {
+            self.stuck
+                .with_label_values(&[registry.as_str(), reason.as_str()])
+                .set(i64::try_from(*pods).unwrap_or(i64::MAX));
+        }
     }
 
     fn forget(&self, registry: &str) {
