@@ -471,7 +471,17 @@ async fn recovery_loop(daemon: &Daemon, pods: &Cache<Pod>) {
                 .entry((s.registry.clone(), s.reason.clone()))
                 .or_default() += 1;
         }
-        daemon.metrics.recovery.stuck(&counts);
+        let generation = daemon.store.current();
+        let registries: Vec<&str> = generation
+            .config
+            .registries
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        daemon
+            .metrics
+            .recovery
+            .stuck(&registries, &recover::PULL_REASONS, &counts);
         if settings.mode != RecoveryMode::On || !daemon.reconciler.is_leader() {
             continue;
         }

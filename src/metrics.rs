@@ -362,14 +362,28 @@ impl RecoveryMetrics {
         self.recovered.with_label_values(&[registry]).inc();
     }
 
-    /// Publishes how many Pods wait on a managed registry, by registry and reason; series of
-    /// pairs no longer stuck go away.
-    pub fn stuck(&self, counts: &std::collections::BTreeMap<(String, String), usize>) {
+    /// Publishes how many Pods wait on a managed registry, by registry and reason: every
+    /// configured registry and reason has a series (0 when none waits), so an alert sees the
+    /// gauge rise from 0; series of registries that left the config go away.
+    pub fn stuck(
+        &self,
+        registries: &[&str],
+        reasons: &[&str],
+        counts: &std::collections::BTreeMap<(String, String), usize>,
+    ) {
         self.stuck.reset();
-        for ((registry, reason), pods) in counts {
-            self.stuck
-                .with_label_values(&[registry.as_str(), reason.as_str()])
-                .set(i64::try_from(*pods).unwrap_or(i64::MAX));
+        for registry in registries {
+            // The recovered counter starts at zero too, so `increase()` sees the first one.
+            self.recovered.with_label_values(&[registry]);
+            for reason in reasons {
+                let pods = counts
+                    .get(&((*registry).to_string(), (*reason).to_string()))
+                    .copied()
+                    .unwrap_or(0);
+                self.stuck
+                    .with_label_values(&[registry, reason])
+                    .set(i64::try_from(pods).unwrap_or(i64::MAX));
+            }
         }
     }
 

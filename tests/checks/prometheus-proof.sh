@@ -149,7 +149,8 @@ YAML
 # POD_NAME/POD_NAMESPACE as the Deployment sets them: pullkeeper campaigns for its Lease.
 POD_NAME=pullkeeper-proof-0 POD_NAMESPACE="$ns_prefix-a" \
   "$bin" run --config "$work/config" --kubeconfig "$KUBECONFIG" --admin-addr "127.0.0.1:$admin_port" \
-  --log-format json --reload-interval 1s >"$work/pullkeeper.log" 2>&1 &
+  --log-format json --reload-interval 1s --pod-recovery observe --recovery-interval 1s \
+  >"$work/pullkeeper.log" 2>&1 &
 pk_pid=$!
 pids+=("$pk_pid")
 for _ in $(seq 1 60); do
@@ -201,5 +202,8 @@ python3 dashboards/prove_queries.py "$prom" \
   'sum(pullkeeper_provider_errors_total{provider="http",category="unreachable"}) > 0' \
   'sum(pullkeeper_writes_total{kind="secret",outcome="success"}) > 0' \
   'sum(pullkeeper_config_reloads_total{result="success"}) >= 2' \
+  'count(pullkeeper_pods_stuck{registry="proof-http"}) == 2' \
+  'max(pullkeeper_pods_stuck) == 0' \
+  'sum(pullkeeper_sweeps_total{result="success"}) > 0' \
   || fail "dashboard queries or alert expressions do not hold against real data (logs in $work)"
 say "ok"
