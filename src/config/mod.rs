@@ -61,17 +61,19 @@ pub struct NamespaceTargets {
 }
 
 impl NamespaceTargets {
-    /// Whether a namespace with this name and these labels is in scope. `kube-*` namespaces are
-    /// only in scope when named exactly in `include`.
+    /// Whether a namespace with this name and these labels is in scope: some `include` pattern
+    /// matches it (an exact name is a pattern without wildcards), no `exclude` pattern does, and
+    /// every `selector` requirement holds. A `kube-*` namespace must also be named exactly in
+    /// `include`: a glob never reaches the system namespaces.
     pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        let named = self.include.iter().any(|p| p == name);
-        if name.starts_with(SYSTEM_NAMESPACE_PREFIX) && !named {
-            return false;
-        }
-        named
-            || (self.include.iter().any(|p| glob_match(p, name))
-                && !self.exclude.iter().any(|p| glob_match(p, name))
-                && self.selector.matches(labels))
+        let included = if name.starts_with(SYSTEM_NAMESPACE_PREFIX) {
+            self.include.iter().any(|p| p == name)
+        } else {
+            self.include.iter().any(|p| glob_match(p, name))
+        };
+        included
+            && !self.exclude.iter().any(|p| glob_match(p, name))
+            && self.selector.matches(labels)
     }
 }
 

@@ -248,3 +248,56 @@ fn a_missing_file_and_a_colon_in_a_username_are_named_at_check() {
     let errs = load_dir_with(dir.path(), false).expect_err("still invalid");
     assert_eq!(errs.len(), 1, "{errs:?}");
 }
+
+fn targets(include: &[&str], exclude: &[&str], selector: &str) -> NamespaceTargets {
+    NamespaceTargets {
+        include: include.iter().map(ToString::to_string).collect(),
+        exclude: exclude.iter().map(ToString::to_string).collect(),
+        selector: selector.parse().expect("selector"),
+    }
+}
+
+fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_namespace_named_exactly_in_include_is_still_removed_by_exclude() {
+    let t = targets(&["team-a", "team-*"], &["team-a"], "");
+    assert!(!t.matches("team-a", &labels(&[])));
+    assert!(t.matches("team-b", &labels(&[])));
+}
+
+#[test]
+fn a_namespace_named_exactly_in_include_must_still_satisfy_the_selector() {
+    let t = targets(&["team-a"], &[], "pull=true");
+    assert!(!t.matches("team-a", &labels(&[])));
+    assert!(!t.matches("team-a", &labels(&[("pull", "false")])));
+    assert!(t.matches("team-a", &labels(&[("pull", "true")])));
+}
+
+#[test]
+fn a_glob_includes_what_it_matches_minus_exclude_and_selector() {
+    let t = targets(&["team-*"], &["team-sandbox"], "!legacy");
+    assert!(t.matches("team-a", &labels(&[])));
+    assert!(!t.matches("team-a", &labels(&[("legacy", "")])));
+    assert!(!t.matches("team-sandbox", &labels(&[])));
+    assert!(!t.matches("other", &labels(&[])));
+}
+
+#[test]
+fn kube_namespaces_need_an_exact_name_and_obey_exclude_and_selector_too() {
+    // A glob, even one written for them, never reaches kube-* namespaces.
+    assert!(!targets(&["*"], &[], "").matches("kube-public", &labels(&[])));
+    assert!(!targets(&["kube-*"], &[], "").matches("kube-public", &labels(&[])));
+    // Named exactly, they are in scope like any other namespace...
+    assert!(targets(&["*", "kube-public"], &[], "").matches("kube-public", &labels(&[])));
+    // ...and still removed by exclude (exact or glob) and held to the selector.
+    assert!(!targets(&["kube-public"], &["kube-public"], "").matches("kube-public", &labels(&[])));
+    assert!(!targets(&["kube-public"], &["kube-*"], "").matches("kube-public", &labels(&[])));
+    let selected = targets(&["kube-public"], &[], "pull=true");
+    assert!(!selected.matches("kube-public", &labels(&[])));
+    assert!(selected.matches("kube-public", &labels(&[("pull", "true")])));
+}
