@@ -301,3 +301,76 @@ fn kube_namespaces_need_an_exact_name_and_obey_exclude_and_selector_too() {
     assert!(!selected.matches("kube-public", &labels(&[])));
     assert!(selected.matches("kube-public", &labels(&[("pull", "true")])));
 }
+
+#[test]
+fn a_bad_cron_expression_is_one_line_quoting_only_what_was_written_and_naming_the_field() {
+    let cases = [
+        ("61 * * * *", "minute"),
+        ("0 25 * * *", "hour"),
+        ("0 0 32 * *", "day of month"),
+        ("0 0 * 13 *", "month"),
+        ("0 0 * JANX *", "month"),
+        ("0 0 * * 9", "weekday"),
+        ("60 0 0 * * *", "second"),
+    ];
+    for (expr, field) in cases {
+        let why = parse_cron(expr).expect_err(expr);
+        assert!(!why.contains('\n'), "{expr}: several lines: {why:?}");
+        assert!(why.starts_with(&format!("{expr:?} ")), "{expr}: {why:?}");
+        // The seconds field pullkeeper adds to a 5-field expression is never shown.
+        assert!(!why.contains(&format!("0 {expr}")), "{expr}: {why:?}");
+        assert!(
+            why.contains(&format!("the {field} field")),
+            "{expr}: {why:?}"
+        );
+    }
+    let why = parse_cron("61 * * * *").expect_err("out of range");
+    assert!(
+        why.contains("out of range") && why.contains("0-59"),
+        "{why:?}"
+    );
+}
+
+#[test]
+fn five_field_weekdays_count_from_sunday_as_zero_like_kubernetes_cronjobs() {
+    use chrono::{Datelike, TimeZone, Weekday};
+    // 2026-12-01 is a Tuesday.
+    let after = chrono::Utc
+        .with_ymd_and_hms(2026, 12, 1, 12, 0, 0)
+        .single()
+        .expect("time");
+    let days = |expr: &str| -> Vec<Weekday> {
+        let schedule = parse_cron(expr).expect(expr);
+        schedule
+            .after(&after)
+            .take(7)
+            .map(|t| t.weekday())
+            .collect()
+    };
+    assert_eq!(days("0 0 * * 1")[0], Weekday::Mon);
+    assert_eq!(days("0 0 * * 0")[0], Weekday::Sun);
+    assert_eq!(days("0 0 * * 7")[0], Weekday::Sun);
+    assert_eq!(days("0 0 * * sun")[0], Weekday::Sun);
+    let mut workdays = days("0 0 * * 1-5");
+    workdays.truncate(5);
+    assert_eq!(
+        workdays,
+        [
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+            Weekday::Mon,
+            Weekday::Tue
+        ]
+    );
+    assert_eq!(
+        days("0 0 * * 5-7")[..3],
+        [Weekday::Fri, Weekday::Sat, Weekday::Sun]
+    );
+    assert_eq!(
+        days("0 0 * * */3")[..3],
+        [Weekday::Wed, Weekday::Sat, Weekday::Sun]
+    );
+    // The six-field form keeps the cron crate's numbering (1 = Sunday).
+    assert_eq!(days("0 0 0 * * 1")[0], Weekday::Sun);
+}
