@@ -1,11 +1,12 @@
 //! Configuration: one YAML file per registry in a directory, plus an optional `defaults.yaml`.
 //!
-//! Files are parsed into raw serde types (unknown fields rejected), then validated into typed
-//! config. Validation reports every problem at once, each naming its file and field; a directory
+//! Files are parsed into raw serde types (unknown fields rejected; every shape problem of a file
+//! reported, see `shape.rs`), then validated into typed config. Validation reports every problem at once, each naming its file and field; a directory
 //! with any problem is rejected as a whole, so a bad reload never replaces a running config.
 
 pub mod raw;
 mod selector;
+mod shape;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -132,17 +133,17 @@ pub fn load_dir_with(dir: &Path, check_files: bool) -> Result<Config, Vec<Proble
         hasher.update([0]);
         let is_defaults = path.file_name().is_some_and(|n| n == DEFAULTS_FILE);
         if is_defaults {
-            match parse::<RawDefaults>(path, text) {
+            match shape::parse::<RawDefaults>(path, text, false) {
                 Ok(d) => defaults = d,
-                Err(p) => problems.push(p),
+                Err(p) => problems.extend(p),
             }
         } else {
-            match parse::<RawRegistry>(path, text) {
+            match shape::parse::<RawRegistry>(path, text, true) {
                 Ok(r) => {
                     let source = hex::encode(Sha256::digest(format!("{text}\0{defaults_text}")));
                     raws.push((path.clone(), source, r));
                 }
-                Err(p) => problems.push(p),
+                Err(p) => problems.extend(p),
             }
         }
     }
@@ -205,25 +206,6 @@ fn list_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<Problem>> {
     } else {
         Err(problems)
     }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, Problem> {
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." { String::new() } else { field };
-        let message = e.into_inner().to_string();
-        // serde_yaml_ng already prefixes some messages with the path; say it once.
-        let message = message
-            .strip_prefix(&format!("{field}: "))
-            .map(str::to_string)
-            .unwrap_or(message);
-        Problem {
-            file: path.to_path_buf(),
-            field,
-            message,
-        }
-    })
 }
 
 fn validate_registry(

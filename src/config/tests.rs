@@ -138,8 +138,9 @@ fn every_problem_in_every_file_is_reported_at_once() {
         assert!(fields.contains(&want), "missing {want} in {errs:?}");
     }
     assert!(
-        errs.iter()
-            .any(|e| e.starts_with("worse.yaml|provider.type|unknown variant `nosuch`")),
+        errs.iter().any(|e| e.starts_with(
+            "worse.yaml|provider.type|not a known value; expected one of `static`, `http`"
+        )),
         "{errs:?}"
     );
 }
@@ -373,4 +374,119 @@ fn five_field_weekdays_count_from_sunday_as_zero_like_kubernetes_cronjobs() {
     );
     // The six-field form keeps the cron crate's numbering (1 = Sunday).
     assert_eq!(days("0 0 0 * * 1")[0], Weekday::Sun);
+}
+
+#[test]
+fn every_shape_problem_of_a_file_is_reported_not_only_the_first() {
+    // Unknown fields at three levels (top, refresh, inside provider), a value of the wrong type,
+    // and a missing required field (secretName).
+    let text = "provider:\n  type: http\n  url: https://broker.test/token\n  timout: 5s\n  response:\n    password: /token\n    usernme: {value: robot}\nservers: [r.test]\nsecretNmae: typo\nrefresh:\n  renewAt: 0.5\n  schedul: \"0 * * * *\"\nnamespaces:\n  include: team-a\nverify: {repository: app, colour: blue}\n";
+    let errs = problems(&[("all.yaml", text)]);
+    let fields: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split('|').nth(1).unwrap_or(""))
+        .collect();
+    for want in [
+        "provider.timout",
+        "provider.response.usernme",
+        "secretNmae",
+        "refresh.schedul",
+        "namespaces.include",
+        "verify.colour",
+        "secretName",
+    ] {
+        assert!(fields.contains(&want), "missing {want} in {errs:?}");
+    }
+    assert_eq!(errs.len(), 7, "{errs:?}");
+    assert!(errs.iter().all(|e| e.starts_with("all.yaml|")), "{errs:?}");
+    assert!(
+        errs.contains(&"all.yaml|secretName|required field is missing".to_string()),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(
+            &"all.yaml|namespaces.include|expected a sequence, found a string".to_string()
+        ),
+        "{errs:?}"
+    );
+    // No value from the file is repeated (any of them could be a secret).
+    for value in ["typo", "team-a", "blue", "robot", "5s", "/token"] {
+        assert!(
+            errs.iter().all(|e| !e.contains(value)),
+            "{value} quoted in {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_misspelt_field_gets_the_nearest_known_name_and_a_far_off_one_gets_none() {
+    let errs = problems(&[("a.yaml", &format!("{GOOD}secretNmae: typo\nflavour: x\n"))]);
+    assert!(
+        errs.contains(&"a.yaml|secretNmae|unknown field; did you mean `secretName`?".to_string()),
+        "{errs:?}"
+    );
+    let flavour = errs
+        .iter()
+        .find(|e| e.starts_with("a.yaml|flavour|"))
+        .expect("flavour reported");
+    assert!(!flavour.contains("did you mean"), "{flavour}");
+    assert!(
+        flavour.contains("expected one of `name`, `provider`"),
+        "{flavour}"
+    );
+    let errs = problems(&[(
+        "b.yaml",
+        &GOOD
+            .replace("type: static", "type: statik")
+            .replace("password", "pasword"),
+    )]);
+    assert!(
+        errs.iter()
+            .any(|e| e == "b.yaml|provider.type|not a known value; did you mean `static`?"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn shape_problems_inside_the_provider_name_their_own_field() {
+    let text = GOOD.replace(
+        "password: {env: PK_PW}",
+        "pasword: {env: PK_PW}\n  extra: [1]",
+    );
+    let errs = problems(&[("s.yaml", &text)]);
+    assert_eq!(
+        errs,
+        [
+            "s.yaml|provider.pasword|unknown field; did you mean `password`?",
+            "s.yaml|provider.extra|unknown field; expected one of `username`, `password`",
+            "s.yaml|provider.password|required field is missing",
+        ],
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn plain_scalars_that_look_like_numbers_stay_strings_next_to_a_real_problem() {
+    // The streaming reader takes `secretName: 123` as the string "123"; the error search must not
+    // report it while looking for the real problem.
+    let text = GOOD.replace(
+        "secretName: example-pull",
+        "secretName: 123\nverify: {repository: app, reference: 1.10}\nbogus: 1",
+    );
+    let errs = problems(&[("n.yaml", &text)]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("n.yaml|bogus|unknown field"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_yaml_syntax_error_is_one_problem_with_its_line_and_column() {
+    let errs = problems(&[("y.yaml", "provider: {type: static\nsecretName: [a\n")]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("y.yaml||not valid YAML: ") && errs[0].contains("line 2 column"),
+        "{errs:?}"
+    );
 }
