@@ -45,6 +45,8 @@ pub(super) fn parse<T: DeserializeOwned>(
         Err(e) => e,
     };
     let tree: Value = match serde_yaml_ng::from_str(text) {
+        // An empty file reads as an empty map, as the streaming reader takes it.
+        Ok(Value::Null) => Value::Mapping(serde_yaml_ng::Mapping::new()),
         Ok(tree) => tree,
         Err(e) => return Err(vec![problem(String::new(), format!("not valid YAML: {e}"))]),
     };
@@ -340,11 +342,8 @@ enum Kind {
         written: String,
         expected: Vec<String>,
     },
-    /// `invalid type` / `invalid value`: what was found (a kind, not the value) and expected.
-    Invalid {
-        found: String,
-        expected: String,
-    },
+    /// `invalid type` / `invalid value`, said with the kind of what was found, not its value.
+    Invalid(String),
     Other(String),
 }
 
@@ -404,15 +403,16 @@ fn describe(message: &str) -> Kind {
                 .iter()
                 .find(|k| rest.starts_with(*k))
                 .map_or("something else", |k| k);
-            let found = if prefix == "invalid value: " {
-                format!("this {found}")
+            let article = if found.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
             } else {
-                format!("a {found}")
+                "a"
             };
-            return Kind::Invalid {
-                found,
-                expected: expected.to_string(),
-            };
+            return Kind::Invalid(if prefix == "invalid value: " {
+                format!("invalid {found}: expected {expected}")
+            } else {
+                format!("expected {expected}, found {article} {found}")
+            });
         }
     }
     Kind::Other(message.to_string())
@@ -430,8 +430,7 @@ impl Kind {
                     (None, known) => format!("not a known value; expected one of {}", list(known)),
                 }
             }
-            Self::Invalid { found, expected } => format!("expected {expected}, found {found}"),
-            Self::Other(message) => message.clone(),
+            Self::Invalid(message) | Self::Other(message) => message.clone(),
         }
     }
 }

@@ -490,3 +490,14 @@ fn a_yaml_syntax_error_is_one_problem_with_its_line_and_column() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn an_empty_registry_file_names_every_required_field() {
+    assert_eq!(
+        problems(&[("e.yaml", "")]),
+        [
+            "e.yaml|provider|required field is missing",
+            "e.yaml|secretName|required field is missing",
+        ]
+    );
+}
