@@ -162,7 +162,9 @@ impl Found {
                 && at == [Key::Field("provider".into())]
                 && self.provider(&tree)
             {
-                tree.as_mapping_mut().map(|m| m.shift_remove("provider"));
+                if let Some(map) = tree.as_mapping_mut() {
+                    map.shift_remove("provider");
+                }
                 removed.push(at);
                 continue;
             }
