@@ -83,7 +83,7 @@ enum Key {
 
 fn keys(path: &serde_path_to_error::Path) -> Vec<Key> {
     let mut out = Vec::new();
-    for segment in path.iter() {
+    for segment in path {
         match segment {
             Segment::Map { key } => out.push(Key::Field(key.clone())),
             Segment::Seq { index } => out.push(Key::Index(*index)),
@@ -104,7 +104,11 @@ fn display(path: &[Key]) -> String {
                 out.push('.');
                 out.push_str(name);
             }
-            Key::Index(i) => out.push_str(&format!("[{i}]")),
+            Key::Index(i) => {
+                out.push('[');
+                out.push_str(&i.to_string());
+                out.push(']');
+            }
         }
     }
     out
