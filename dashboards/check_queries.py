@@ -141,9 +141,9 @@ def main():
         check_expr(where, expr, contract, problems)
 
     # The copies of the rules must equal the source.
-    kustomize = yaml.safe_load((ROOT / "deploy/kustomize/base/prometheusrule.yaml").read_text())
+    kustomize = yaml.safe_load((ROOT / "deploy/kustomize/components/prometheus-operator/prometheusrule.yaml").read_text())
     if kustomize.get("spec", {}).get("groups") != rules["groups"]:
-        problems.append("deploy/kustomize/base/prometheusrule.yaml differs from dashboards/alerts.yaml: "
+        problems.append("deploy/kustomize/components/prometheus-operator/prometheusrule.yaml differs from dashboards/alerts.yaml: "
                         "run dashboards/sync-alerts.sh")
     chart_copy = ROOT / "deploy/helm/pullkeeper/files/alerts.yaml"
     if chart_copy.read_bytes() != (ROOT / "dashboards/alerts.yaml").read_bytes():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Copies the alert rules in dashboards/alerts.yaml (the one source) into the kustomize base's
-# PrometheusRule and the Helm chart, and the dashboard into the chart. Run it after editing
+# Copies the alert rules in dashboards/alerts.yaml (the one source) into the kustomize
+# prometheus-operator component's PrometheusRule and the Helm chart, and the dashboard into the chart. Run it after editing
 # alerts.yaml or pullkeeper.json; tests/checks/promtool.sh fails when the copies differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +24,4 @@ spec:
 HEAD
   # Everything from `groups:` on, indented under spec (comments and block scalars kept as written).
   sed -n '/^groups:/,$p' "$src" | sed 's/^\(.\)/  \1/'
-} > deploy/kustomize/base/prometheusrule.yaml
+} > deploy/kustomize/components/prometheus-operator/prometheusrule.yaml

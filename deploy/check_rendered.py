@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Sanity checks on rendered manifests (kubectl kustomize / helm template output).
 
-usage: check_rendered.py kustomize BASE.yaml OVERLAY_NAME=OVERLAY.yaml ...
+usage: check_rendered.py kustomize BASE.yaml MONITORED.yaml OVERLAY_NAME=OVERLAY.yaml ...
+           (MONITORED: the base with the prometheus-operator component)
        check_rendered.py helm DEFAULT.yaml FULL.yaml KUSTOMIZE_BASE.yaml
        check_rendered.py config-dir RENDERED.yaml OUT_DIR
            (writes the ConfigMap's registry files into OUT_DIR, for `pullkeeper check`)
@@ -100,6 +101,19 @@ def check_deployment(dep, where, replicas=2):
     expect(len(vols) == 1, f"{where}: expected one ConfigMap volume")
 
 
+OPERATOR_KINDS = ("ServiceMonitor", "PrometheusRule")
+
+
+def check_no_operator_kinds(objs, where):
+    """What a bare cluster must accept: no kind of the Prometheus Operator's CRDs."""
+    for kind in OPERATOR_KINDS:
+        expect(kind not in objs, f"{where}: renders a {kind}, which a cluster without the Prometheus Operator rejects")
+    for kind, docs in objs.items():
+        for d in docs:
+            expect(not d.get("apiVersion", "").startswith("monitoring.coreos.com/"),
+                   f"{where}: {kind} {d['metadata']['name']} needs the Prometheus Operator's CRDs")
+
+
 def check_common(objs, where, replicas=2, with_monitoring=True):
     for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                  "Deployment", "Service", "PodDisruptionBudget"] + (["ServiceMonitor", "PrometheusRule"] if with_monitoring else []):
@@ -147,9 +161,24 @@ def sa_annotations(objs, where):
     return one(objs, "ServiceAccount", where).get("metadata", {}).get("annotations") or {}
 
 
-def kustomize(base_path, overlays):
+def kustomize(base_path, monitored_path, overlays):
     base = by_kind(load(base_path))
-    check_common(base, "kustomize base")
+    check_common(base, "kustomize base", with_monitoring=False)
+    check_no_operator_kinds(base, "kustomize base")
+    # The component adds exactly the ServiceMonitor and the PrometheusRule, and changes nothing else.
+    monitored = by_kind(load(monitored_path))
+    where = "kustomize base + components/prometheus-operator"
+    check_common(monitored, where)
+    expect({k: v for k, v in monitored.items() if k not in OPERATOR_KINDS} == base,
+           f"{where}: the component changes more than it adds")
+    sm = one(monitored, "ServiceMonitor", where)
+    svc = one(base, "Service", "kustomize base")
+    expect(sm.get("spec", {}).get("selector", {}).get("matchLabels", {}).items()
+           <= svc.get("metadata", {}).get("labels", {}).items(),
+           f"{where}: the ServiceMonitor does not select the Service")
+    expect(any(e.get("port") in {p.get("name") for p in svc.get("spec", {}).get("ports", [])}
+               for e in sm.get("spec", {}).get("endpoints", [])),
+           f"{where}: the ServiceMonitor scrapes no port of the Service")
     ns = one(base, "Namespace", "kustomize base")
     expect(ns.get("metadata", {}).get("labels", {}).get("pod-security.kubernetes.io/enforce") == "restricted",
            "kustomize base: namespace does not enforce the restricted Pod Security Standard")
@@ -167,7 +196,8 @@ def kustomize(base_path, overlays):
         name, path = spec.split("=", 1)
         objs = by_kind(load(path))
         where = f"overlay {name}"
-        check_common(objs, where)
+        check_common(objs, where, with_monitoring=False)
+        check_no_operator_kinds(objs, where)
         annotations, labels = wanted[name]
         expect(set(sa_annotations(objs, where)) >= annotations, f"{where}: ServiceAccount lacks {annotations}")
         expect(set(pod_labels(objs, where)) >= labels, f"{where}: pod lacks labels {labels}")
@@ -180,8 +210,8 @@ def kustomize(base_path, overlays):
 def helm(default_path, full_path, kustomize_path):
     default = by_kind(load(default_path))
     check_common(default, "helm defaults", with_monitoring=False)
-    for kind in ("ServiceMonitor", "PrometheusRule"):
-        expect(kind not in default, f"helm defaults: {kind} rendered although disabled")
+    # The defaults must install on a cluster without the Prometheus Operator.
+    check_no_operator_kinds(default, "helm defaults")
     full = by_kind(load(full_path))
     check_common(full, "helm full values", replicas=3)
     where = "helm full values"
@@ -221,8 +251,8 @@ def helm(default_path, full_path, kustomize_path):
 
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
-    if mode == "kustomize" and len(sys.argv) >= 3:
-        kustomize(sys.argv[2], sys.argv[3:])
+    if mode == "kustomize" and len(sys.argv) >= 4:
+        kustomize(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif mode == "helm" and len(sys.argv) == 5:
         helm(*sys.argv[2:])
     elif mode == "config-dir" and len(sys.argv) == 4:

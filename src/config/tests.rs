@@ -138,8 +138,9 @@ fn every_problem_in_every_file_is_reported_at_once() {
         assert!(fields.contains(&want), "missing {want} in {errs:?}");
     }
     assert!(
-        errs.iter()
-            .any(|e| e.starts_with("worse.yaml|provider.type|unknown variant `nosuch`")),
+        errs.iter().any(|e| e.starts_with(
+            "worse.yaml|provider.type|not a known value; expected one of `static`, `http`"
+        )),
         "{errs:?}"
     );
 }
@@ -247,4 +248,256 @@ fn a_missing_file_and_a_colon_in_a_username_are_named_at_check() {
     let dir = dir_with(&[("static.yaml", bad)]);
     let errs = load_dir_with(dir.path(), false).expect_err("still invalid");
     assert_eq!(errs.len(), 1, "{errs:?}");
+}
+
+fn targets(include: &[&str], exclude: &[&str], selector: &str) -> NamespaceTargets {
+    NamespaceTargets {
+        include: include.iter().map(ToString::to_string).collect(),
+        exclude: exclude.iter().map(ToString::to_string).collect(),
+        selector: selector.parse().expect("selector"),
+    }
+}
+
+fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_namespace_named_exactly_in_include_is_still_removed_by_exclude() {
+    let t = targets(&["team-a", "team-*"], &["team-a"], "");
+    assert!(!t.matches("team-a", &labels(&[])));
+    assert!(t.matches("team-b", &labels(&[])));
+}
+
+#[test]
+fn a_namespace_named_exactly_in_include_must_still_satisfy_the_selector() {
+    let t = targets(&["team-a"], &[], "pull=true");
+    assert!(!t.matches("team-a", &labels(&[])));
+    assert!(!t.matches("team-a", &labels(&[("pull", "false")])));
+    assert!(t.matches("team-a", &labels(&[("pull", "true")])));
+}
+
+#[test]
+fn a_glob_includes_what_it_matches_minus_exclude_and_selector() {
+    let t = targets(&["team-*"], &["team-sandbox"], "!legacy");
+    assert!(t.matches("team-a", &labels(&[])));
+    assert!(!t.matches("team-a", &labels(&[("legacy", "")])));
+    assert!(!t.matches("team-sandbox", &labels(&[])));
+    assert!(!t.matches("other", &labels(&[])));
+}
+
+#[test]
+fn kube_namespaces_need_an_exact_name_and_obey_exclude_and_selector_too() {
+    // A glob, even one written for them, never reaches kube-* namespaces.
+    assert!(!targets(&["*"], &[], "").matches("kube-public", &labels(&[])));
+    assert!(!targets(&["kube-*"], &[], "").matches("kube-public", &labels(&[])));
+    // Named exactly, they are in scope like any other namespace...
+    assert!(targets(&["*", "kube-public"], &[], "").matches("kube-public", &labels(&[])));
+    // ...and still removed by exclude (exact or glob) and held to the selector.
+    assert!(!targets(&["kube-public"], &["kube-public"], "").matches("kube-public", &labels(&[])));
+    assert!(!targets(&["kube-public"], &["kube-*"], "").matches("kube-public", &labels(&[])));
+    let selected = targets(&["kube-public"], &[], "pull=true");
+    assert!(!selected.matches("kube-public", &labels(&[])));
+    assert!(selected.matches("kube-public", &labels(&[("pull", "true")])));
+}
+
+#[test]
+fn a_bad_cron_expression_is_one_line_quoting_only_what_was_written_and_naming_the_field() {
+    let cases = [
+        ("61 * * * *", "minute"),
+        ("0 25 * * *", "hour"),
+        ("0 0 32 * *", "day of month"),
+        ("0 0 * 13 *", "month"),
+        ("0 0 * JANX *", "month"),
+        ("0 0 * * 9", "weekday"),
+        ("60 0 0 * * *", "second"),
+    ];
+    for (expr, field) in cases {
+        let why = parse_cron(expr).expect_err(expr);
+        assert!(!why.contains('\n'), "{expr}: several lines: {why:?}");
+        assert!(why.starts_with(&format!("{expr:?} ")), "{expr}: {why:?}");
+        // The seconds field pullkeeper adds to a 5-field expression is never shown.
+        assert!(!why.contains(&format!("0 {expr}")), "{expr}: {why:?}");
+        assert!(
+            why.contains(&format!("the {field} field")),
+            "{expr}: {why:?}"
+        );
+    }
+    let why = parse_cron("61 * * * *").expect_err("out of range");
+    assert!(
+        why.contains("out of range") && why.contains("0-59"),
+        "{why:?}"
+    );
+}
+
+#[test]
+fn five_field_weekdays_count_from_sunday_as_zero_like_kubernetes_cronjobs() {
+    use chrono::{Datelike, TimeZone, Weekday};
+    // 2026-12-01 is a Tuesday.
+    let after = chrono::Utc
+        .with_ymd_and_hms(2026, 12, 1, 12, 0, 0)
+        .single()
+        .expect("time");
+    let days = |expr: &str| -> Vec<Weekday> {
+        let schedule = parse_cron(expr).expect(expr);
+        schedule
+            .after(&after)
+            .take(7)
+            .map(|t| t.weekday())
+            .collect()
+    };
+    assert_eq!(days("0 0 * * 1")[0], Weekday::Mon);
+    assert_eq!(days("0 0 * * 0")[0], Weekday::Sun);
+    assert_eq!(days("0 0 * * 7")[0], Weekday::Sun);
+    assert_eq!(days("0 0 * * sun")[0], Weekday::Sun);
+    let mut workdays = days("0 0 * * 1-5");
+    workdays.truncate(5);
+    assert_eq!(
+        workdays,
+        [
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+            Weekday::Mon,
+            Weekday::Tue
+        ]
+    );
+    assert_eq!(
+        days("0 0 * * 5-7")[..3],
+        [Weekday::Fri, Weekday::Sat, Weekday::Sun]
+    );
+    assert_eq!(
+        days("0 0 * * */3")[..3],
+        [Weekday::Wed, Weekday::Sat, Weekday::Sun]
+    );
+    // The six-field form keeps the cron crate's numbering (1 = Sunday).
+    assert_eq!(days("0 0 0 * * 1")[0], Weekday::Sun);
+}
+
+#[test]
+fn every_shape_problem_of_a_file_is_reported_not_only_the_first() {
+    // Unknown fields at three levels (top, refresh, inside provider), a value of the wrong type,
+    // and a missing required field (secretName).
+    let text = "provider:\n  type: http\n  url: https://broker.test/token\n  timout: 5s\n  response:\n    password: /token\n    usernme: {value: robot}\nservers: [r.test]\nsecretNmae: typo\nrefresh:\n  renewAt: 0.5\n  schedul: \"0 * * * *\"\nnamespaces:\n  include: team-a\nverify: {repository: app, colour: blue}\n";
+    let errs = problems(&[("all.yaml", text)]);
+    let fields: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split('|').nth(1).unwrap_or(""))
+        .collect();
+    for want in [
+        "provider.timout",
+        "provider.response.usernme",
+        "secretNmae",
+        "refresh.schedul",
+        "namespaces.include",
+        "verify.colour",
+        "secretName",
+    ] {
+        assert!(fields.contains(&want), "missing {want} in {errs:?}");
+    }
+    assert_eq!(errs.len(), 7, "{errs:?}");
+    assert!(errs.iter().all(|e| e.starts_with("all.yaml|")), "{errs:?}");
+    assert!(
+        errs.contains(&"all.yaml|secretName|required field is missing".to_string()),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(
+            &"all.yaml|namespaces.include|expected a sequence, found a string".to_string()
+        ),
+        "{errs:?}"
+    );
+    // No value from the file is repeated (any of them could be a secret).
+    for value in ["typo", "team-a", "blue", "robot", "5s", "/token"] {
+        assert!(
+            errs.iter().all(|e| !e.contains(value)),
+            "{value} quoted in {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_misspelt_field_gets_the_nearest_known_name_and_a_far_off_one_gets_none() {
+    let errs = problems(&[("a.yaml", &format!("{GOOD}secretNmae: typo\nflavour: x\n"))]);
+    assert!(
+        errs.contains(&"a.yaml|secretNmae|unknown field; did you mean `secretName`?".to_string()),
+        "{errs:?}"
+    );
+    let flavour = errs
+        .iter()
+        .find(|e| e.starts_with("a.yaml|flavour|"))
+        .expect("flavour reported");
+    assert!(!flavour.contains("did you mean"), "{flavour}");
+    assert!(
+        flavour.contains("expected one of `name`, `provider`"),
+        "{flavour}"
+    );
+    let errs = problems(&[(
+        "b.yaml",
+        &GOOD
+            .replace("type: static", "type: statik")
+            .replace("password", "pasword"),
+    )]);
+    assert!(
+        errs.iter()
+            .any(|e| e == "b.yaml|provider.type|not a known value; did you mean `static`?"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn shape_problems_inside_the_provider_name_their_own_field() {
+    let text = GOOD.replace(
+        "password: {env: PK_PW}",
+        "pasword: {env: PK_PW}\n  extra: [1]",
+    );
+    let errs = problems(&[("s.yaml", &text)]);
+    assert_eq!(
+        errs,
+        [
+            "s.yaml|provider.pasword|unknown field; did you mean `password`?",
+            "s.yaml|provider.extra|unknown field; expected one of `username`, `password`",
+            "s.yaml|provider.password|required field is missing",
+        ],
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn plain_scalars_that_look_like_numbers_stay_strings_next_to_a_real_problem() {
+    // The streaming reader takes `secretName: 123` as the string "123"; the error search must not
+    // report it while looking for the real problem.
+    let text = GOOD.replace(
+        "secretName: example-pull",
+        "secretName: 123\nverify: {repository: app, reference: 1.10}\nbogus: 1",
+    );
+    let errs = problems(&[("n.yaml", &text)]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("n.yaml|bogus|unknown field"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_yaml_syntax_error_is_one_problem_with_its_line_and_column() {
+    let errs = problems(&[("y.yaml", "provider: {type: static\nsecretName: [a\n")]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("y.yaml||not valid YAML: ") && errs[0].contains("line 2 column"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn an_empty_registry_file_names_every_required_field() {
+    assert_eq!(
+        problems(&[("e.yaml", "")]),
+        [
+            "e.yaml|provider|required field is missing",
+            "e.yaml|secretName|required field is missing",
+        ]
+    );
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The Helm chart: `helm lint --strict` with default and full values, `helm template` of both, and
 # checks of the rendered objects (deploy/check_rendered.py): registry files from values, cloud
-# annotations and pod labels, monitoring switches, and the same RBAC rules and pod spec as the
-# kustomize base. A reserved or invalid registry name must make rendering fail.
+# annotations and pod labels, monitoring switches (off by default, so that the defaults install on
+# a cluster without the Prometheus Operator; each switch renders only its own kind), and the same
+# RBAC rules and pod spec as the kustomize base. A reserved or invalid registry name must make
+# rendering fail.
 #
 # Installs helm from the Go module proxy into $HOME/.cache/pullkeeper/bin when it is missing
 # (a cold `go install` takes a few minutes on two cores).
@@ -47,6 +49,15 @@ trap 'rm -rf "$tmp"' EXIT
 kubectl kustomize deploy/kustomize/base > "$tmp/kustomize.yaml" || fail "kubectl kustomize deploy/kustomize/base failed"
 python3 deploy/check_rendered.py helm "$tmp/default.yaml" "$tmp/full.yaml" "$tmp/kustomize.yaml" \
   || fail "rendered chart is not as expected"
+
+# Each monitoring switch alone renders its own Prometheus Operator kind and no other.
+for switch in serviceMonitor=ServiceMonitor prometheusRule=PrometheusRule; do
+  value="${switch%=*}" kind="${switch#*=}"
+  got="$("$helm" template pullkeeper "$chart" --namespace pullkeeper --set "$value.enabled=true" \
+    | grep -E '^kind: (ServiceMonitor|PrometheusRule)$' | sed 's/^kind: //' | tr '\n' ' ')" \
+    || fail "helm template --set $value.enabled=true failed"
+  [[ $got == "$kind " ]] || fail "$value.enabled=true renders [${got}] instead of one $kind"
+done
 
 # The registry files rendered from values must pass `pullkeeper check`.
 cargo build --quiet --bin pullkeeper || fail "cargo build --bin pullkeeper failed"
