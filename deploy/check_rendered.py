@@ -114,7 +114,30 @@ def check_no_operator_kinds(objs, where):
                    f"{where}: {kind} {d['metadata']['name']} needs the Prometheus Operator's CRDs")
 
 
+def split_pod_recovery(objs, where):
+    """Takes the optional pod-recovery ClusterRole and binding out of `objs` (checked here: Pods
+    only, list/watch and at most delete, bound to pullkeeper's ServiceAccount) and returns them."""
+    taken = {}
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        keep = []
+        for d in objs.get(kind, []):
+            (taken.setdefault(kind, []) if d["metadata"]["name"].endswith("-pod-recovery") else keep).append(d)
+        if kind in objs:
+            objs[kind] = keep
+    for role in taken.get("ClusterRole", []):
+        for rule in role.get("rules", []):
+            expect(rule.get("apiGroups") == [""] and rule.get("resources") == ["pods"],
+                   f"{where}: the pod-recovery ClusterRole grants more than Pods")
+            expect(set(rule.get("verbs", [])) <= {"list", "watch", "delete"} and {"list", "watch"} <= set(rule.get("verbs", [])),
+                   f"{where}: the pod-recovery ClusterRole's verbs are {rule.get('verbs')}")
+    expect(len(taken.get("ClusterRole", [])) == len(taken.get("ClusterRoleBinding", [])),
+           f"{where}: the pod-recovery ClusterRole and its binding come together")
+    return taken
+
+
 def check_common(objs, where, replicas=2, with_monitoring=True):
+    objs = dict(objs)
+    split_pod_recovery(objs, where)
     for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                  "Deployment", "Service", "PodDisruptionBudget"] + (["ServiceMonitor", "PrometheusRule"] if with_monitoring else []):
         one(objs, kind, where)

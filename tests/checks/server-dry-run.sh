@@ -116,7 +116,11 @@ for dir in deploy/kustomize/base deploy/kustomize/overlays/*/; do
 done
 "$helm" template pullkeeper deploy/helm/pullkeeper --namespace "$ns" >"$work/helm-default.all.yaml" \
   || fail "helm template failed"
-bare=(helm-default)
+# The optional pod-recovery component needs no CRD: it applies on the bare cluster too.
+render_kustomize kustomize-base-pod-recovery deploy/kustomize/base deploy/kustomize/components/pod-recovery
+grep -q -- '--pod-recovery=on' "$work/kustomize-base-pod-recovery.all.yaml" \
+  || fail "components/pod-recovery does not turn recovery on"
+bare=(helm-default kustomize-base-pod-recovery)
 for dir in deploy/kustomize/base deploy/kustomize/overlays/*/; do dir="${dir%/}"; bare+=("kustomize-$(basename "$dir")"); done
 for name in "${bare[@]}"; do
   [[ -z $(operator_kinds "$name") ]] || fail "$name renders $(operator_kinds "$name" | tr '\n' ' ')on a bare cluster"
