@@ -1,4 +1,4 @@
-//! Command-line interface: `run`, `once` and `check`, with environment equivalents.
+//! Command-line interface: `run`, `once`, `check` and `plan`, with environment equivalents.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +57,14 @@ pub enum Command {
         #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG")]
         allow_empty_config: bool,
     },
+    /// Show what `run` would change in the live cluster, without writing: per namespace the
+    /// Secrets to create, update or prune, the imagePullSecrets entries to add or remove, and
+    /// the same-named Secrets pullkeeper does not own that block a registry there.
+    ///
+    /// Reads only (list namespaces, serviceaccounts and secrets; get secrets). Without
+    /// --fetch no provider is called and credential content is taken as unchanged. No
+    /// credential value is ever printed. Exit code: 0 no change, 1 changes, 2 error.
+    Plan(PlanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -146,4 +154,41 @@ fn parse_instance(s: &str) -> Result<String, String> {
     } else {
         Err("an instance name is 1-40 lowercase letters, digits or '-'".into())
     }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum PlanOutput {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Directory with one YAML file per registry (and an optional defaults.yaml).
+    #[arg(long, env = "PULLKEEPER_CONFIG")]
+    pub config: PathBuf,
+    /// Kubeconfig file; in-cluster config (or $KUBECONFIG) when absent.
+    #[arg(long, env = "PULLKEEPER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The installation to plan for (the `--instance` of the daemon).
+    #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
+    pub instance: String,
+    /// Accept a config directory without any registry file (then every Secret and entry the
+    /// installation manages shows as pruned).
+    #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG", default_value_t = false)]
+    pub allow_empty_config: bool,
+    /// Call each registry's provider once, as `run` does, so credential content changes show;
+    /// without it content is taken as unchanged and no provider is called.
+    #[arg(long, default_value_t = false)]
+    pub fetch: bool,
+    /// Time limit of one provider call (with --fetch).
+    #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub fetch_timeout: Duration,
+    /// Do not require the files the config names to exist (to plan, from outside the pod, a
+    /// config whose mounted files exist only inside it). Not with --fetch.
+    #[arg(long, conflicts_with = "fetch")]
+    pub no_file_checks: bool,
+    /// Output format: `text` for people, `json` for tools (schema in the README).
+    #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Text)]
+    pub output: PlanOutput,
 }

@@ -10,14 +10,16 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cli::{RecoveryMode, RunArgs};
+use crate::cli::{PlanArgs, PlanOutput, RecoveryMode, RunArgs};
 use crate::config::{self, LoadOptions};
 use crate::daemon::{self, RecoverySettings, Settings};
 use crate::events::PodIdentity;
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::ownership::Owner;
+use crate::preview::{self, Credentials};
 use crate::recover::Limits;
+use crate::refresh::error_chain;
 use crate::reload;
 
 /// Errors that stop `run`/`once` before the daemon starts.
@@ -287,4 +289,62 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     admin.abort();
     info!("shut down");
     Ok(i32::from(lost.load(Ordering::SeqCst)))
+}
+
+/// `pullkeeper plan`: prints what `run` would change; 0 when nothing, 1 when something, 2 on
+/// an invalid config, an unreachable cluster or a failed `--fetch`.
+pub async fn plan(args: PlanArgs) -> i32 {
+    let options = LoadOptions {
+        check_files: !args.no_file_checks,
+        allow_empty: args.allow_empty_config,
+    };
+    let generation = match reload::load_first(&args.config, options).await {
+        Ok(g) => g,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s); config is invalid", problems.len());
+            return 2;
+        }
+    };
+    let failed = |e: &dyn std::error::Error| {
+        eprintln!("pullkeeper plan: {}", error_chain(e));
+        2
+    };
+    let client = match client(args.kubeconfig.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => return failed(&e),
+    };
+    let metrics = match Metrics::new() {
+        Ok(m) => m,
+        Err(e) => return failed(&StartError::Metrics(e)),
+    };
+    let credentials = if args.fetch {
+        Credentials::Fetch {
+            generation: &generation,
+            metrics: &metrics.refresh,
+            timeout: args.fetch_timeout,
+        }
+    } else {
+        Credentials::Assumed
+    };
+    let owner = Owner::new(args.instance.clone());
+    let report =
+        match preview::preview(&client, &owner, &generation.config.registries, credentials).await {
+            Ok(r) => r,
+            Err(e) => return failed(&e),
+        };
+    let text = match args.output {
+        PlanOutput::Text => report.to_text(),
+        PlanOutput::Json => match report.to_json() {
+            Ok(json) => json + "\n",
+            Err(e) => return failed(&e),
+        },
+    };
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        return failed(&e);
+    }
+    i32::from(report.summary.changes)
 }

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ownership;
 pub mod plan;
+pub mod preview;
 pub mod problems;
 pub mod providers;
 pub mod reconcile;

@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         Command::Run(args) => pullkeeper::commands::run(args, false).await?,
         Command::Once(args) => pullkeeper::commands::run(args, true).await?,
+        Command::Plan(args) => pullkeeper::commands::plan(args).await,
     };
     std::process::exit(code);
 }

@@ -313,15 +313,47 @@ fn stray_keys(observed: &Secret) -> Vec<String> {
         .collect()
 }
 
-/// Whether the observed Secret already carries the desired content, type, labels and
-/// annotations (a hand-edited `.dockerconfigjson` no longer matches its hash and is repaired).
+/// One way an observed Secret differs from the one pullkeeper wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Drift {
+    /// Not of type `kubernetes.io/dockerconfigjson`.
+    Type,
+    /// Its `.dockerconfigjson` is missing or is not the current credential.
+    Content,
+    /// It holds data keys pullkeeper did not write.
+    StrayKeys,
+    /// A label pullkeeper sets is missing or different.
+    Labels,
+    /// The content-hash annotation is missing or different.
+    Annotations,
+    /// The expiry annotation is missing, unreadable or already past.
+    Expiry,
+}
+
+impl Drift {
+    /// A stable name for output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Type => "type",
+            Self::Content => "content",
+            Self::StrayKeys => "stray-keys",
+            Self::Labels => "labels",
+            Self::Annotations => "annotations",
+            Self::Expiry => "expiry",
+        }
+    }
+}
+
+/// How the observed Secret differs from the desired one; empty when it already carries the
+/// desired content, type, labels and annotations (a hand-edited `.dockerconfigjson` no longer
+/// matches its hash and is repaired).
 ///
 /// The expiry annotation is compared loosely: one that still lies in the future is kept even
 /// when the provider now states another expiry for the same credential (a sliding
 /// `expires_in` would otherwise rewrite every namespace on every refresh). One that is missing,
 /// unreadable or already past is rewritten, so the annotation never claims a working
 /// credential has expired. A content change always rewrites it.
-fn secret_up_to_date(observed: &Secret, desired: &DesiredSecret, now: DateTime<Utc>) -> bool {
+pub fn secret_drift(observed: &Secret, desired: &DesiredSecret, now: DateTime<Utc>) -> Vec<Drift> {
     let data_hash = observed
         .data
         .as_ref()
@@ -347,12 +379,76 @@ fn secret_up_to_date(observed: &Secret, desired: &DesiredSecret, now: DateTime<U
         .iter()
         .filter(|(k, _)| k.as_str() != EXPIRES_ANNOTATION)
         .all(|(k, v)| have_annotation(k) == Some(v));
-    observed.type_.as_deref() == Some(SECRET_TYPE)
-        && data_hash.as_ref() == Some(&desired.issued.rendered.hash)
-        && stray_keys(observed).is_empty()
-        && expiry_ok
-        && labels_ok
-        && annotations_ok
+    [
+        (observed.type_.as_deref() == Some(SECRET_TYPE), Drift::Type),
+        (
+            data_hash.as_ref() == Some(&desired.issued.rendered.hash),
+            Drift::Content,
+        ),
+        (stray_keys(observed).is_empty(), Drift::StrayKeys),
+        (labels_ok, Drift::Labels),
+        (annotations_ok, Drift::Annotations),
+        (expiry_ok, Drift::Expiry),
+    ]
+    .into_iter()
+    .filter(|(ok, _)| !ok)
+    .map(|(_, drift)| drift)
+    .collect()
+}
+
+/// Whether the observed Secret already is the desired one (see [`secret_drift`]).
+fn secret_up_to_date(observed: &Secret, desired: &DesiredSecret, now: DateTime<Utc>) -> bool {
+    secret_drift(observed, desired, now).is_empty()
+}
+
+/// What an [`AccountChange`]'s patch does to the ServiceAccount it was computed from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountEdits {
+    /// `imagePullSecrets` entries the patch appends.
+    pub add: Vec<String>,
+    /// `imagePullSecrets` entries the patch removes.
+    pub remove: Vec<String>,
+    /// Whether it rewrites the annotation recording pullkeeper's entries.
+    pub records: bool,
+}
+
+/// Reads back the entries a patch from [`account_patch`] adds and removes on `sa` (the
+/// ServiceAccount it was computed from), for showing a plan without applying it.
+pub fn account_edits(sa: &ServiceAccount, patch: &Patch) -> AccountEdits {
+    let current: Vec<&str> = sa
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    let name_of = |v: &Value| v.get("name").and_then(Value::as_str).map(String::from);
+    let mut edits = AccountEdits::default();
+    for op in &patch.0 {
+        match op {
+            PatchOperation::Add(a) if a.path.starts_with(&pointer(&["metadata"])) => {
+                edits.records = true;
+            }
+            PatchOperation::Remove(r) if r.path.starts_with(&pointer(&["metadata"])) => {
+                edits.records = true;
+            }
+            PatchOperation::Add(a) => match &a.value {
+                Value::Array(items) => edits.add.extend(items.iter().filter_map(name_of)),
+                one => edits.add.extend(name_of(one)),
+            },
+            PatchOperation::Remove(r) => {
+                let index = r
+                    .path
+                    .last()
+                    .and_then(|t| t.decoded().parse::<usize>().ok());
+                if let Some(name) = index.and_then(|i| current.get(i)) {
+                    edits.remove.push((*name).to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    edits.remove.sort();
+    edits
 }
 
 /// A JSON patch bringing the `ServiceAccount`'s `imagePullSecrets` to contain `wanted`, removing

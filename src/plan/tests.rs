@@ -748,3 +748,88 @@ fn no_plan_type_prints_the_credential_with_debug() {
     );
     assert!(body.contains(&raw));
 }
+
+#[test]
+fn drift_names_each_way_a_secret_differs_and_nothing_when_it_is_current() {
+    let reg = registry("harbor", |_| {});
+    let owner = Owner::default();
+    let now = chrono::Utc::now();
+    let i = with_expiry(&issued(&reg, "pw"), now + chrono::TimeDelta::hours(1));
+    let desired = desired_secret(&owner, &reg, "team-a", &i);
+    assert!(secret_drift(&desired.to_secret(), &desired, now).is_empty());
+
+    let rotated = desired_secret(&owner, &reg, "team-a", &issued(&reg, "pw2"));
+    assert_eq!(
+        secret_drift(&desired.to_secret(), &rotated, now),
+        [Drift::Content, Drift::Annotations]
+    );
+
+    let mut edited = desired.to_secret();
+    edited.type_ = Some("Opaque".into());
+    edited
+        .data
+        .as_mut()
+        .expect("data")
+        .insert("extra".into(), ByteString(b"x".to_vec()));
+    edited
+        .metadata
+        .labels
+        .as_mut()
+        .expect("labels")
+        .remove(REGISTRY_LABEL);
+    edited
+        .metadata
+        .annotations
+        .as_mut()
+        .expect("annotations")
+        .remove(EXPIRES_ANNOTATION);
+    assert_eq!(
+        secret_drift(&edited, &desired, now),
+        [Drift::Type, Drift::StrayKeys, Drift::Labels, Drift::Expiry]
+    );
+}
+
+#[test]
+fn account_edits_read_back_what_the_patch_adds_removes_and_records() {
+    let owner = Owner::default();
+    let wanted = |names: &[&str]| names.iter().map(|n| (*n).to_string()).collect();
+
+    let fresh = sa("default", &[], None);
+    let patch = account_patch(&owner, &fresh, &wanted(&["a-pull", "b-pull"])).expect("patch");
+    assert_eq!(
+        account_edits(&fresh, &patch),
+        AccountEdits {
+            add: vec!["a-pull".into(), "b-pull".into()],
+            remove: vec![],
+            records: true,
+        }
+    );
+
+    let listed = sa(
+        "default",
+        &["user", "old-pull", "a-pull"],
+        Some("old-pull,a-pull"),
+    );
+    let patch = account_patch(&owner, &listed, &wanted(&["a-pull", "new-pull"])).expect("patch");
+    let edits = account_edits(&listed, &patch);
+    assert_eq!(edits.add, ["new-pull"]);
+    assert_eq!(edits.remove, ["old-pull"]);
+    assert!(edits.records);
+    // The edits describe what the API server does with the patch.
+    assert_eq!(
+        pull_names(&patched(&listed, &patch)),
+        ["user", "a-pull", "new-pull"]
+    );
+
+    // An entry removed by hand: only the record of ownership is rewritten.
+    let dropped = sa("default", &["user"], Some("a-pull"));
+    let patch = account_patch(&owner, &dropped, &wanted(&[])).expect("patch");
+    assert_eq!(
+        account_edits(&dropped, &patch),
+        AccountEdits {
+            add: vec![],
+            remove: vec![],
+            records: true,
+        }
+    );
+}
