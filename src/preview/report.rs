@@ -430,17 +430,17 @@ impl Report {
                     .unwrap_or_default();
                 let (mark, what) = match s.action {
                     Action::Create => ("+", "create".to_string()),
-                    Action::Update => (
-                        "~",
-                        format!(
-                            "update ({})",
-                            s.reasons
-                                .iter()
-                                .map(|r| reason_text(r))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ),
+                    Action::Update => {
+                        // A new content always comes with a new hash annotation: say it once.
+                        let content = s.reasons.iter().any(|r| r.starts_with("content"));
+                        let reasons: Vec<&str> = s
+                            .reasons
+                            .iter()
+                            .filter(|r| !(content && **r == "annotations"))
+                            .map(|r| reason_text(r))
+                            .collect();
+                        ("~", format!("update ({})", reasons.join(", ")))
+                    }
                     Action::Prune => ("-", "prune".to_string()),
                 };
                 let _ = writeln!(out, "  {mark} Secret {}{registry}: {what}", s.name);

@@ -326,7 +326,7 @@ fn a_rotation_shows_as_a_content_update_and_unknown_content_as_creates() {
     assert!(
         report
             .to_text()
-            .contains("update (credential content changes, content-hash annotation)")
+            .contains("update (credential content changes)\n")
     );
 }
 
