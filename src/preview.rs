@@ -237,10 +237,14 @@ fn current_content(reg: &Registry, secrets: &[Arc<Secret>]) -> Option<PlannedCre
 fn auths_hosts(bytes: &[u8]) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct Hosts {
-        auths: BTreeMap<String, serde::de::IgnoredAny>,
+        auths: serde_json::Map<String, serde_json::Value>,
     }
     serde_json::from_slice::<Hosts>(bytes)
-        .map(|h| h.auths.into_keys().collect())
+        .map(|h| {
+            let mut hosts: Vec<String> = h.auths.into_iter().map(|(k, _)| k).collect();
+            hosts.sort();
+            hosts
+        })
         .unwrap_or_default()
 }
 
