@@ -72,7 +72,7 @@ pk_in_node_cgroup=(bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$PK_NODE_C
 pk_node_shim_pids() {
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $1 "; then
+    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "-address $1 "; then
       printf '%s\n' "${p#/proc/}"
     fi
   done
@@ -241,9 +241,24 @@ pk_containerd_ready() { pk_ctr version; }
 pk_node_ready() {
   curl -fsS --max-time 5 --cacert "$pki/ca.crt" -H "Authorization: Bearer $admin_token" \
     "$server/api/v1/nodes/$PK_NODE_NAME" |
-    python3 -c 'import json, sys; c = {x["type"]: x["status"] for x in json.load(sys.stdin)["status"].get("conditions", [])}; sys.exit(c.get("Ready") != "True")'
+    python3 -c '
+import json, sys
+node = json.load(sys.stdin)
+ready = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}.get("Ready") == "True"
+# The node-lifecycle controller lifts this taint once it has seen the node Ready.
+tainted = any(t["key"] == "node.kubernetes.io/not-ready" for t in node["spec"].get("taints", []))
+sys.exit(not ready or tainted)'
 }
-pk_scheduler_running() { grep -q 'SCHEDULER_READY_LINE' "$logs/scheduler.log"; }
+pk_scheduler_ready() { [[ $(curl -fsSk --max-time 5 "https://127.0.0.1:$scheduler_port/readyz") == ok ]]; }
+
+pk_start_scheduler() {
+  read -r scheduler_port < <(pk_free_ports 1)
+  # shellcheck disable=SC2086 # extra flags split on purpose
+  pk_start scheduler "$logs/scheduler.log" "$pids/scheduler.pid" "$bin" scheduler \
+    --kubeconfig "$dir/kubeconfig" --leader-elect=false \
+    --bind-address 127.0.0.1 --secure-port "$scheduler_port" --cert-dir "$dir/node/scheduler-pki" \
+    --v 1 ${PK_SCHEDULER_EXTRA_ARGS:-}
+}
 
 # --- up --------------------------------------------------------------------------------------------
 pk_node_up() {
@@ -384,13 +399,8 @@ EOF
   pk_log "node $PK_NODE_NAME Ready $((SECONDS - t_kubelet)) s after the kubelet started ($((SECONDS - t_node)) s for the whole node)"
 
   # --- kube-scheduler (so Deployments' Pods land on the node) ---
-  # shellcheck disable=SC2086 # extra flags split on purpose
-  pk_start scheduler "$logs/scheduler.log" "$pids/scheduler.pid" "$bin" scheduler \
-    --kubeconfig "$dir/kubeconfig" --leader-elect=false --secure-port 0 --v 1 ${PK_SCHEDULER_EXTRA_ARGS:-}
-  if ! pk_wait_until 60 "$pids/scheduler.pid" pk_scheduler_running; then
-    pk_tail kube-scheduler "$logs/scheduler.log"
-    pk_die "kube-scheduler did not start"
-  fi
+  # Its secure port serves only /readyz to us (always allowed, no authentication needed).
+  pk_start_with_retry scheduler 60 pk_start_scheduler pk_scheduler_ready
 
   cat >>"$dir/env" <<EOF
 export PK_NODE_NAME=$PK_NODE_NAME
