@@ -25,13 +25,9 @@ PK_SANDBOX_IMAGE=localhost/pullkeeper-test/pause:v1
 # whose node is no longer running (a `down` that never ran) is cleaned up first.
 pk_node_claim() {
   local holder=""
+  pk_node_refuse_if_taken "$1"
   [[ -s $PK_NODE_CLAIM ]] && holder=$(cat "$PK_NODE_CLAIM")
   if [[ -n $holder ]]; then
-    if pk_node_running "$holder"; then
-      pk_die "a test node is already running on this machine, from $holder: only one node per machine \
-(the kubelet's $PK_DEVICE_PLUGINS socket, $PK_SERVICE_IP on lo, the iptables guard). Stop it with \
-tests/cluster/down $holder, or start this control plane without a node: PK_NO_NODE=1 tests/cluster/up $1"
-    fi
     pk_log "undoing the host changes of a node that was not stopped ($holder)"
     pk_node_down "$holder"
   fi
@@ -44,6 +40,18 @@ only one per machine (or start with PK_NO_NODE=1)"
     pk_die "$PK_SERVICE_IP is already on lo but no test node claims it; remove it (ip addr del $PK_SERVICE_IP/32 dev lo) or start with PK_NO_NODE=1"
   fi
   printf '%s\n' "$1" >"$PK_NODE_CLAIM"
+}
+
+# pk_node_refuse_if_taken DIR: dies when another DIR's node runs on this machine (up calls it before
+# starting anything, and again when it claims the slot).
+pk_node_refuse_if_taken() {
+  local holder=""
+  [[ -s $PK_NODE_CLAIM ]] && holder=$(cat "$PK_NODE_CLAIM")
+  if [[ -n $holder ]] && pk_node_running "$holder"; then
+    pk_die "a test node is already running on this machine, from $holder: only one node per machine \
+(the kubelet's $PK_DEVICE_PLUGINS socket, $PK_SERVICE_IP on lo, the iptables guard). Stop it with \
+tests/cluster/down $holder, or start this control plane without a node: PK_NO_NODE=1 tests/cluster/up $1"
+  fi
 }
 
 # pk_node_running DIR: a process of DIR's node is still running.
