@@ -296,6 +296,8 @@ pk_node_up() {
   [[ -e /run/containerd ]] || : >"$host_state/created-run-containerd"
   [[ -e /run/containerd/s ]] || : >"$host_state/created-run-containerd-s"
   [[ -e /var/lib/cni ]] || : >"$host_state/created-var-lib-cni"
+  # The kubelet links every container's log into /var/log/containers, whatever podLogsDir says.
+  [[ -e /var/log/containers ]] || : >"$host_state/created-var-log-containers"
 
   read -r kubelet_port healthz_port < <(pk_free_ports 2)
   pk_node_guard_up "$host_state" "$node_ip" "$kubelet_port"
@@ -465,6 +467,13 @@ pk_node_down() {
   if [[ -e $host_state/created-run-containerd-s ]]; then rm -rf /run/containerd/s; fi
   if [[ -e $host_state/created-run-containerd ]]; then rmdir /run/containerd 2>/dev/null || true; fi
   if [[ -e $host_state/created-var-lib-cni ]]; then rm -rf /var/lib/cni; fi
+  # The kubelet's links there point into DIR; remove those, and the directory if the node made it.
+  if [[ -d /var/log/containers ]]; then
+    for p in /var/log/containers/*.log; do
+      [[ -L $p && $(readlink "$p") == "$d/"* ]] && rm -f "$p"
+    done
+    if [[ -e $host_state/created-var-log-containers ]]; then rmdir /var/log/containers 2>/dev/null || true; fi
+  fi
   ip link del "$PK_NODE_BRIDGE" 2>/dev/null || true
   pk_node_guard_down
   # runc leaves an empty k8s.io cgroup in every hierarchy; rmdir removes only empty ones.
