@@ -80,7 +80,8 @@ trap 'exit 130' INT TERM
 trap 'log "failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 log "starting the control plane in $dir"
-"$root/tests/cluster/up" "$dir" >&2
+# No node: the benchmark measures the daemon against the API server only.
+PK_NO_NODE=1 "$root/tests/cluster/up" "$dir" >&2
 # shellcheck disable=SC1091
 . "$dir/env"
 admin_token=$(cat "$PK_KUBE_ADMIN_TOKEN_FILE")

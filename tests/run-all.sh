@@ -5,10 +5,13 @@
 # anything failed. Nothing is skipped: a missing component is a failure.
 #
 #   1. Debian packages (only those missing): docker-registry skopeo prometheus openssl
-#      apache2-utils curl; PyPI: moto[server] (only when python3 cannot import it)
+#      apache2-utils curl containerd runc containernetworking-plugins iptables iproute2; PyPI:
+#      moto[server] (only when python3 cannot import it)
 #   2. cargo fmt --check; cargo clippy --all-targets --all-features -- -D warnings; the tests
 #      compiled; cargo build --no-default-features
-#   3. tests/cluster/build (cached outside the clone), tests/cluster/up, tests/peers/up
+#   3. tests/cluster/build (cached outside the clone), tests/cluster/up (control plane and the one
+#      test node: needs root, one per machine), tests/peers/up (after it: it tells the node's
+#      containerd about the registries)
 #   4. cargo test --all-features (unit + tests/*.rs, with the platform's env); every
 #      tests/checks/*.sh (with the platform's env too)
 #

@@ -8,6 +8,10 @@ header carries the signing certificate in `x5c`; the registry trusts it because 
 certificate is its `rootcertbundle`. Wrong or missing credentials get 401, as a real token
 server does for a login it cannot verify, so a client with a bad dockerconfigjson fails.
 
+It also answers the OAuth2 form of the same request (`POST /token`, form fields grant_type=password,
+username, password, service, scope), which containerd tries first when it holds a username and
+password; wrong credentials get 401 there too.
+
 Usage: token_server.py --port P --key KEY.pem --cert CERT.pem --issuer ISS --service SVC \
                        --users USERS.json   (a JSON object {"user": "password"}, re-read on every
                                              request so a credential broker can rotate passwords)
@@ -104,30 +108,18 @@ def make_handler(signer: Signer, users_path: str, issuer: str, service: str):
                 user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 return None
+            return self.check_password(user, password)
+
+        def check_password(self, user: str, password: str):
             with open(users_path) as f:
                 expected = json.load(f).get(user)
             if expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
                 return None
             return user
 
-        def do_GET(self):
-            url = urlsplit(self.path)
-            if url.path == "/healthz":
-                self.reply(200, {"ok": True})
-                return
-            if url.path != "/token":
-                self.reply(404, {"errors": [{"code": "NOT_FOUND", "message": "no such endpoint"}]})
-                return
-            query = parse_qs(url.query)
-            if query.get("service", [service])[0] != service:
-                self.reply(400, {"errors": [{"code": "INVALID_REQUEST", "message": "unknown service"}]})
-                return
-            user = self.authenticated_user()
-            if user is None:
-                self.unauthorized("authentication required: wrong or missing username/password")
-                return
+        def issue(self, user: str, scopes):
             access = []
-            for scope in query.get("scope", []):
+            for scope in scopes:
                 for one in scope.split(" "):
                     parsed = parse_scope(one)
                     if parsed is None:
@@ -154,6 +146,42 @@ def make_handler(signer: Signer, users_path: str, issuer: str, service: str):
                 200,
                 {"token": token, "access_token": token, "expires_in": TOKEN_LIFETIME_S, "issued_at": issued},
             )
+
+        def do_POST(self):
+            if urlsplit(self.path).path != "/token":
+                self.reply(404, {"errors": [{"code": "NOT_FOUND", "message": "no such endpoint"}]})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+            if form.get("service", [service])[0] != service:
+                self.reply(400, {"error": "invalid_request", "error_description": "unknown service"})
+                return
+            if form.get("grant_type", [""])[0] != "password":
+                self.reply(400, {"error": "unsupported_grant_type"})
+                return
+            user = self.check_password(form.get("username", [""])[0], form.get("password", [""])[0])
+            if user is None:
+                self.reply(401, {"error": "invalid_grant", "error_description": "wrong username or password"})
+                return
+            self.issue(user, form.get("scope", []))
+
+        def do_GET(self):
+            url = urlsplit(self.path)
+            if url.path == "/healthz":
+                self.reply(200, {"ok": True})
+                return
+            if url.path != "/token":
+                self.reply(404, {"errors": [{"code": "NOT_FOUND", "message": "no such endpoint"}]})
+                return
+            query = parse_qs(url.query)
+            if query.get("service", [service])[0] != service:
+                self.reply(400, {"errors": [{"code": "INVALID_REQUEST", "message": "unknown service"}]})
+                return
+            user = self.authenticated_user()
+            if user is None:
+                self.unauthorized("authentication required: wrong or missing username/password")
+                return
+            self.issue(user, query.get("scope", []))
 
     return Handler
 

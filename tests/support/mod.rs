@@ -650,3 +650,231 @@ where
             .expect("sleep thread");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The test node (tests/cluster/up starts one: containerd, runc, the kubelet, kube-scheduler)
+// ---------------------------------------------------------------------------------------------
+
+/// `PK_NODE_NAME`: the name of the one Node of the test platform.
+pub fn node_name() -> String {
+    env("PK_NODE_NAME")
+}
+
+/// `PK_NODE_POD_LOGS_DIR`: the kubelet's `podLogsDir`. Container logs are read from here, never
+/// through `kubectl logs` (which would dial the node's address).
+pub fn node_pod_logs_dir() -> PathBuf {
+    PathBuf::from(env("PK_NODE_POD_LOGS_DIR"))
+}
+
+/// `PK_TEST_IMAGE_DIGEST`: the test image's manifest digest as the registries serve it.
+pub fn test_image_digest() -> String {
+    env("PK_TEST_IMAGE_DIGEST")
+}
+
+/// A Pod spec for the test node: host network (the test image needs none), one container per
+/// `(name, image)`, `imagePullPolicy` as given. `node_name: None` leaves placement to the
+/// scheduler.
+pub fn node_pod_spec(
+    containers: &[(&str, &str)],
+    pull_policy: &str,
+    node_name: Option<&str>,
+) -> serde_json::Value {
+    let containers: Vec<serde_json::Value> = containers
+        .iter()
+        .map(|(name, image)| {
+            serde_json::json!({"name": name, "image": image, "imagePullPolicy": pull_policy})
+        })
+        .collect();
+    let mut spec = serde_json::json!({
+        "hostNetwork": true,
+        "terminationGracePeriodSeconds": 5,
+        "containers": containers,
+    });
+    if let Some(node) = node_name {
+        spec["nodeName"] = serde_json::Value::from(node);
+    }
+    spec
+}
+
+/// Creates Pod `name` in `ns` with [`node_pod_spec`] on the test node, and returns it.
+pub async fn create_node_pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    containers: &[(&str, &str)],
+    pull_policy: &str,
+) -> k8s_openapi::api::core::v1::Pod {
+    use k8s_openapi::api::core::v1::Pod;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": node_pod_spec(containers, pull_policy, Some(&node_name())),
+    }))
+    .expect("a valid Pod");
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating Pod {ns}/{name} failed: {e}"))
+}
+
+/// The Events whose `involvedObject.uid` is `uid` (a recreated Pod's name matches old Events).
+pub async fn events_of(
+    client: &Client,
+    ns: &str,
+    uid: &str,
+) -> Vec<k8s_openapi::api::core::v1::Event> {
+    use k8s_openapi::api::core::v1::Event;
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().fields(&format!("involvedObject.uid={uid}")))
+        .await
+        .unwrap_or_else(|e| panic!("listing the Events of {uid} in {ns} failed: {e}"))
+        .items
+}
+
+/// One line on where a Pod stands: phase and each container's state, for timeout messages.
+pub fn pod_summary(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    let status = pod.status.clone().unwrap_or_default();
+    let containers: Vec<String> = status
+        .container_statuses
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let state = c.state.clone().unwrap_or_default();
+            if state.running.is_some() {
+                format!("{}: running", c.name)
+            } else if let Some(w) = state.waiting {
+                format!(
+                    "{}: waiting {} ({})",
+                    c.name,
+                    w.reason.unwrap_or_default(),
+                    w.message.unwrap_or_default()
+                )
+            } else if let Some(t) = state.terminated {
+                format!("{}: terminated {}", c.name, t.reason.unwrap_or_default())
+            } else {
+                format!("{}: no state", c.name)
+            }
+        })
+        .collect();
+    format!(
+        "phase {} on {}; {}",
+        status.phase.unwrap_or_default(),
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_else(|| "no node".into()),
+        containers.join("; ")
+    )
+}
+
+/// Waits until every container of Pod `ns/name` runs, and returns the Pod.
+pub async fn wait_pod_running(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> k8s_openapi::api::core::v1::Pod {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for_named(&format!("Pod {ns}/{name} Running"), timeout, || async {
+        let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+        let status = pod.status.clone().unwrap_or_default();
+        let statuses = status.container_statuses.clone().unwrap_or_default();
+        let all_running = !statuses.is_empty()
+            && statuses
+                .iter()
+                .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+        if status.phase.as_deref() == Some("Running") && all_running {
+            Ok(pod)
+        } else {
+            Err(pod_summary(&pod))
+        }
+    })
+    .await
+}
+
+/// Waits until a container of Pod `ns/name` waits with `reason` (e.g. `ImagePullBackOff`).
+pub async fn wait_container_waiting(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+) -> k8s_openapi::api::core::v1::Pod {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for_named(
+        &format!("a container of Pod {ns}/{name} waiting in {reason}"),
+        timeout,
+        || async {
+            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+            let waiting = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.state
+                            .as_ref()
+                            .and_then(|s| s.waiting.as_ref())
+                            .and_then(|w| w.reason.as_deref())
+                            == Some(reason)
+                    })
+                });
+            if waiting {
+                Ok(pod)
+            } else {
+                Err(pod_summary(&pod))
+            }
+        },
+    )
+    .await
+}
+
+/// The kubelet's log of `container` of a Pod (first run), read from `podLogsDir`; `None` until
+/// the kubelet has written it.
+pub fn node_container_log(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    container: &str,
+) -> Option<String> {
+    let meta = &pod.metadata;
+    let dir = node_pod_logs_dir().join(format!(
+        "{}_{}_{}",
+        meta.namespace.as_deref()?,
+        meta.name.as_deref()?,
+        meta.uid.as_deref()?
+    ));
+    std::fs::read_to_string(dir.join(container).join("0.log")).ok()
+}
+
+static TOKEN_USERS_LOCK: Mutex<()> = Mutex::new(());
+
+/// Sets (or with `None` removes) one user of the token-auth registry's token server, which
+/// re-reads `PK_REGISTRY_TOKEN_USERS_FILE` on every request: a test rotates a credential of its
+/// own without touching the shared one. The file is replaced atomically.
+pub fn set_token_registry_user(user: &str, password: Option<&str>) {
+    let _guard = TOKEN_USERS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let path = PathBuf::from(env("PK_REGISTRY_TOKEN_USERS_FILE"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut users: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not a JSON object: {e}", path.display()));
+    match password {
+        Some(p) => users.insert(user.to_string(), serde_json::Value::from(p)),
+        None => users.remove(user),
+    };
+    let tmp = path.with_extension(format!("json.{}.tmp", random_suffix(6)));
+    std::fs::write(&tmp, serde_json::Value::Object(users).to_string())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("cannot restrict {}: {e}", tmp.display()));
+    }
+    std::fs::rename(&tmp, &path)
+        .unwrap_or_else(|e| panic!("cannot replace {}: {e}", path.display()));
+}
+
+/// A random string for throw-away passwords and user names.
+pub fn random_string(len: usize) -> String {
+    random_suffix(len)
+}
