@@ -183,7 +183,10 @@ async fn stuck_pod_of(client: &Client, ns: &str, app: &str) -> Pod {
 }
 
 fn uid(pod: &Pod) -> String {
-    pod.metadata.uid.clone().expect("a Pod from the API has a uid")
+    pod.metadata
+        .uid
+        .clone()
+        .expect("a Pod from the API has a uid")
 }
 
 async fn event_reasons(client: &Client, ns: &str, pod: &Pod) -> Vec<String> {
@@ -251,9 +254,14 @@ async fn a_deployment_stuck_before_pullkeeper_ran_is_recovered_and_runs_with_the
         .into_iter()
         .map(|r| r.name)
         .collect();
-    assert_eq!(refs, ["htpasswd-pull"], "the new Pod carries the written Secret");
+    assert_eq!(
+        refs,
+        ["htpasswd-pull"],
+        "the new Pod carries the written Secret"
+    );
     let reasons = support::wait_for_named("the new Pod's Pulled event", WAIT, || async {
-        Some(event_reasons(&client, &ns, &running).await).filter(|r| r.iter().any(|x| x == "Pulled"))
+        Some(event_reasons(&client, &ns, &running).await)
+            .filter(|r| r.iter().any(|x| x == "Pulled"))
     })
     .await;
     assert!(reasons.iter().any(|r| r == "Pulled"), "{reasons:?}");
@@ -393,13 +401,16 @@ async fn recovery_deletes_only_what_its_rules_allow_and_keeps_to_its_rate() {
     };
     // Many 1 s rounds pass while the recovered Deployment's new Pod starts; the other stuck
     // Deployment keeps its Pod all along: one deletion a minute.
-    support::wait_for_named("the recovered Deployment's new Pod running", WAIT, || async {
-        let pods = pods_of(&client, &ns, recovered).await;
-        pods.iter().any(|p| {
-            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        })
-        .then_some(())
-    })
+    support::wait_for_named(
+        "the recovered Deployment's new Pod running",
+        WAIT,
+        || async {
+            let pods = pods_of(&client, &ns, recovered).await;
+            pods.iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(
         d.sample("pullkeeper_pods_recovered_total{registry=\"htpasswd\"}")
@@ -407,8 +418,16 @@ async fn recovery_deletes_only_what_its_rules_allow_and_keeps_to_its_rate() {
         1.0,
         "one deletion a minute"
     );
-    assert_eq!(alive(name(held_back)).await, Some(uid(held_back)), "held back by the rate limit");
-    assert_eq!(alive("bare".into()).await, Some(uid(&bare)), "a bare Pod is never deleted");
+    assert_eq!(
+        alive(name(held_back)).await,
+        Some(uid(held_back)),
+        "held back by the rate limit"
+    );
+    assert_eq!(
+        alive("bare".into()).await,
+        Some(uid(&bare)),
+        "a bare Pod is never deleted"
+    );
     assert_eq!(
         alive("unmanaged".into()).await,
         Some(uid(&unmanaged)),
@@ -449,7 +468,8 @@ async fn recovery_enabled_without_its_permission_says_so_and_stays_off() {
     )
     .await;
     assert!(
-        d.logs().contains("pod recovery is enabled but not permitted"),
+        d.logs()
+            .contains("pod recovery is enabled but not permitted"),
         "start-up says so"
     );
     // Everything else works.
