@@ -852,7 +852,9 @@ static TOKEN_USERS_LOCK: Mutex<()> = Mutex::new(());
 /// re-reads `PK_REGISTRY_TOKEN_USERS_FILE` on every request: a test rotates a credential of its
 /// own without touching the shared one. The file is replaced atomically.
 pub fn set_token_registry_user(user: &str, password: Option<&str>) {
-    let _guard = TOKEN_USERS_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = TOKEN_USERS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let path = PathBuf::from(env("PK_REGISTRY_TOKEN_USERS_FILE"));
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
