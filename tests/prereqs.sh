@@ -7,6 +7,7 @@
 # system's containerd service, it is stopped again at once.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+CARGO_DENY_VERSION=0.20.2
 . "$root/tests/cluster/lib.sh"
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
@@ -51,4 +52,9 @@ command -v go >/dev/null || pk_die "Go (1.26) is required: the test control plan
 for tool in cargo rustfmt cargo-clippy kubectl; do
   command -v "$tool" >/dev/null || pk_die "$tool is required"
 done
+# cargo-deny (licenses, bans, sources of the dependency tree), from crates.io, pinned.
+if ! cargo deny --version 2>/dev/null | grep -q "^cargo-deny $CARGO_DENY_VERSION"; then
+  pk_log "installing cargo-deny $CARGO_DENY_VERSION with cargo (about 6 minutes the first time)"
+  cargo install --quiet --locked cargo-deny --version "$CARGO_DENY_VERSION" || pk_die "cargo install cargo-deny failed"
+fi
 pk_log "prerequisites present"

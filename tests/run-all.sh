@@ -46,8 +46,13 @@ run() {
 
 run "cargo fmt --check" cargo fmt --all --check
 run "cargo clippy" cargo clippy --all-targets --all-features -- -D warnings
+run "cargo deny (licenses, bans, sources)" cargo deny check licenses bans sources
 run "compile the tests" cargo test --all-features --no-run
 run "cargo build --no-default-features" cargo build --no-default-features
+# The toolchain Cargo.toml declares as rust-version (installed on these machines), named
+# explicitly so a newer default toolchain cannot hide a build that needs more than it says.
+rust_version=$(awk -F'"' '/^rust-version/ {print $2; exit}' Cargo.toml)
+run "cargo build at rust-version $rust_version" cargo "+$rust_version" build --all-features
 
 # --- 3. platform ---------------------------------------------------------------------------------
 dir=${PK_TEST_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/pullkeeper-test.XXXXXX")}
