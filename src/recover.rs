@@ -225,7 +225,7 @@ impl Budget {
         candidates: &'a [Stuck],
         now: DateTime<Utc>,
     ) -> Vec<&'a Stuck> {
-        let window = now - TimeDelta::from_std(Duration::from_secs(60)).unwrap_or_default();
+        let window = now - TimeDelta::from_std(Duration::from_mins(1)).unwrap_or_default();
         while self.recent.front().is_some_and(|(t, _)| *t <= window) {
             self.recent.pop_front();
         }

@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn max_interval_caps_long_lifetimes() {
         let mut p = policy();
-        p.max_interval = Duration::from_secs(3600);
+        p.max_interval = Duration::from_hours(1);
         let now = t("2026-01-01T00:00:00Z");
         let next = next_refresh(&p, now, now, Some(t("2026-02-01T00:00:00Z")), 0.0);
         assert_eq!(next, t("2026-01-01T01:00:00Z"));
@@ -159,7 +159,7 @@ mod tests {
         );
         assert_eq!(
             backoff(&p, 20, now, None, None, 1.0),
-            Duration::from_secs(300)
+            Duration::from_mins(5)
         );
         assert_eq!(
             backoff(&p, 20, now, None, None, 0.0),
@@ -167,10 +167,7 @@ mod tests {
         );
         // 8 minutes left → at most 2 minutes between retries.
         let exp = Some(now + TimeDelta::minutes(8));
-        assert_eq!(
-            backoff(&p, 20, now, exp, None, 1.0),
-            Duration::from_secs(120)
-        );
+        assert_eq!(backoff(&p, 20, now, exp, None, 1.0), Duration::from_mins(2));
         assert_eq!(
             backoff(&p, 1, now, None, Some(Duration::from_secs(90)), 1.0),
             Duration::from_secs(90)

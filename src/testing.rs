@@ -42,11 +42,11 @@ pub fn policy() -> RefreshPolicy {
     RefreshPolicy {
         schedule: None,
         renew_at: 2.0 / 3.0,
-        min_interval: Duration::from_secs(60),
-        max_interval: Duration::from_secs(24 * 3600),
+        min_interval: Duration::from_mins(1),
+        max_interval: Duration::from_hours(24),
         jitter: 0.0,
         backoff_initial: Duration::from_secs(10),
-        backoff_max: Duration::from_secs(300),
-        default_lifetime: Duration::from_secs(3600),
+        backoff_max: Duration::from_mins(5),
+        default_lifetime: Duration::from_hours(1),
     }
 }

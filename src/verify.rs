@@ -77,7 +77,7 @@ impl VerifySpec {
         }
         if let Some(t) = &self.timeout {
             match humantime::parse_duration(t) {
-                Ok(d) if d > Duration::ZERO && d <= Duration::from_secs(300) => {}
+                Ok(d) if d > Duration::ZERO && d <= Duration::from_mins(5) => {}
                 Ok(_) => problems.push("timeout", "must be more than 0s and at most 5m"),
                 Err(e) => problems.push("timeout", format!("`{t}` is not a duration: {e}")),
             }

@@ -21,7 +21,7 @@ use support::{Registry, TestNamespaces};
 
 /// Liveness bounds, far above what the node needs (a Pod runs within a few seconds; the first
 /// ImagePullBackOff comes after about 15 s).
-const WAIT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_mins(2);
 
 fn selector(test: &str) -> String {
     format!("{}-name={test}", support::TEST_LABEL)

@@ -24,7 +24,7 @@ async fn a_new_namespace_gets_its_default_service_account_from_the_controller_ma
     let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     let sa = support::wait_for_named(
         &format!("ServiceAccount {ns}/default"),
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         || async { service_accounts.get_opt("default").await.ok().flatten() },
     )
     .await;

@@ -389,13 +389,13 @@ fn refresh(
         "minInterval",
         &r.min_interval,
         &d.min_interval,
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     );
     let max_interval = duration(
         "maxInterval",
         &r.max_interval,
         &d.max_interval,
-        Duration::from_secs(24 * 3600),
+        Duration::from_hours(24),
     );
     let backoff_initial = duration(
         "backoffInitial",
@@ -407,7 +407,7 @@ fn refresh(
         "backoffMax",
         &r.backoff_max,
         &d.backoff_max,
-        Duration::from_secs(300),
+        Duration::from_mins(5),
     );
     let default_lifetime = duration(
         "defaultLifetime",

@@ -73,7 +73,7 @@ fn a_valid_file_gets_defaults_for_everything_it_leaves_out() {
         ServiceAccountTargets::Names(BTreeSet::from(["default".to_string()]))
     );
     assert!((reg.refresh.renew_at - 2.0 / 3.0).abs() < 1e-9);
-    assert_eq!(reg.refresh.min_interval, Duration::from_secs(60));
+    assert_eq!(reg.refresh.min_interval, Duration::from_mins(1));
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn the_defaults_file_applies_where_a_registry_file_is_silent() {
     assert_eq!(config.registries.len(), 1);
     let reg = &config.registries[0];
     assert_eq!(reg.service_accounts, ServiceAccountTargets::All);
-    assert_eq!(reg.refresh.min_interval, Duration::from_secs(120));
+    assert_eq!(reg.refresh.min_interval, Duration::from_mins(2));
     assert!(reg.refresh.schedule.is_some());
 }
 

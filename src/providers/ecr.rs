@@ -326,7 +326,7 @@ mod client {
     use crate::sensitive::Sensitive;
 
     /// Bounds one whole `GetAuthorizationToken` call, retries included.
-    const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+    const OPERATION_TIMEOUT: Duration = Duration::from_mins(1);
 
     /// The SDK configuration from the process environment. The region comes from `AWS_REGION`
     /// (set by the IRSA and Pod Identity webhooks) or the first configured region; it only

@@ -215,10 +215,10 @@ impl ProviderSpec {
             // Static sources never expire; re-reading the files about once a minute picks up a
             // rotated mounted Secret quickly, and an unchanged credential causes no write.
             Self::Static(_) => Duration::from_secs(90),
-            Self::Gcp(_) => Duration::from_secs(3600),
-            Self::Azure(_) => Duration::from_secs(3 * 3600),
-            Self::Ecr(_) | Self::EcrPublic(_) => Duration::from_secs(12 * 3600),
-            Self::Http(_) => Duration::from_secs(3600),
+            Self::Gcp(_) => Duration::from_hours(1),
+            Self::Azure(_) => Duration::from_hours(3),
+            Self::Ecr(_) | Self::EcrPublic(_) => Duration::from_hours(12),
+            Self::Http(_) => Duration::from_hours(1),
         }
     }
 

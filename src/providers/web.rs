@@ -400,7 +400,7 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(retry_after(&h, at(0)), None);
         h.insert(RETRY_AFTER, HeaderValue::from_static("120"));
-        assert_eq!(retry_after(&h, at(0)), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(&h, at(0)), Some(Duration::from_mins(2)));
         // 1_000_000_000 s is Sun, 09 Sep 2001 01:46:40 GMT.
         h.insert(
             RETRY_AFTER,
@@ -427,7 +427,7 @@ mod tests {
             RETRY_AFTER,
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("value"),
         );
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(60)));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_mins(1)));
     }
 
     #[test]

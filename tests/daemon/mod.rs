@@ -146,7 +146,7 @@ pub async fn start_with_env(
         instance: instance.to_string(),
     };
     let url = format!("http://{admin}/readyz");
-    support::wait_for_named("pullkeeper /readyz", Duration::from_secs(60), || {
+    support::wait_for_named("pullkeeper /readyz", Duration::from_mins(1), || {
         let url = url.clone();
         async move { matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) }
     })
