@@ -15,3 +15,9 @@ demo:
 .PHONY: bench
 bench:
 	bench/run.sh
+
+# `make bench-recovery` starts a control plane with the node, makes 20 Pods stuck in
+# ImagePullBackOff before pullkeeper runs, and prints the recovery figures (bench/README.md).
+.PHONY: bench-recovery
+bench-recovery:
+	bench/recovery.sh
