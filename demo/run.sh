@@ -5,8 +5,10 @@
 # server (tests/peers/up) and a credential broker (demo/broker.py), runs pullkeeper with
 # config/examples/demo/ under its own least-privilege RBAC, and shows: the Secret in several
 # namespaces (also one created later), the patched `default` ServiceAccount, a new Pod carrying
-# imagePullSecrets, skopeo pulling with the written Secret, and the rotation reaching the
-# namespaces when the broker's credential changes. Ctrl-C stops everything.
+# imagePullSecrets, skopeo pulling with the written Secret, the rotation reaching the namespaces
+# when the broker's credential changes, and — on the platform's real node — a Deployment created
+# before pullkeeper ran, stuck in ImagePullBackOff, recovered and Running. Ctrl-C stops everything.
+# The node is one per machine: run it when no other test platform with a node runs.
 # PK_DEMO_EXIT=1 stops after the walk-through instead of waiting (used by the test suite).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -39,9 +41,8 @@ tests/prereqs.sh
 cargo build --quiet --bin pullkeeper
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/pullkeeper
 
-say "starting a local control plane, a token-auth registry and a credential broker"
-# The walk-through needs no node (and a node is one per machine; make test runs this beside its own).
-PK_NO_NODE=1 tests/cluster/up "$dir" >/dev/null
+say "starting a local control plane with a node, a token-auth registry and a credential broker"
+tests/cluster/up "$dir" >/dev/null
 tests/peers/up "$dir" >/dev/null
 . "$dir/env"
 . "$dir/peers.env"
@@ -68,20 +69,50 @@ for ns in team-a team-b team-c; do
   kubectl label namespace "$ns" pullkeeper-demo=true >/dev/null
 done
 kubectl create namespace not-selected >/dev/null
-show "$bin" check --config "$dir/config"
-pk_start pullkeeper "$logs/pullkeeper.log" "$pids/pullkeeper.pid" "$bin" run --config "$dir/config" \
-  --kubeconfig "$kc" --admin-addr "127.0.0.1:$admin_port" --reload-interval 2s
-pk_wait_until 60 "$pids/pullkeeper.pid" pk_http_status_is "http://127.0.0.1:$admin_port/readyz" 200 \
-  || pk_die "pullkeeper did not become ready: $(tail -20 "$logs/pullkeeper.log")"
 
-wait_for() { # wait_for DESCRIPTION CMD...: polls for up to 60 s
-  local what=$1 deadline=$((SECONDS + 60))
+wait_for() { # wait_for DESCRIPTION CMD...: polls for up to 90 s
+  local what=$1 deadline=$((SECONDS + 90))
   shift
   until "$@" >/dev/null 2>&1; do
     ((SECONDS < deadline)) || pk_die "timed out waiting for $what"
     sleep 0.5
   done
 }
+
+say "0. before pullkeeper runs: a Deployment in team-stuck cannot pull its private image"
+kubectl create namespace team-stuck >/dev/null
+kubectl label namespace team-stuck pullkeeper-demo=true >/dev/null
+cat <<YAML | kubectl apply -n team-stuck -f - >/dev/null
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      hostNetwork: true
+      terminationGracePeriodSeconds: 1
+      containers: [{name: web, image: "$PK_REGISTRY_TOKEN/$PK_TEST_IMAGE", imagePullPolicy: Always}]
+YAML
+stuck_reason() { kubectl get pods -n team-stuck -l app=web -o jsonpath='{.items[0].status.containerStatuses[0].state.waiting.reason}'; }
+is_backoff() { [[ $(stuck_reason) == ImagePullBackOff ]]; }
+wait_for "the Deployment's Pod in ImagePullBackOff" is_backoff
+stuck_uid=$(kubectl get pods -n team-stuck -l app=web -o jsonpath='{.items[0].metadata.uid}')
+show kubectl get pods -n team-stuck -o wide
+kubectl get events -n team-stuck --field-selector "involvedObject.uid=$stuck_uid,reason=Failed" \
+  -o custom-columns=REASON:.reason,MESSAGE:.message | head -3
+
+# Pod recovery is opt-in, with its own optional RBAC (deploy/kustomize/components/pod-recovery).
+kubectl apply -f deploy/kustomize/components/pod-recovery/rbac.yaml >/dev/null
+show "$bin" check --config "$dir/config"
+pk_start pullkeeper "$logs/pullkeeper.log" "$pids/pullkeeper.pid" "$bin" run --config "$dir/config" \
+  --kubeconfig "$kc" --admin-addr "127.0.0.1:$admin_port" --reload-interval 2s \
+  --pod-recovery on --recovery-interval 2s
+pk_wait_until 60 "$pids/pullkeeper.pid" pk_http_status_is "http://127.0.0.1:$admin_port/readyz" 200 \
+  || pk_die "pullkeeper did not become ready: $(tail -20 "$logs/pullkeeper.log")"
+
 has_secret() { kubectl get secret demo-registry-pull -n "$1"; }
 for ns in team-a team-b team-c; do wait_for "the Secret in $ns" has_secret "$ns"; done
 
@@ -124,8 +155,24 @@ show kubectl get secrets -A -l app.kubernetes.io/managed-by=pullkeeper \
   -o custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,HASH:.metadata.annotations.pullkeeper\\.dev/content-hash,UID:.metadata.uid
 authfile "$dir/after.json"
 show pull "$dir/after.json"
+say "7. the Deployment that was stuck before pullkeeper ran: its Pod was recreated and runs"
+web_running() {
+  kubectl get pods -n team-stuck -l app=web -o jsonpath='{range .items[*]}{.metadata.uid} {.status.phase}{"\n"}{end}' \
+    | grep -v "^$stuck_uid " | grep -q ' Running$'
+}
+wait_for "the recreated Pod in team-stuck Running" web_running
+show kubectl get pods -n team-stuck -o custom-columns=NAME:.metadata.name,STATUS:.status.phase,PULL-SECRETS:.spec.imagePullSecrets[*].name
+new_uid=$(kubectl get pods -n team-stuck -l app=web -o jsonpath='{.items[0].metadata.uid}')
+echo "pullkeeper's Event on the stuck Pod, and the new Pod's own Events:"
+kubectl get events -n team-stuck --field-selector "involvedObject.uid=$stuck_uid,reason=Recovered" \
+  -o custom-columns=REASON:.reason,MESSAGE:.message,SOURCE:.reportingComponent
+kubectl get events -n team-stuck --field-selector "involvedObject.uid=$new_uid" -o custom-columns=REASON:.reason,MESSAGE:.message \
+  | grep -E 'REASON|Pulled|Started'
+kubectl get events -n team-stuck --field-selector "involvedObject.uid=$new_uid,reason=Pulled" -o name | grep -q . \
+  || pk_die "the recreated Pod has no Pulled event"
+
 say "what pullkeeper reports on /metrics"
-curl -s "http://127.0.0.1:$admin_port/metrics" | grep -E '^pullkeeper_(refresh_total|managed_secrets|managed_service_accounts|writes_total|credential_expiry)' || true
+curl -s "http://127.0.0.1:$admin_port/metrics" | grep -E '^pullkeeper_(refresh_total|managed_secrets|managed_service_accounts|writes_total|credential_expiry|pods_recovered_total|pods_stuck)' || true
 
 if [[ ${PK_DEMO_EXIT:-0} == 1 ]]; then
   say "demo complete"
