@@ -65,6 +65,10 @@ pub enum Command {
     /// --fetch no provider is called and credential content is taken as unchanged. No
     /// credential value is ever printed. Exit code: 0 no change, 1 changes, 2 error.
     Plan(PlanArgs),
+    /// Explain why Pods cannot pull their images and say the fix, read-only: one Pod
+    /// (`-n NS POD`), a namespace (`-n NS`) or every Pod waiting to pull. Exit 0 when nothing
+    /// is wrong, 1 when a cause was found, 2 on usage or config errors.
+    Diagnose(DiagnoseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +164,31 @@ fn parse_instance(s: &str) -> Result<String, String> {
 pub enum PlanOutput {
     Text,
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// Directory with one YAML file per registry (and an optional defaults.yaml).
+    #[arg(long, env = "PULLKEEPER_CONFIG")]
+    pub config: PathBuf,
+    /// Kubeconfig file; in-cluster config (or $KUBECONFIG) when absent.
+    #[arg(long, env = "PULLKEEPER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The installation whose Secrets count as pullkeeper's (the `--instance` of the daemon).
+    #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
+    pub instance: String,
+    /// Only Pods of this namespace (with POD: the Pod's namespace).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// One Pod to explain (every container that does not run); needs --namespace.
+    #[arg(requires = "namespace")]
+    pub pod: Option<String>,
+    /// Do not require the files the config names to exist (from a laptop).
+    #[arg(long)]
+    pub no_file_checks: bool,
+    /// Output format: `text` for people, `json` for tools (schema in the README).
+    #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Text)]
+    pub output: PlanOutput,
 }
 
 #[derive(Debug, Args)]

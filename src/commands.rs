@@ -348,3 +348,62 @@ pub async fn plan(args: PlanArgs) -> i32 {
     }
     i32::from(report.summary.changes)
 }
+
+/// `pullkeeper diagnose`: prints the causes; 0 when nothing is wrong, 1 when a cause was found,
+/// 2 on config or cluster errors.
+pub async fn diagnose(args: crate::cli::DiagnoseArgs) -> i32 {
+    let options = LoadOptions {
+        check_files: !args.no_file_checks,
+        allow_empty: true,
+    };
+    let config = match config::load(&args.config, options) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s); config is invalid", problems.len());
+            return 2;
+        }
+    };
+    let client = match client(args.kubeconfig.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pullkeeper diagnose: {}", error_chain(&e));
+            return 2;
+        }
+    };
+    let target = match (args.namespace, args.pod) {
+        (Some(namespace), Some(name)) => crate::diagnose::Target::Pod { namespace, name },
+        (Some(ns), None) => crate::diagnose::Target::Namespace(ns),
+        (None, _) => crate::diagnose::Target::All,
+    };
+    let owner = Owner::new(args.instance);
+    let report = match crate::diagnose::diagnose(
+        &client,
+        &owner,
+        &config.registries,
+        &target,
+        chrono::Utc::now(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pullkeeper diagnose: {}", error_chain(&e));
+            return 2;
+        }
+    };
+    let text = match args.output {
+        crate::cli::PlanOutput::Json => match report.to_json() {
+            Ok(j) => j + "\n",
+            Err(e) => {
+                eprintln!("pullkeeper diagnose: {e}");
+                return 2;
+            }
+        },
+        crate::cli::PlanOutput::Text => report.to_text(),
+    };
+    print!("{text}");
+    i32::from(report.found())
+}

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod credential;
 pub mod daemon;
+pub mod diagnose;
 pub mod events;
 pub mod leader;
 pub mod logging;

@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => pullkeeper::commands::run(args, false).await?,
         Command::Once(args) => pullkeeper::commands::run(args, true).await?,
         Command::Plan(args) => pullkeeper::commands::plan(args).await,
+        Command::Diagnose(args) => pullkeeper::commands::diagnose(args).await,
     };
     std::process::exit(code);
 }
