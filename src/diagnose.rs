@@ -119,6 +119,53 @@ pub struct PodView<'a> {
     pub secrets: &'a BTreeMap<String, SecretView>,
     /// The Pod's own Events (by UID), oldest first.
     pub events: &'a [Event],
+    /// By registry name: pullkeeper's `RotationFailed` Events about it (see [`Failing`]).
+    pub failing: &'a BTreeMap<String, Failing>,
+}
+
+/// A registry whose refreshes fail, from pullkeeper's `RotationFailed` Events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failing {
+    /// The earliest such Event still kept (the API server keeps Events about an hour).
+    pub since: String,
+    /// What the latest one said (the error chain; never credential material).
+    pub last: String,
+}
+
+/// Groups pullkeeper's `RotationFailed` Events (`registry NAME: error; retrying in Ns`) by
+/// registry, oldest first.
+pub fn failing_registries(events: &[Event]) -> BTreeMap<String, Failing> {
+    let mut timed: Vec<(DateTime<Utc>, &str, &str)> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("RotationFailed"))
+        .filter_map(|e| {
+            let at = e
+                .event_time
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.first_timestamp.as_ref().map(|t| t.0))
+                .or(e.last_timestamp.as_ref().map(|t| t.0))?;
+            let at = DateTime::from_timestamp(at.as_second(), 0)?;
+            let message = e.message.as_deref()?;
+            let (name, rest) = message.strip_prefix("registry ")?.split_once(": ")?;
+            Some((at, name, rest))
+        })
+        .collect();
+    timed.sort_by_key(|(at, _, _)| *at);
+    let mut out: BTreeMap<String, Failing> = BTreeMap::new();
+    for (at, name, rest) in timed {
+        let last = rest
+            .rsplit_once("; retrying in")
+            .map_or(rest, |(e, _)| e)
+            .to_string();
+        out.entry(name.to_string())
+            .and_modify(|f| f.last.clone_from(&last))
+            .or_insert(Failing {
+                since: at.to_rfc3339(),
+                last,
+            });
+    }
+    out
 }
 
 /// Why `targets` leaves namespace `name` out, or `None` when it is in scope.
@@ -349,17 +396,31 @@ pub fn diagnose_pod(
                 ),
             );
         } else if !secret.exists {
-            set(
-                &mut f,
-                Cause::SecretMissing,
-                format!(
-                    "Secret {ns_name}/{secret_name} does not exist: pullkeeper has not written it here"
+            match view.failing.get(&reg.name) {
+                Some(failing) => set(
+                    &mut f,
+                    Cause::SecretMissing,
+                    format!(
+                        "Secret {ns_name}/{secret_name} does not exist: registry {} has been failing since {}: {}",
+                        reg.name, failing.since, failing.last
+                    ),
+                    format!(
+                        "fix what registry {}'s refresh reports (pullkeeper_refresh_failures_total by category); the Secret is written at the next successful refresh",
+                        reg.name
+                    ),
                 ),
-                format!(
-                    "check that pullkeeper runs and that registry {} refreshes (pullkeeper_refresh_failures_total, its RotationFailed Events)",
-                    reg.name
+                None => set(
+                    &mut f,
+                    Cause::SecretMissing,
+                    format!(
+                        "Secret {ns_name}/{secret_name} does not exist: pullkeeper has not written it here"
+                    ),
+                    format!(
+                        "check that pullkeeper runs and that registry {} refreshes (pullkeeper_refresh_failures_total, its RotationFailed Events)",
+                        reg.name
+                    ),
                 ),
-            );
+            }
         } else if !secret.hosts.iter().any(|h| h == &host) {
             set(
                 &mut f,
@@ -541,6 +602,13 @@ pub async fn diagnose(
         ),
     };
     let secret_names: BTreeSet<&str> = registries.iter().map(|r| r.secret_name.as_str()).collect();
+    // pullkeeper's failed rotations, wherever its Pod runs.
+    let failing = failing_registries(
+        &Api::<Event>::all(client.clone())
+            .list(&ListParams::default().fields("reason=RotationFailed"))
+            .await?
+            .items,
+    );
     let mut reports = Vec::new();
     for pod in &pods {
         if !all && containers(pod, false).is_empty() {
@@ -580,6 +648,7 @@ pub async fn diagnose(
             service_account: service_account.as_ref(),
             secrets: &secrets,
             events: &events,
+            failing: &failing,
         };
         reports.push(PodReport {
             namespace: ns,
@@ -593,4 +662,104 @@ pub async fn diagnose(
         kind: "Diagnosis",
         pods: reports,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::ObjectMeta;
+
+    use crate::config::LabelSelector;
+
+    fn ns(name: &str, labels: &[(&str, &str)], opted_out: bool) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                        .collect(),
+                ),
+                annotations: opted_out.then(|| {
+                    BTreeMap::from([(OPT_OUT_ANNOTATION.to_string(), "true".to_string())])
+                }),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        }
+    }
+
+    fn targets(include: &[&str], exclude: &[&str], selector: &str) -> NamespaceTargets {
+        NamespaceTargets {
+            include: include.iter().map(|s| (*s).to_string()).collect(),
+            exclude: exclude.iter().map(|s| (*s).to_string()).collect(),
+            selector: selector.parse::<LabelSelector>().expect("selector"),
+        }
+    }
+
+    #[test]
+    fn out_of_scope_names_the_rule_that_leaves_a_namespace_out() {
+        let t = targets(&["team-*", "kube-public"], &["team-sandbox"], "tier=prod");
+        let prod = [("tier", "prod")];
+        assert_eq!(out_of_scope(&t, &ns("team-a", &prod, false)), None);
+        assert_eq!(out_of_scope(&t, &ns("kube-public", &prod, false)), None);
+        let why = |n: Namespace| out_of_scope(&t, &n).expect("out of scope");
+        assert!(why(ns("team-a", &prod, true)).contains("opted out"));
+        assert!(why(ns("kube-system", &prod, false)).contains("named exactly"));
+        assert!(why(ns("other", &prod, false)).contains("namespaces.include"));
+        assert!(why(ns("team-sandbox", &prod, false)).contains("\"team-sandbox\""));
+        assert!(why(ns("team-a", &[], false)).contains("namespaces.selector"));
+    }
+
+    fn event(minute: u32, message: &str) -> Event {
+        let at = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + i64::from(minute) * 60)
+            .expect("time");
+        Event {
+            reason: Some("RotationFailed".into()),
+            message: Some(message.into()),
+            event_time: Some(MicroTime(at)),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn rotation_failures_are_grouped_by_registry_with_the_first_time_and_the_last_error() {
+        let events = [
+            event(
+                2,
+                "registry harbor: fetching failed: HTTP 503; retrying in 20s",
+            ),
+            event(
+                1,
+                "registry harbor: fetching failed: HTTP 401; retrying in 10s",
+            ),
+            event(3, "registry ecr: unreachable; retrying in 5s"),
+        ];
+        let f = failing_registries(&events);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f["harbor"].last, "fetching failed: HTTP 503");
+        assert!(
+            f["harbor"].since.starts_with("2027-01-15T08:01:00"),
+            "{}",
+            f["harbor"].since
+        );
+        assert_eq!(f["ecr"].last, "unreachable");
+    }
+
+    #[test]
+    fn a_secret_view_holds_hosts_and_never_the_credential() {
+        let body = br#"{"auths":{"r.example":{"username":"u","password":"canary-pw","auth":"dTpjYW5hcnktcHc="}}}"#;
+        let secret = Secret {
+            data: Some(BTreeMap::from([(
+                DATA_KEY.to_string(),
+                k8s_openapi::ByteString(body.to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        let view = SecretView::of(&secret, &Owner::default());
+        assert_eq!(view.hosts, ["r.example"]);
+        assert!(!format!("{view:?}").contains("canary"));
+    }
 }

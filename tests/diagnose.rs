@@ -327,3 +327,56 @@ async fn a_secret_without_the_images_host_lists_the_hosts_it_has() {
     );
     namespaces.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_missing_secret_of_a_failing_registry_says_since_when_and_why() {
+    let test = "diagnose-failing";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let registry = Registry::htpasswd();
+    // The registry's provider is an HTTP endpoint where nothing listens: every refresh fails.
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "failing-diagnose.yaml",
+        &format!(
+            "provider:\n  type: http\n  url: http://127.0.0.1:1/token\n  timeout: 2s\n  response:\n    username: /u\n    password: /p\n\
+             servers: [\"{}\"]\nsecretName: failing-pull\nnamespaces:\n  selector: \"{}\"\n\
+             refresh:\n  backoffInitial: 1s\n  backoffMax: 2s\n",
+            registry.host,
+            selector(test)
+        ),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+    support::wait_for_named("pullkeeper's RotationFailed Event", WAIT, || async {
+        Api::<k8s_openapi::api::core::v1::Event>::all(client.clone())
+            .list(&kube::api::ListParams::default().fields("reason=RotationFailed"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("registry failing-diagnose: "))
+            })
+    })
+    .await;
+    stuck_pod(&client, &ns, "app", &registry.test_image_ref()).await;
+    let out = diagnose(&dir, &d.instance, &ns, "app");
+    assert_eq!(cause(&out), "secret-missing", "{}", out.text);
+    assert!(
+        out.text
+            .contains("registry failing-diagnose has been failing since"),
+        "{}",
+        out.text
+    );
+    assert!(
+        out.text.contains("127.0.0.1:1"),
+        "names the failing request: {}",
+        out.text
+    );
+    d.stop().await;
+    namespaces.cleanup().await;
+}
