@@ -82,4 +82,29 @@ echo "static-build.sh: starts $how and accepts the base's registry files: $(head
 
 size=$(stat -c %s "$bin")
 echo "static-build.sh: binary size $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }') MiB)"
+
+# The image itself, without a container engine (deploy/image/build-oci.py): the same binary in an
+# OCI layout of the Dockerfile's shape, reproducible, its config equal to what the Dockerfile
+# declares, and accepted by a real registry.
+[[ -s /etc/ssl/certs/ca-certificates.crt ]] || fail "no CA bundle at /etc/ssl/certs/ca-certificates.crt (Debian ca-certificates)"
+one=$(python3 deploy/image/build-oci.py "$bin" "$tmp/oci-1" latest) || fail "build-oci.py failed"
+two=$(python3 deploy/image/build-oci.py "$bin" "$tmp/oci-2" latest) || fail "build-oci.py failed"
+[[ $one == "$two" ]] || fail "the image is not reproducible: $one then $two"
+python3 deploy/image/build-oci.py --check Dockerfile "$tmp/oci-1" || fail "the image's config differs from the Dockerfile"
+# The comparison can fail: a Dockerfile that declares another user is refused.
+sed 's/^USER 65532:65532$/USER 0:0/' Dockerfile >"$tmp/Dockerfile.other"
+if python3 deploy/image/build-oci.py --check "$tmp/Dockerfile.other" "$tmp/oci-1" 2>/dev/null; then
+  fail "build-oci.py --check accepted a Dockerfile with another USER"
+fi
+image_size=$(du -sb "$tmp/oci-1/blobs" | cut -f1)
+echo "static-build.sh: image $one, reproducible, config as the Dockerfile declares, $image_size bytes of blobs"
+if [[ -n ${PK_REGISTRY_HTPASSWD:-} ]]; then
+  ref="$PK_REGISTRY_HTPASSWD/pullkeeper/pullkeeper:ci"
+  skopeo copy --quiet --dest-tls-verify=false \
+    --dest-creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" "oci:$tmp/oci-1:latest" "docker://$ref" \
+    || fail "pushing the image to the test registry failed"
+  served=$(skopeo inspect --tls-verify=false --creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" \
+    --format '{{.Digest}}' "docker://$ref") || fail "the registry does not serve the pushed image"
+  echo "static-build.sh: pushed to the test registry as $ref ($served)"
+fi
 echo "static-build.sh: ok"
