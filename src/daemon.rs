@@ -461,7 +461,8 @@ async fn recovery_loop(daemon: &Daemon, pods: &Cache<Pod>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if !daemon.ready.load(Ordering::SeqCst) || !caches_synced(&daemon.caches).await {
+        // Ready means the three caches have listed once.
+        if !daemon.ready.load(Ordering::SeqCst) {
             continue;
         }
         let stuck = daemon.stuck_pods(pods);

@@ -403,9 +403,26 @@ pub async fn preview(
         .collect();
     let now = Utc::now();
     let mut plans = plan_cluster(owner, registries, &issued, &cluster, &HashMap::new(), now);
+    // Only the namespaces where a foreign Secret blocks are planned again, with it known.
     let foreign = find_foreign(client, owner, &plans).await?;
-    if !foreign.is_empty() {
-        plans = plan_cluster(owner, registries, &issued, &cluster, &foreign, now);
+    for planned in &mut plans {
+        let name = planned
+            .namespace
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or_default();
+        if let Some(blocked) = foreign.get(name) {
+            let observed = Observed {
+                namespace: planned.namespace,
+                secrets: planned.secrets.clone(),
+                service_accounts: planned.accounts.clone(),
+                foreign: blocked,
+                now,
+            };
+            planned.plan = plan::plan_namespace(owner, registries, &issued, &observed);
+            planned.foreign.clone_from(blocked);
+        }
     }
     Ok(report::build(
         owner, registries, &planned, fetched, &plans, now,

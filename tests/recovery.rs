@@ -197,10 +197,9 @@ async fn event_reasons(client: &Client, ns: &str, pod: &Pod) -> Vec<String> {
         .collect()
 }
 
-async fn start(admin: &Client, kubeconfig: &Path, dir: &Path, extra: &[&str]) -> daemon::Daemon {
+async fn start(kubeconfig: &Path, dir: &Path, extra: &[&str]) -> daemon::Daemon {
     let mut args = vec!["--reload-interval", "1s", "--recovery-interval", "1s"];
     args.extend_from_slice(extra);
-    let _ = admin;
     daemon::start_with(kubeconfig, dir, "info", &daemon::unique_instance(), &args).await
 }
 
@@ -225,7 +224,6 @@ async fn a_deployment_stuck_before_pullkeeper_ran_is_recovered_and_runs_with_the
     let kubeconfig = recovery_kubeconfig(&client).await;
     let started = std::time::Instant::now();
     let d = start(
-        &client,
         &kubeconfig,
         &htpasswd_config(test),
         &["--pod-recovery", "on"],
@@ -290,7 +288,6 @@ async fn with_recovery_only_observing_the_stuck_pod_stays_and_the_gauge_counts_i
 
     let kubeconfig = recovery_kubeconfig(&client).await;
     let d = start(
-        &client,
         &kubeconfig,
         &htpasswd_config(test),
         &["--pod-recovery", "observe"],
@@ -370,7 +367,6 @@ async fn recovery_deletes_only_what_its_rules_allow_and_keeps_to_its_rate() {
     let kubeconfig = recovery_kubeconfig(&client).await;
     let started = std::time::Instant::now();
     let d = start(
-        &client,
         &kubeconfig,
         &htpasswd_config(test),
         &["--pod-recovery", "on", "--recovery-per-minute", "1"],
@@ -486,7 +482,6 @@ async fn recovery_enabled_without_its_permission_says_so_and_stays_off() {
     // The plain pullkeeper ServiceAccount: the shipped base RBAC, no pod permission.
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let d = start(
-        &client,
         &kubeconfig,
         &htpasswd_config(test),
         &["--pod-recovery", "on"],
