@@ -27,6 +27,8 @@ use crate::reload;
 pub enum StartError {
     #[error("cannot build a Kubernetes client")]
     Client(#[source] kube::Error),
+    #[error("no kubeconfig and no in-cluster config")]
+    Infer(#[source] kube::config::InferConfigError),
     #[error("cannot read kubeconfig {path}")]
     Kubeconfig {
         path: String,
@@ -71,20 +73,40 @@ pub fn check(dir: &Path, options: LoadOptions) -> i32 {
     }
 }
 
-/// A client from `--kubeconfig`, or the in-cluster config / `$KUBECONFIG`.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, StartError> {
-    let Some(path) = kubeconfig else {
-        return Client::try_default().await.map_err(StartError::Client);
+/// A client from `--kubeconfig`, or the in-cluster config / `$KUBECONFIG`, whose requests say
+/// `User-Agent: pullkeeper/VERSION (AGENT)`: audit logs and API server metrics then tell
+/// pullkeeper's replicas (`agent` is the Lease identity) and its commands apart.
+pub async fn client(kubeconfig: Option<&Path>, agent: &str) -> Result<Client, StartError> {
+    let mut cfg = match kubeconfig {
+        None => kube::Config::infer().await.map_err(StartError::Infer)?,
+        Some(path) => {
+            let kubeconfig_error = |source| StartError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(kubeconfig_error)?
+        }
     };
-    let kubeconfig_error = |source| StartError::Kubeconfig {
-        path: path.display().to_string(),
-        source,
-    };
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(kubeconfig_error)?;
+    let value = format!("pullkeeper/{} ({agent})", env!("CARGO_PKG_VERSION"));
+    // Identities come from Pod names and fixed words; one that is not a valid header value
+    // (never seen) leaves the client without a User-Agent rather than failing the start.
+    if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+        cfg.headers.push((axum::http::header::USER_AGENT, value));
+    }
     Client::try_from(cfg).map_err(StartError::Client)
+}
+
+/// This process's identity in the Lease: `--identity` (the Pod name) and a random suffix, so a
+/// restarted container is a new holder that waits for the old one's Lease like any follower.
+fn lease_identity(base: Option<&str>) -> String {
+    format!(
+        "{}_{:08x}",
+        base.unwrap_or("pullkeeper"),
+        rand::random::<u32>()
+    )
 }
 
 /// The settings of `run`/`once`, from the command line.
@@ -176,7 +198,8 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
             return Ok(2);
         }
     };
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let identity = lease_identity(args.identity.as_deref());
+    let client = client(args.kubeconfig.as_deref(), &identity).await?;
     let mut settings = settings;
     if settings.recovery.mode != RecoveryMode::Off {
         match may_recover(&client, settings.recovery.mode).await {
@@ -204,10 +227,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     let lease = LeaseConfig {
         namespace: args.lease_namespace.clone(),
         name: format!("{}-leader", args.instance),
-        identity: args
-            .identity
-            .clone()
-            .unwrap_or_else(|| format!("pullkeeper-{}", std::process::id())),
+        identity,
         duration: std::time::Duration::from_secs(15),
         renew_every: std::time::Duration::from_secs(5),
         retry_every: std::time::Duration::from_secs(2),
@@ -312,7 +332,7 @@ pub async fn plan(args: PlanArgs) -> i32 {
         eprintln!("pullkeeper plan: {}", error_chain(e));
         2
     };
-    let client = match client(args.kubeconfig.as_deref()).await {
+    let client = match client(args.kubeconfig.as_deref(), "plan").await {
         Ok(c) => c,
         Err(e) => return failed(&e),
     };
@@ -366,7 +386,7 @@ pub async fn diagnose(args: crate::cli::DiagnoseArgs) -> i32 {
             return 2;
         }
     };
-    let client = match client(args.kubeconfig.as_deref()).await {
+    let client = match client(args.kubeconfig.as_deref(), "diagnose").await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pullkeeper diagnose: {}", error_chain(&e));

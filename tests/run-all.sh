@@ -49,6 +49,9 @@ run "cargo clippy" cargo clippy --all-targets --all-features -- -D warnings
 run "cargo deny (licenses, bans, sources)" cargo deny check licenses bans sources
 run "compile the tests" cargo test --all-features --no-run
 run "cargo build --no-default-features" cargo build --no-default-features
+# helm (installed here when missing) is used by tests/in_cluster.rs too, so it runs before them.
+run "tests/checks/helm.sh" bash tests/checks/helm.sh
+export PK_HELM=${PULLKEEPER_BIN:-$HOME/.cache/pullkeeper/bin}/helm
 # The toolchain Cargo.toml declares as rust-version (installed on these machines), named
 # explicitly so a newer default toolchain cannot hide a build that needs more than it says.
 rust_version=$(awk -F'"' '/^rust-version/ {print $2; exit}' Cargo.toml)
@@ -89,6 +92,11 @@ pk_log "platform up in $((SECONDS - t)) s"
 . "$dir/peers.env"
 
 # --- 4. tests and checks against the platform ------------------------------------------------
+# The image first: tests/in_cluster.rs installs it onto the node from the test registry.
+export PK_IMAGE_ENV=$dir/image.env
+run "tests/checks/static-build.sh" bash tests/checks/static-build.sh
+# shellcheck disable=SC1091
+[[ -e $PK_IMAGE_ENV ]] && . "$PK_IMAGE_ENV"
 test_log=$dir/logs/cargo-test.log
 # A hung test must not eat CI's whole budget: 45 minutes is far above a normal run.
 # shellcheck disable=SC2016 # expanded by the inner bash
@@ -97,6 +105,7 @@ run "cargo test --all-features" bash -c 'set -o pipefail; timeout 2700 cargo tes
 for check in tests/checks/*.sh; do
   [[ -e $check ]] || continue
   [[ $check == tests/checks/demo.sh ]] && continue # ran before the platform, with its own node
+  [[ $check == tests/checks/static-build.sh || $check == tests/checks/helm.sh ]] && continue # ran before cargo test
   run "$check" bash "$check"
 done
 

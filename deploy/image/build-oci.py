@@ -6,7 +6,10 @@ Dockerfile's user, entrypoint, command, exposed port and labels. Byte-for-byte r
 same binary and CA bundle give the same digest.
 
 Usage:
-  build-oci.py BINARY OUT_DIR TAG [CA_BUNDLE]   writes the layout, prints the manifest digest
+  build-oci.py [--label KEY=VALUE]... BINARY OUT_DIR TAG [CA_BUNDLE]
+                                                writes the layout, prints the manifest digest;
+                                                --label adds a label beyond the Dockerfile's (a
+                                                release's revision; the tests' second image)
   build-oci.py --check DOCKERFILE OUT_DIR       compares the layout's config with what the
                                                 Dockerfile's final stage declares; exit 1 on a
                                                 difference
@@ -74,7 +77,7 @@ def canonical(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-def build(binary_path, out, tag, ca_path):
+def build(binary_path, out, tag, ca_path, labels):
     with open(binary_path, "rb") as f:
         binary = f.read()
     with open(ca_path, "rb") as f:
@@ -92,7 +95,7 @@ def build(binary_path, out, tag, ca_path):
     config = put(canonical({
         "architecture": "amd64",
         "os": "linux",
-        "config": CONFIG,
+        "config": {**CONFIG, "Labels": {**CONFIG["Labels"], **labels}},
         "rootfs": {"type": "layers", "diff_ids": [lay["digest"]]},
     }))
     manifest = put(canonical({
@@ -159,10 +162,15 @@ def check(dockerfile, out):
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--check":
         raise SystemExit(check(sys.argv[2], sys.argv[3]))
-    if len(sys.argv) not in (4, 5):
+    args, labels = sys.argv[1:], {}
+    while len(args) >= 2 and args[0] == "--label" and "=" in args[1]:
+        key, _, value = args[1].partition("=")
+        labels[key] = value
+        args = args[2:]
+    if len(args) not in (3, 4):
         raise SystemExit(__doc__)
-    ca = sys.argv[4] if len(sys.argv) == 5 else "/etc/ssl/certs/ca-certificates.crt"
-    build(sys.argv[1], sys.argv[2], sys.argv[3], ca)
+    ca = args[3] if len(args) == 4 else "/etc/ssl/certs/ca-certificates.crt"
+    build(args[0], args[1], args[2], ca, labels)
 
 
 if __name__ == "__main__":

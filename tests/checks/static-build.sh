@@ -106,5 +106,35 @@ if [[ -n ${PK_REGISTRY_HTPASSWD:-} ]]; then
   served=$(skopeo inspect --tls-verify=false --creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" \
     --format '{{.Digest}}' "docker://$ref") || fail "the registry does not serve the pushed image"
   echo "static-build.sh: pushed to the test registry as $ref ($served)"
+  # A second image for the in-cluster upgrade test: the same binary with one more label, so
+  # another digest.
+  next="$PK_REGISTRY_HTPASSWD/pullkeeper/pullkeeper:ci-next"
+  next_digest=$(python3 deploy/image/build-oci.py --label org.opencontainers.image.revision=ci-next \
+    "$bin" "$tmp/oci-next" latest) || fail "build-oci.py --label failed"
+  [[ $next_digest != "$one" ]] || fail "a label did not change the image's digest"
+  skopeo copy --quiet --dest-tls-verify=false \
+    --dest-creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" "oci:$tmp/oci-next:latest" "docker://$next" \
+    || fail "pushing the second image to the test registry failed"
+  next_served=$(skopeo inspect --tls-verify=false --creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" \
+    --format '{{.Digest}}' "docker://$next") || fail "the registry does not serve the second image"
+  [[ $next_served != "$served" ]] || fail "the second image has the first one's digest"
+  echo "static-build.sh: pushed $next ($next_served)"
+  # What a node pulls: the registry's manifest (skopeo compressed the layer on the push).
+  pull_bytes=$(skopeo inspect --raw --tls-verify=false --creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" \
+    "docker://$ref" | python3 -c 'import json, sys; m = json.load(sys.stdin); print(m["config"]["size"] + sum(l["size"] for l in m["layers"]))') \
+    || fail "cannot read the pushed manifest"
+  echo "static-build.sh: a node pulls $pull_bytes bytes ($(awk -v s="$pull_bytes" 'BEGIN { printf "%.1f", s / 1048576 }') MiB) for the image"
+  # tests/in_cluster.rs installs these (tests/run-all.sh sources the file before cargo test).
+  if [[ -n ${PK_IMAGE_ENV:-} ]]; then
+    {
+      echo "export PK_IMAGE=$ref"
+      echo "export PK_IMAGE_DIGEST=$served"
+      echo "export PK_IMAGE_NEXT=$next"
+      echo "export PK_IMAGE_NEXT_DIGEST=$next_served"
+      echo "export PK_IMAGE_BYTES=$image_size"
+      echo "export PK_IMAGE_PULL_BYTES=$pull_bytes"
+    } >"$PK_IMAGE_ENV"
+    echo "static-build.sh: wrote $PK_IMAGE_ENV"
+  fi
 fi
 echo "static-build.sh: ok"

@@ -14,6 +14,7 @@ PK_NODE_CHAIN_OUT=PK-TEST-NODE-OUT
 PK_NODE_CHAIN_FWD=PK-TEST-NODE-FWD
 PK_NODE_BRIDGE=pk-test0
 PK_NODE_POD_CIDR=10.88.0.0/24
+PK_NODE_POD_GATEWAY=10.88.0.1
 PK_SERVICE_CIDR=10.0.0.0/24
 PK_SERVICE_IP=10.0.0.1
 PK_NODE_SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward
@@ -93,6 +94,10 @@ pk_node_guard_up() {
   : >"$host_state/guard"
   iptables -w -N "$PK_NODE_CHAIN_OUT"
   iptables -w -N "$PK_NODE_CHAIN_FWD"
+  # The host may talk to Pods on the bridge (the kubelet's probes, the tests): those addresses live
+  # in network namespaces the node made, on this machine.
+  iptables -w -A "$PK_NODE_CHAIN_OUT" -o "$PK_NODE_BRIDGE" -s "$PK_NODE_POD_GATEWAY" -d "$PK_NODE_POD_CIDR" -m comment --comment "$comment" -j RETURN
+  iptables -w -A "$PK_NODE_CHAIN_OUT" -o "$PK_NODE_BRIDGE" -s "$PK_SERVICE_IP" -d "$PK_NODE_POD_CIDR" -m comment --comment "$comment" -j RETURN
   # Traffic from the node's own processes and its containers (runc puts them under k8s.io) may only
   # use lo; so may anything aimed at the Service CIDR. Nothing may dial the node's address.
   iptables -w -A "$PK_NODE_CHAIN_OUT" -d "$PK_SERVICE_CIDR" ! -o lo -m comment --comment "$comment" -j REJECT
@@ -196,9 +201,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     # No credentials here, ever: only a Pod's imagePullSecrets may open a private registry.
     config_path = "$node/certs.d"
 EOF
-  # A bridge only so that containerd reports the network ready. Pods that need no network use
-  # hostNetwork; any other Pod lands on a bridge without an address, a gateway, routes or
-  # masquerading, so it can reach nothing but other Pods on it (and the guard rejects the rest).
+  # The Pod network, local only. The bridge gets the gateway address (10.88.0.1), and a Pod's
+  # netns gets exactly one route besides its subnet: 10.0.0.1/32 via the bridge, the Service
+  # address made local on lo, where forward.py takes it to the API server. No default route, no
+  # masquerading: a Pod can reach the API server and other Pods' addresses, nothing else (a
+  # connect to any other address fails in the Pod with "network unreachable"), and the guard
+  # rejects anything forwarded. The kubelet's probes and the tests reach Pods on the bridge.
   cat >"$node/cni/net.d/10-pk-test.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
@@ -207,14 +215,15 @@ EOF
     {
       "type": "bridge",
       "bridge": "$PK_NODE_BRIDGE",
-      "isGateway": false,
+      "isGateway": true,
       "isDefaultGateway": false,
       "ipMasq": false,
       "hairpinMode": false,
       "ipam": {
         "type": "host-local",
         "dataDir": "$node/cni/ipam",
-        "ranges": [[{"subnet": "$PK_NODE_POD_CIDR"}]]
+        "ranges": [[{"subnet": "$PK_NODE_POD_CIDR", "gateway": "$PK_NODE_POD_GATEWAY"}]],
+        "routes": [{"dst": "$PK_SERVICE_IP/32"}]
       }
     }
   ]
@@ -385,6 +394,9 @@ authentication:
     clientCAFile: $pki/ca.crt
 authorization:
   mode: AlwaysAllow
+# How often every Pod is synced, and with it how soon a ConfigMap edit reaches its volume (the
+# kubelet's symlink swap). The default 1m would make each reload test wait a minute or more.
+syncFrequency: 10s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {}
@@ -415,6 +427,8 @@ EOF
   cat >>"$dir/env" <<EOF
 export PK_NODE_NAME=$PK_NODE_NAME
 export PK_NODE_POD_LOGS_DIR=$node/pod-logs
+export PK_NODE_KUBELET_ROOT=$node/kubelet
+export PK_NODE_CONTAINERD_SOCK=$dir/containerd.sock
 EOF
 }
 

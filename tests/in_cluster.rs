@@ -1,0 +1,1003 @@
+//! pullkeeper as users run it: its image (built by `tests/checks/static-build.sh` without a
+//! container engine and pushed to the test registry) installed onto the real node by the shipped
+//! kustomize base and Helm chart, two replicas behind a Lease, with the Pods' own ServiceAccount
+//! token and the kubelet's ConfigMap volume.
+//!
+//! What a test install changes, and why only this platform needs it:
+//! - the image reference: there is no public registry here, the image is in the local one;
+//! - `imagePullSecrets` for pullkeeper's own image: the local registry requires a login;
+//! - the registry file (static provider, password from a Secret through an env var): the one
+//!   credential source a Pod can use here — the Pod network reaches the API server and nothing
+//!   else (tests/cluster/README.md, "The node").
+//!
+//! Nothing else: no API server address (the `kubernetes` Service address 10.0.0.1 is made local
+//! by the platform, so the in-cluster config works unmodified), no host networking (the Pods run
+//! on the node's local-only Pod network, each with its own address, so two replicas and their
+//! probes on one node do not collide), probes, security context and RBAC as shipped.
+//!
+//! Who wrote what is read from the API server's audit log (`PK_AUDIT_LOG`): each write carries
+//! the bound token's Pod name and the writing process's User-Agent (`pullkeeper/VERSION
+//! (LEASE-IDENTITY)`). The figures (time to Ready, hand-over after a graceful delete and after a
+//! hard kill) are printed, never asserted against a time.
+//!
+//! The two installs run one after the other (one lock): both are the default instance
+//! `pullkeeper`, as a user installs it.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::{Registry, TestNamespaces};
+
+const WAIT: Duration = Duration::from_mins(3);
+const SECRET: &str = "incluster-pull";
+const USER_SECRET: &str = "team-pull";
+const PASSWORD_ENV: &str = "PK_REGISTRY_PASSWORD";
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/pullkeeper");
+const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kustomize/base");
+const PULLKEEPER: &str = env!("CARGO_BIN_EXE_pullkeeper");
+
+static ONE_INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ---------------------------------------------------------------------------------------------
+// The image, the tools, the registry file
+// ---------------------------------------------------------------------------------------------
+
+/// The images `tests/checks/static-build.sh` pushed (`PK_IMAGE_ENV`, sourced by run-all.sh).
+struct Image {
+    repository: String,
+    digest: String,
+    next_digest: String,
+    bytes: String,
+    pull_bytes: String,
+}
+
+fn image() -> Image {
+    let reference = support::env("PK_IMAGE");
+    let Some((repository, _tag)) = reference.rsplit_once(':') else {
+        panic!("PK_IMAGE {reference} has no tag")
+    };
+    let repository = repository.to_string();
+    Image {
+        repository,
+        digest: support::env("PK_IMAGE_DIGEST"),
+        next_digest: support::env("PK_IMAGE_NEXT_DIGEST"),
+        bytes: support::env("PK_IMAGE_BYTES"),
+        pull_bytes: support::env("PK_IMAGE_PULL_BYTES"),
+    }
+}
+
+/// Runs a command to completion; panics with its output when it fails. Returns stdout.
+async fn run(program: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{program} {} failed ({}):\n{stdout}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn kubectl() -> &'static str {
+    "kubectl"
+}
+
+fn helm() -> String {
+    support::env("PK_HELM")
+}
+
+/// The registry file of these tests: the htpasswd registry's static login, the password from
+/// the environment (a Secret's key, as a user with a static login sets it up), into exactly
+/// `namespaces`.
+fn registry_file(namespaces: &[String]) -> serde_json::Value {
+    let registry = Registry::htpasswd();
+    json!({
+        "provider": {
+            "type": "static",
+            "username": {"value": registry.username},
+            "password": {"env": PASSWORD_ENV},
+        },
+        "servers": [registry.host],
+        "secretName": SECRET,
+        "namespaces": {"include": namespaces},
+        "serviceAccounts": ["default"],
+    })
+}
+
+fn yaml(value: &serde_json::Value) -> String {
+    serde_yaml_ng::to_string(value).expect("YAML")
+}
+
+/// The two Secrets a user creates in pullkeeper's namespace for this setup: the pull Secret for
+/// pullkeeper's own image and the static login's password.
+fn install_secrets(ns: &str) -> [serde_json::Value; 2] {
+    let registry = Registry::htpasswd();
+    [
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": "pullkeeper-image", "namespace": ns},
+            "stringData": {".dockerconfigjson": registry.dockerconfigjson()},
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "registry-login", "namespace": ns},
+            "stringData": {"password": registry.password},
+        }),
+    ]
+}
+
+fn password_env() -> serde_json::Value {
+    json!({"name": PASSWORD_ENV, "valueFrom": {"secretKeyRef": {"name": "registry-login", "key": "password"}}})
+}
+
+/// `to` relative to the directory `from` (both absolute), as kustomize wants its resources.
+fn relative(to: &Path, from: &Path) -> PathBuf {
+    let to: Vec<_> = to.components().collect();
+    let from: Vec<_> = from.components().collect();
+    let common = to.iter().zip(&from).take_while(|(a, b)| a == b).count();
+    let mut path = PathBuf::new();
+    for _ in common..from.len() {
+        path.push("..");
+    }
+    for c in &to[common..] {
+        path.push(c);
+    }
+    path
+}
+
+// ---------------------------------------------------------------------------------------------
+// The user's namespaces: a ServiceAccount that already names a pull Secret of the team's own
+// ---------------------------------------------------------------------------------------------
+
+async fn user_namespace(client: &Client, namespaces: &TestNamespaces) -> String {
+    let ns = namespaces.create().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": USER_SECRET},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": support::dockerconfigjson("registry.team.test", "team", "team-pw")},
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the team's Secret");
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    support::wait_for_named(&format!("{ns}/default exists"), WAIT, || async {
+        accounts.get_opt("default").await.ok().flatten()
+    })
+    .await;
+    accounts
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"imagePullSecrets": [{"name": USER_SECRET}]})),
+        )
+        .await
+        .expect("patch the team's entry");
+    ns
+}
+
+fn pull_secret_names(sa: &ServiceAccount) -> Vec<String> {
+    sa.image_pull_secrets
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+/// Waits until `ns` holds pullkeeper's Secret with the registry's login and `default` lists it
+/// after the team's entry.
+async fn wait_served(client: &Client, ns: &str) {
+    let registry = Registry::htpasswd();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    support::wait_for_named(&format!("{ns}/{SECRET} written"), WAIT, || async {
+        let secret = secrets
+            .get_opt(SECRET)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no Secret yet")?;
+        let bytes = secret
+            .data
+            .and_then(|d| d.get(".dockerconfigjson").cloned())
+            .ok_or("no .dockerconfigjson")?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&bytes.0).map_err(|e| e.to_string())?;
+        let auth = &config["auths"][&registry.host];
+        if auth["username"] == registry.username.as_str()
+            && auth["password"] == registry.password.as_str()
+        {
+            Ok(())
+        } else {
+            Err("another login".to_string())
+        }
+    })
+    .await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    support::wait_for_named(&format!("{ns}/default lists {SECRET}"), WAIT, || async {
+        let sa = accounts.get("default").await.map_err(|e| e.to_string())?;
+        let names = pull_secret_names(&sa);
+        if names == [USER_SECRET, SECRET] {
+            Ok(())
+        } else {
+            Err(format!("imagePullSecrets {names:?}"))
+        }
+    })
+    .await;
+}
+
+/// A Pod of the team's own, created after pullkeeper served `ns`, pulls the private test image
+/// on the node with what admission copied from `default`.
+async fn a_pod_pulls(client: &Client, ns: &str) {
+    let image = Registry::htpasswd().test_image_ref();
+    let pod = support::create_node_pod(client, ns, "app", &[("app", image.as_str())], "Always").await;
+    let names: Vec<String> = pod
+        .spec
+        .and_then(|s| s.image_pull_secrets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, [USER_SECRET, SECRET], "admission copied the ServiceAccount's entries");
+    support::wait_pod_running(client, ns, "app", WAIT).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// pullkeeper's Pods: readiness, metrics, the Lease
+// ---------------------------------------------------------------------------------------------
+
+const POD_SELECTOR: &str = "app.kubernetes.io/name=pullkeeper,app.kubernetes.io/component=controller";
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+}
+
+fn pod_name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_else(|| panic!("Pod {} has no address", pod_name(pod)))
+}
+
+/// Waits until exactly `count` pullkeeper Pods of `ns` are Ready (their real probes passed) and
+/// none is terminating; `digest` (when given) must be the image they run.
+async fn wait_ready(client: &Client, ns: &str, count: usize, digest: Option<&str>) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    support::wait_for_named(&format!("{count} pullkeeper Pods Ready in {ns}"), WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels(POD_SELECTOR))
+            .await
+            .map_err(|e| e.to_string())?;
+        let on_image = |p: &Pod| {
+            digest.is_none_or(|d| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().all(|c| c.image_id.ends_with(d)))
+            })
+        };
+        let ready: Vec<Pod> = list
+            .items
+            .iter()
+            .filter(|p| is_ready(p) && on_image(p))
+            .cloned()
+            .collect();
+        if ready.len() == count && list.items.len() == count {
+            Ok(ready)
+        } else {
+            Err(list
+                .items
+                .iter()
+                .map(|p| format!("{}: {}", pod_name(p), support::pod_summary(p)))
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
+    })
+    .await
+}
+
+async fn scrape(pod: &Pod) -> Result<String, String> {
+    let url = format!("http://{}:9090/metrics", pod_ip(pod));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    response.text().await.map_err(|e| e.to_string())
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The Lease holder's identity (`POD-NAME_SUFFIX`) in `ns`.
+async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt("pullkeeper-leader")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+/// The leader Pod among `pods`: the Lease names it and it says so on /metrics.
+async fn leader_of(client: &Client, ns: &str, pods: &[Pod]) -> (Pod, String) {
+    support::wait_for_named(&format!("a leader among the Pods of {ns}"), WAIT, || async {
+        let holder = lease_holder(client, ns).await.ok_or("no holder")?;
+        let pod = pods
+            .iter()
+            .find(|p| holder.starts_with(&format!("{}_", pod_name(p))))
+            .ok_or(format!("holder {holder} is none of the Ready Pods"))?;
+        let text = scrape(pod).await?;
+        if sample(&text, "pullkeeper_leader") == Some(1.0) {
+            Ok((pod.clone(), holder))
+        } else {
+            Err(format!("{} does not say it leads", pod_name(pod)))
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit log: every write by pullkeeper's ServiceAccount, from the API server's side
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Write {
+    received: DateTime<Utc>,
+    completed: DateTime<Utc>,
+    pod: String,
+    agent: String,
+    what: String,
+}
+
+/// The writes to Secrets and ServiceAccounts made by `system:serviceaccount:NS:SA` with a
+/// Pod-bound token, received at or after `since`.
+fn writes(ns: &str, sa: &str, since: DateTime<Utc>) -> Vec<Write> {
+    let path = support::env("PK_AUDIT_LOG");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let user = format!("system:serviceaccount:{ns}:{sa}");
+    let time = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user.as_str())
+        .filter(|e| {
+            matches!(e["objectRef"]["resource"].as_str(), Some("secrets" | "serviceaccounts"))
+                && matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete"))
+        })
+        .filter_map(|e| {
+            let pod = e["user"]["extra"]["authentication.kubernetes.io/pod-name"][0]
+                .as_str()?
+                .to_string();
+            Some(Write {
+                received: time(&e["requestReceivedTimestamp"])?,
+                completed: time(&e["stageTimestamp"])?,
+                pod,
+                agent: e["userAgent"].as_str().unwrap_or_default().to_string(),
+                what: format!(
+                    "{} {} {}/{} -> {}",
+                    e["verb"].as_str().unwrap_or_default(),
+                    e["objectRef"]["resource"].as_str().unwrap_or_default(),
+                    e["objectRef"]["namespace"].as_str().unwrap_or_default(),
+                    e["objectRef"]["name"].as_str().unwrap_or_default(),
+                    e["responseStatus"]["code"]
+                ),
+            })
+        })
+        .filter(|w| w.received >= since)
+        .collect()
+}
+
+/// Every write came from one process at a time: grouped by User-Agent (one per process, as the
+/// Lease identity is), no two processes' spans of writes overlap. Returns the writers in order.
+fn assert_one_writer_at_a_time(writes: &[Write]) -> Vec<(String, DateTime<Utc>, DateTime<Utc>)> {
+    let mut spans: BTreeMap<String, (DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
+    for w in writes {
+        assert!(
+            w.agent.starts_with("pullkeeper/") && w.agent.contains(&format!("({}_", w.pod)),
+            "a write whose User-Agent does not name its Pod's process: {w:?}"
+        );
+        let span = spans.entry(w.agent.clone()).or_insert((w.received, w.completed));
+        span.0 = span.0.min(w.received);
+        span.1 = span.1.max(w.completed);
+    }
+    let mut ordered: Vec<_> = spans.into_iter().map(|(a, (f, l))| (a, f, l)).collect();
+    ordered.sort_by_key(|(_, first, _)| *first);
+    for pair in ordered.windows(2) {
+        assert!(
+            pair[1].1 > pair[0].2,
+            "two writers at once: {} wrote until {}, {} from {}",
+            pair[0].0,
+            pair[0].2,
+            pair[1].0,
+            pair[1].1
+        );
+    }
+    ordered
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared checks of both renderings
+// ---------------------------------------------------------------------------------------------
+
+/// The restricted Pod Security level is enforced in pullkeeper's namespace (a Pod below it is
+/// refused there), so pullkeeper's own Pods there met it.
+async fn restricted_level_holds(client: &Client, ns: &str) {
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get(ns)
+        .await
+        .expect("namespace");
+    assert_eq!(
+        namespace
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted"),
+        "{ns} enforces the restricted level"
+    );
+    // A Pod without the restricted level's settings (non-root, no privilege escalation, no
+    // capabilities, a seccomp profile): what the baseline level allows, restricted refuses.
+    let unrestricted: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "unrestricted-probe"},
+        "spec": {"containers": [{"name": "c", "image": "x"}]},
+    }))
+    .expect("pod");
+    let refused = Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams { dry_run: true, ..PostParams::default() }, &unrestricted)
+        .await
+        .expect_err("a Pod below the restricted level must be refused where pullkeeper runs");
+    assert!(
+        refused.to_string().contains("PodSecurity"),
+        "refused by Pod Security admission: {refused}"
+    );
+}
+
+/// pullkeeper's Pods talk to the API server as their ServiceAccount, with the mounted token:
+/// no kubeconfig in the Pod spec, and the writes so far came from the leader's Pod-bound token.
+fn uses_the_mounted_token(pods: &[Pod], writes: &[Write], leader: &Pod) {
+    for pod in pods {
+        let spec = pod.spec.as_ref().expect("spec");
+        let container = &spec.containers[0];
+        let args = container.args.clone().unwrap_or_default();
+        assert!(!args.iter().any(|a| a.contains("kubeconfig")), "no --kubeconfig: {args:?}");
+        assert!(
+            !container
+                .env
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e.name == "KUBECONFIG"),
+            "no KUBECONFIG"
+        );
+        assert_ne!(spec.automount_service_account_token, Some(false));
+    }
+    assert!(!writes.is_empty(), "the install wrote nothing the audit log saw");
+    assert!(
+        writes.iter().all(|w| w.pod == pod_name(leader)),
+        "only the leader {} wrote: {writes:#?}",
+        pod_name(leader)
+    );
+}
+
+/// The kubelet's target of `..data` in the config volume of `pod` (its atomic-writer swap).
+fn config_volume_target(pod: &Pod) -> PathBuf {
+    let uid = pod.metadata.uid.as_deref().expect("uid");
+    let link = PathBuf::from(support::env("PK_NODE_KUBELET_ROOT"))
+        .join("pods")
+        .join(uid)
+        .join("volumes/kubernetes.io~configmap/config/..data");
+    std::fs::read_link(&link).unwrap_or_else(|e| panic!("cannot read {}: {e}", link.display()))
+}
+
+/// Edits the registry file in the live ConfigMap, as `kubectl edit` does.
+async fn edit_config(client: &Client, ns: &str, configmap: &str, key: &str, file: &str) {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(
+            configmap,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {key: file}})),
+        )
+        .await
+        .expect("edit the ConfigMap");
+}
+
+/// A ConfigMap edit reaches both replicas through the kubelet's symlink swap and is applied; an
+/// invalid one is rejected by both while the old config keeps working; the valid file back clears
+/// the rejection. Leaves the config serving `namespaces`.
+async fn config_edits(
+    client: &Client,
+    ns: &str,
+    configmap: &str,
+    key: &str,
+    pods: &[Pod],
+    namespaces: &[String],
+) {
+    let before: Vec<PathBuf> = pods.iter().map(config_volume_target).collect();
+    let edited = Instant::now();
+    edit_config(client, ns, configmap, key, &yaml(&registry_file(namespaces))).await;
+    for n in namespaces {
+        wait_served(client, n).await;
+    }
+    let took = edited.elapsed();
+    // The follower's volume may be swapped a sync period later than the leader's.
+    for (pod, old) in pods.iter().zip(&before) {
+        support::wait_for_named(&format!("the kubelet swapping {}'s config volume", pod_name(pod)), WAIT, || async {
+            config_volume_target(pod) != *old
+        })
+        .await;
+    }
+    for pod in pods {
+        support::wait_for_named(&format!("{} reloaded", pod_name(pod)), WAIT, || async {
+            let text = scrape(pod).await?;
+            match sample(&text, "pullkeeper_config_reloads_total{result=\"success\"}") {
+                Some(n) if n >= 1.0 => Ok(()),
+                other => Err(format!("successful reloads {other:?}")),
+            }
+        })
+        .await;
+    }
+    println!("in-cluster: a ConfigMap edit served a new namespace {took:.1?} after the edit");
+
+    // An invalid edit: rejected by both replicas, the old config keeps working.
+    let mut invalid = registry_file(namespaces);
+    invalid["secretNmae"] = json!("typo");
+    edit_config(client, ns, configmap, key, &yaml(&invalid)).await;
+    for pod in pods {
+        support::wait_for_named(&format!("{} rejects the edit", pod_name(pod)), WAIT, || async {
+            let text = scrape(pod).await?;
+            match sample(&text, "pullkeeper_config_last_reload_successful") {
+                Some(0.0) => Ok(()),
+                other => Err(format!("last reload successful {other:?}")),
+            }
+        })
+        .await;
+    }
+    let last = namespaces.last().expect("a namespace");
+    Api::<Secret>::namespaced(client.clone(), last)
+        .delete(SECRET, &DeleteParams::default())
+        .await
+        .expect("delete the Secret");
+    wait_served(client, last).await;
+    edit_config(client, ns, configmap, key, &yaml(&registry_file(namespaces))).await;
+    for pod in pods {
+        support::wait_for_named(&format!("{} accepts the file again", pod_name(pod)), WAIT, || async {
+            let text = scrape(pod).await?;
+            match sample(&text, "pullkeeper_config_last_reload_successful") {
+                Some(1.0) => Ok(()),
+                other => Err(format!("last reload successful {other:?}")),
+            }
+        })
+        .await;
+    }
+}
+
+/// After the uninstall: `pullkeeper cleanup` removes what pullkeeper left in the user's
+/// namespaces; then nothing of pullkeeper's is left and every user entry is intact.
+async fn cleanup_leaves_nothing(client: &Client, lease_namespace: &str, namespaces: &[String]) {
+    let kubeconfig = support::env("KUBECONFIG");
+    let out = run(
+        PULLKEEPER,
+        &["cleanup", "--kubeconfig", &kubeconfig, "--lease-namespace", lease_namespace],
+    )
+    .await;
+    println!("in-cluster: pullkeeper cleanup:\n{out}");
+    let managed = Api::<Secret>::all(client.clone())
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=pullkeeper,pullkeeper.dev/instance=pullkeeper"))
+        .await
+        .expect("list");
+    assert!(managed.items.is_empty(), "pullkeeper Secrets left: {:?}", managed.items.iter().map(|s| &s.metadata.name).collect::<Vec<_>>());
+    for ns in namespaces {
+        let sa = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .get("default")
+            .await
+            .expect("default");
+        assert_eq!(pull_secret_names(&sa), [USER_SECRET], "{ns}/default keeps the team's entry only");
+        let annotations = sa.metadata.annotations.unwrap_or_default();
+        assert!(
+            !annotations.keys().any(|k| k.starts_with("pullkeeper.dev/")),
+            "{ns}/default keeps a pullkeeper annotation: {annotations:?}"
+        );
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .get(USER_SECRET)
+            .await
+            .unwrap_or_else(|e| panic!("the team's Secret in {ns} must stay: {e}"));
+    }
+    let lease = Api::<Lease>::namespaced(client.clone(), lease_namespace)
+        .get_opt("pullkeeper-leader")
+        .await
+        .expect("get lease");
+    assert!(lease.is_none(), "the Lease is left");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drift and hand-over
+// ---------------------------------------------------------------------------------------------
+
+/// Deletes `ns/SECRET` whenever it exists, so the leader keeps writing; stops on drop.
+struct Drift {
+    stop: Arc<AtomicBool>,
+    deletions: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drift {
+    fn start(client: &Client, ns: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let deletions = Arc::new(AtomicUsize::new(0));
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            let deletions = deletions.clone();
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    if secrets.delete(SECRET, &DeleteParams::default()).await.is_ok() {
+                        deletions.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        Self { stop, deletions, task }
+    }
+
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        self.deletions.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits for a Secret write by a process other than `old_agent`, received after `since`.
+async fn next_writer(ns: &str, since: DateTime<Utc>, old_agent: &str) -> Write {
+    support::wait_for_named("a write by another process", WAIT, || async {
+        writes(ns, "pullkeeper", since)
+            .into_iter()
+            .find(|w| w.agent != old_agent && w.what.contains(" secrets "))
+            .ok_or("none yet")
+    })
+    .await
+}
+
+/// Waits until the process behind `agent` has repaired the drift twice from now on.
+async fn keeps_writing(ns: &str, agent: &str) {
+    let from = Utc::now();
+    support::wait_for_named(&format!("{agent} repairing the drift"), WAIT, || async {
+        let n = writes(ns, "pullkeeper", from)
+            .iter()
+            .filter(|w| w.agent == agent && w.what.contains(" secrets "))
+            .count();
+        if n >= 2 { Ok(()) } else { Err(format!("{n} writes")) }
+    })
+    .await;
+}
+
+fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_milliseconds() as f64 / 1000.0
+}
+
+fn agent_of(identity: &str) -> String {
+    format!("pullkeeper/{} ({identity})", env!("CARGO_PKG_VERSION"))
+}
+
+/// Kills the container of `pod` with SIGKILL through containerd, as an OOM kill or a crash
+/// would end it: no shutdown, no Lease release.
+async fn kill_hard(pod: &Pod) {
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first()?.container_id.clone())
+        .expect("container id");
+    let id = id.strip_prefix("containerd://").unwrap_or(&id).to_string();
+    let socket = support::env("PK_NODE_CONTAINERD_SOCK");
+    run(
+        "ctr",
+        &["--address", &socket, "-n", "k8s.io", "task", "kill", "--signal", "SIGKILL", &id],
+    )
+    .await;
+}
+
+/// Two replicas, one writer: the writes so far all came from the leader; a graceful delete of
+/// the leader Pod hands over within the follower's retry period (the Lease is released); a hard
+/// kill of the new leader's container hands over once its Lease expires. Never two writers.
+async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Utc>) {
+    let pods = wait_ready(client, ns, 2, None).await;
+    let (leader, identity) = leader_of(client, ns, &pods).await;
+    let drift = Drift::start(client, drift_ns);
+    keeps_writing(ns, &agent_of(&identity)).await;
+
+    // Graceful: the kubelet sends SIGTERM; pullkeeper stops writing, then releases the Lease.
+    let deleted = Utc::now();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .delete(&pod_name(&leader), &DeleteParams::default())
+        .await
+        .expect("delete the leader Pod");
+    let first = next_writer(ns, deleted, &agent_of(&identity)).await;
+    let old_last = writes(ns, "pullkeeper", since)
+        .into_iter()
+        .filter(|w| w.agent == agent_of(&identity))
+        .map(|w| w.completed)
+        .max()
+        .expect("the old leader wrote");
+    println!(
+        "in-cluster: graceful delete of leader {}: {} wrote {:.2} s after the delete ({:.2} s after the old leader's last write)",
+        pod_name(&leader),
+        first.pod,
+        seconds(deleted, first.received),
+        seconds(old_last, first.received)
+    );
+    assert_ne!(first.pod, pod_name(&leader), "the other replica took over");
+
+    // Hard: SIGKILL through containerd; the Lease stays held until it expires.
+    let pods = wait_ready(client, ns, 2, None).await;
+    let (leader, identity) = leader_of(client, ns, &pods).await;
+    let killed = Utc::now();
+    kill_hard(&leader).await;
+    let first = next_writer(ns, killed, &agent_of(&identity)).await;
+    let old_last = writes(ns, "pullkeeper", since)
+        .into_iter()
+        .filter(|w| w.agent == agent_of(&identity))
+        .map(|w| w.completed)
+        .max()
+        .expect("the second leader wrote");
+    println!(
+        "in-cluster: hard kill of leader {}'s container: {} ({}) wrote {:.2} s after the kill ({:.2} s after the old leader's last write)",
+        pod_name(&leader),
+        first.pod,
+        first.agent,
+        seconds(killed, first.received),
+        seconds(old_last, first.received)
+    );
+    keeps_writing(ns, &first.agent).await;
+    let deletions = drift.stop().await;
+    assert!(deletions >= 3, "the drift kept the leader writing: {deletions} deletions");
+
+    let all = writes(ns, "pullkeeper", since);
+    let writers = assert_one_writer_at_a_time(&all);
+    println!(
+        "in-cluster: {} writes by {} processes, one at a time: {}",
+        all.len(),
+        writers.len(),
+        writers
+            .iter()
+            .map(|(agent, first, last)| format!("{agent} {first}..{last}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    assert!(writers.len() >= 3, "three leaders in turn: {writers:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_kustomize_base_installs_two_replicas_that_hand_over_and_uninstall_clean() {
+    let _one = ONE_INSTALL.lock().await;
+    let client = support::admin_client().await;
+    let image = image();
+    let namespaces = TestNamespaces::new(client.clone(), "ick");
+    let first = user_namespace(&client, &namespaces).await;
+    let second = user_namespace(&client, &namespaces).await;
+    let ns = "pullkeeper";
+
+    // The test overlay: the shipped base, and only what this platform needs.
+    let overlay = support::scratch_path("kustomize-overlay", "");
+    std::fs::create_dir_all(&overlay).expect("overlay dir");
+    let secrets: Vec<String> = install_secrets(ns).iter().map(yaml).collect();
+    std::fs::write(overlay.join("secrets.yaml"), secrets.join("---\n")).expect("write");
+    let patch_deployment = json!([
+        {"op": "add", "path": "/spec/template/spec/imagePullSecrets", "value": [{"name": "pullkeeper-image"}]},
+        {"op": "add", "path": "/spec/template/spec/containers/0/env/-", "value": password_env()},
+    ]);
+    let patch_config = json!([
+        {"op": "replace", "path": "/data", "value": {"incluster.yaml": yaml(&registry_file(std::slice::from_ref(&first)))}},
+    ]);
+    let kustomization = json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [relative(Path::new(BASE), &overlay).display().to_string(), "secrets.yaml"],
+        "images": [{"name": "ghcr.io/pullkeeper/pullkeeper", "newName": image.repository, "digest": image.digest}],
+        "patches": [
+            {"target": {"kind": "Deployment", "name": "pullkeeper"}, "patch": yaml(&patch_deployment)},
+            {"target": {"kind": "ConfigMap", "name": "pullkeeper-config"}, "patch": yaml(&patch_config)},
+        ],
+    });
+    std::fs::write(overlay.join("kustomization.yaml"), yaml(&kustomization)).expect("write");
+    let overlay_dir = overlay.display().to_string();
+
+    let since = Utc::now();
+    let applied = Instant::now();
+    run(kubectl(), &["apply", "-k", &overlay_dir]).await;
+    let pods = wait_ready(&client, ns, 2, Some(&image.digest)).await;
+    println!(
+        "in-cluster (kustomize): image {} ({} bytes pulled, {} unpacked); both replicas Ready {:.1?} after kubectl apply -k",
+        image.digest,
+        image.pull_bytes,
+        image.bytes,
+        applied.elapsed()
+    );
+    wait_served(&client, &first).await;
+    a_pod_pulls(&client, &first).await;
+    restricted_level_holds(&client, ns).await;
+    let (leader, _) = leader_of(&client, ns, &pods).await;
+    uses_the_mounted_token(&pods, &writes(ns, "pullkeeper", since), &leader);
+
+    let both = [first.clone(), second.clone()];
+    config_edits(&client, ns, "pullkeeper-config", "incluster.yaml", &pods, &both).await;
+    hand_over(&client, ns, &first, since).await;
+
+    // Uninstall, then the documented clean-up.
+    run(kubectl(), &["delete", "-k", &overlay_dir, "--wait=true"]).await;
+    support::wait_for_named("namespace pullkeeper gone", WAIT, || async {
+        Api::<Namespace>::all(client.clone())
+            .get_opt(ns)
+            .await
+            .is_ok_and(|n| n.is_none())
+    })
+    .await;
+    cleanup_leaves_nothing(&client, ns, &both).await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
+    let _one = ONE_INSTALL.lock().await;
+    let client = support::admin_client().await;
+    let image = image();
+    let namespaces = TestNamespaces::new(client.clone(), "ich");
+    let first = user_namespace(&client, &namespaces).await;
+    let second = user_namespace(&client, &namespaces).await;
+    // The release namespace, labelled for the restricted level as deploy/README.md tells.
+    let ns = namespaces
+        .create_labelled(BTreeMap::from([(
+            "pod-security.kubernetes.io/enforce".to_string(),
+            "restricted".to_string(),
+        )]))
+        .await;
+    for secret in install_secrets(&ns) {
+        let secret: Secret = serde_json::from_value(secret).expect("secret");
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create");
+    }
+    let values = |namespaces: &[String], tag: &str| {
+        let path = support::scratch_path("helm-values", ".yaml");
+        let values = json!({
+            "image": {"repository": image.repository, "tag": tag},
+            "imagePullSecrets": [{"name": "pullkeeper-image"}],
+            "registries": {"incluster": registry_file(namespaces)},
+            "extraEnv": [password_env()],
+        });
+        std::fs::write(&path, yaml(&values)).expect("values");
+        path.display().to_string()
+    };
+    let helm = helm();
+    let since = Utc::now();
+    let installed = Instant::now();
+    run(
+        &helm,
+        &["install", "pullkeeper", CHART, "-n", &ns, "-f", &values(std::slice::from_ref(&first), "ci"), "--wait", "--timeout", "3m"],
+    )
+    .await;
+    let pods = wait_ready(&client, &ns, 2, Some(&image.digest)).await;
+    println!(
+        "in-cluster (helm): both replicas Ready {:.1?} after helm install",
+        installed.elapsed()
+    );
+    wait_served(&client, &first).await;
+    a_pod_pulls(&client, &first).await;
+    restricted_level_holds(&client, &ns).await;
+    let (leader, _) = leader_of(&client, &ns, &pods).await;
+    uses_the_mounted_token(&pods, &writes(&ns, "pullkeeper", since), &leader);
+    let both = [first.clone(), second.clone()];
+    config_edits(&client, &ns, "pullkeeper-config", "incluster.yaml", &pods, &both).await;
+
+    // Upgrade to the next image while every Secret is read every 50 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let client = client.clone();
+        let both = both.clone();
+        let stop = stop.clone();
+        async move {
+            let mut reads = 0usize;
+            let mut gaps: HashMap<String, usize> = HashMap::new();
+            let mut contents: HashMap<String, Vec<u8>> = HashMap::new();
+            while !stop.load(Ordering::SeqCst) {
+                for ns in &both {
+                    reads += 1;
+                    let got = Api::<Secret>::namespaced(client.clone(), ns).get_opt(SECRET).await;
+                    match got {
+                        Ok(Some(s)) => {
+                            let bytes = s.data.and_then(|d| d.get(".dockerconfigjson").cloned()).map(|b| b.0).unwrap_or_default();
+                            let seen = contents.entry(ns.clone()).or_insert_with(|| bytes.clone());
+                            if *seen != bytes {
+                                *gaps.entry(format!("{ns}: other content")).or_default() += 1;
+                            }
+                        }
+                        Ok(None) => *gaps.entry(format!("{ns}: missing")).or_default() += 1,
+                        Err(e) => *gaps.entry(format!("{ns}: {e}")).or_default() += 1,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (reads, gaps)
+        }
+    });
+    let holder_before = lease_holder(&client, &ns).await;
+    let upgraded = Instant::now();
+    run(
+        &helm,
+        &["upgrade", "pullkeeper", CHART, "-n", &ns, "-f", &values(&both, "ci-next"), "--wait", "--timeout", "3m"],
+    )
+    .await;
+    let pods = wait_ready(&client, &ns, 2, Some(&image.next_digest)).await;
+    let (leader, holder_after) = leader_of(&client, &ns, &pods).await;
+    // A few more samples after the new leader took over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (reads, gaps) = sampler.await.expect("sampler");
+    println!(
+        "in-cluster (helm): upgrade to {} done in {:.1?}; leader {:?} -> {holder_after} ({}); {reads} reads of the Secrets, problems {gaps:?}",
+        image.next_digest,
+        upgraded.elapsed(),
+        holder_before,
+        pod_name(&leader)
+    );
+    assert!(gaps.is_empty(), "every read during the upgrade found the Secret unchanged: {gaps:?}");
+    assert_ne!(holder_before.as_deref(), Some(holder_after.as_str()), "the upgrade replaced the leader");
+    assert!(reads > 20, "the sampler kept reading: {reads}");
+    assert_one_writer_at_a_time(&writes(&ns, "pullkeeper", since));
+
+    // Uninstall, then the documented clean-up (the release namespace and its Lease stay).
+    run(&helm, &["uninstall", "pullkeeper", "-n", &ns, "--wait"]).await;
+    support::wait_for_named("pullkeeper's Pods gone", WAIT, || async {
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default().labels(POD_SELECTOR))
+            .await
+            .is_ok_and(|l| l.items.is_empty())
+    })
+    .await;
+    cleanup_leaves_nothing(&client, &ns, &both).await;
+    namespaces.cleanup().await;
+}
