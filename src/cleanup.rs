@@ -538,6 +538,10 @@ async fn remove(applier: &Applier, client: &Client, removal: &Removal) -> Result
             Err(kube::Error::Api(s)) if s.code == 409 => Err(format!(
                 "lease {namespace}/{name} changed since cleanup read it: did pullkeeper start again?"
             )),
+            Err(kube::Error::Api(s)) => Err(format!(
+                "delete lease {namespace}/{name} failed: {}",
+                s.message
+            )),
             Err(e) => Err(format!(
                 "delete lease {namespace}/{name} failed: {}",
                 error_chain(&e)
