@@ -1,4 +1,5 @@
-//! Command-line interface: `run`, `once`, `check` and `plan`, with environment equivalents.
+//! Command-line interface: `run`, `once`, `check`, `plan`, `diagnose` and `cleanup`, with
+//! environment equivalents.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,18 @@ pub enum Command {
     /// (`-n NS POD`), a namespace (`-n NS`) or every Pod waiting to pull. Exit 0 when nothing
     /// is wrong, 1 when a cause was found, 2 on usage or config errors.
     Diagnose(DiagnoseArgs),
+    /// Remove what an installation left behind after its uninstall (`helm uninstall`,
+    /// `kubectl delete -k`): every Secret carrying its labels, exactly the imagePullSecrets
+    /// entries its ServiceAccount annotation records (other entries stay, in their order) with
+    /// that annotation, and its leader-election Lease. Another installation's objects and
+    /// Secrets without its labels are never touched.
+    ///
+    /// Run it after the uninstall, with an admin kubeconfig: a running daemon would write
+    /// everything again. It refuses (exit 2) while the Lease `<instance>-leader` is held and
+    /// renewed within its duration; a daemon without --leader-elect has no Lease, so nothing
+    /// can tell that it still runs. Exit code: 0 nothing (left) to clean, 1 with --dry-run
+    /// when something would be removed, 2 on an error or a refusal.
+    Cleanup(CleanupArgs),
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +230,28 @@ pub struct PlanArgs {
     /// config whose mounted files exist only inside it). Not with --fetch.
     #[arg(long, conflicts_with = "fetch")]
     pub no_file_checks: bool,
+    /// Output format: `text` for people, `json` for tools (schema in the README).
+    #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Text)]
+    pub output: PlanOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Kubeconfig file; in-cluster config (or $KUBECONFIG) when absent.
+    #[arg(long, env = "PULLKEEPER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The installation to clean up (the `--instance` of the daemon).
+    #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
+    pub instance: String,
+    /// Namespace of the installation's leader-election Lease (its `--lease-namespace`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "pullkeeper")]
+    pub lease_namespace: String,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Clean up even though the Lease says the installation still runs.
+    #[arg(long)]
+    pub force: bool,
     /// Output format: `text` for people, `json` for tools (schema in the README).
     #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Text)]
     pub output: PlanOutput,

@@ -427,3 +427,46 @@ pub async fn diagnose(args: crate::cli::DiagnoseArgs) -> i32 {
     print!("{text}");
     i32::from(report.found())
 }
+
+/// `pullkeeper cleanup`: removes what the installation left behind; 0 when nothing is (left)
+/// to clean, 1 with `--dry-run` when something would be removed, 2 on an error or a refusal.
+pub async fn cleanup(args: crate::cli::CleanupArgs) -> i32 {
+    use crate::cleanup::{self, LeaseRef, Options};
+    let failed = |e: &dyn std::error::Error| {
+        eprintln!("pullkeeper cleanup: {}", error_chain(e));
+        2
+    };
+    let client = match client(args.kubeconfig.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => return failed(&e),
+    };
+    let metrics = match Metrics::new() {
+        Ok(m) => m,
+        Err(e) => return failed(&StartError::Metrics(e)),
+    };
+    let owner = Owner::new(args.instance);
+    let lease = LeaseRef::of(&owner, args.lease_namespace);
+    let options = Options {
+        dry_run: args.dry_run,
+        force: args.force,
+    };
+    let report = match cleanup::cleanup(&client, &owner, &lease, metrics.writes, options).await {
+        Ok(r) => r,
+        Err(e) => return failed(&e),
+    };
+    let text = match args.output {
+        PlanOutput::Text => report.to_text(),
+        PlanOutput::Json => match report.to_json() {
+            Ok(json) => json + "\n",
+            Err(e) => return failed(&e),
+        },
+    };
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        return failed(&e);
+    }
+    for line in report.errors() {
+        eprintln!("pullkeeper cleanup: {line}");
+    }
+    report.exit_code()
+}

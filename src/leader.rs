@@ -7,7 +7,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -34,21 +34,22 @@ enum Step {
     Follow,
 }
 
+/// The holder of `lease` at `now`, when it has one that renewed it within its duration (a
+/// released Lease has no holder; an expired one is free to take).
+pub fn holder(lease: &LeaseSpec, now: Timestamp) -> Option<&str> {
+    let holder = lease.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    let duration = SignedDuration::from_secs(i64::from(lease.lease_duration_seconds.unwrap_or(15)));
+    lease
+        .renew_time
+        .as_ref()
+        .is_some_and(|t| t.0 + duration >= now)
+        .then_some(holder)
+}
+
 /// Whether `lease` may be taken by `me` at `now`: it is free, ours, or its holder stopped
 /// renewing for longer than its duration.
 fn can_take(lease: &LeaseSpec, me: &str, now: Timestamp) -> bool {
-    match lease.holder_identity.as_deref() {
-        None | Some("") => true,
-        Some(holder) if holder == me => true,
-        Some(_) => {
-            let duration =
-                SignedDuration::from_secs(i64::from(lease.lease_duration_seconds.unwrap_or(15)));
-            lease
-                .renew_time
-                .as_ref()
-                .is_none_or(|t| t.0 + duration < now)
-        }
-    }
+    holder(lease, now).is_none_or(|h| h == me)
 }
 
 async fn try_lead(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Step, kube::Error> {
@@ -173,6 +174,29 @@ pub async fn release(client: &Client, cfg: &LeaseConfig) -> Result<bool, kube::E
     }
 }
 
+/// Deletes the Lease, only if it is still the version observed (`resource_version`): a
+/// replica that renewed it since keeps it. Returns false when it was already gone.
+pub async fn delete(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    resource_version: Option<String>,
+) -> Result<bool, kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: None,
+            resource_version,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +219,20 @@ mod tests {
         assert!(can_take(&spec(Some("me"), 1), "me", now));
         assert!(!can_take(&spec(Some("other"), 5), "me", now));
         assert!(can_take(&spec(Some("other"), 30), "me", now));
+    }
+
+    #[test]
+    fn a_lease_has_a_holder_only_while_renewed_within_its_duration() {
+        let now = Timestamp::now();
+        assert_eq!(holder(&spec(Some("pod-a"), 5), now), Some("pod-a"));
+        assert_eq!(holder(&spec(Some("pod-a"), 15), now), Some("pod-a"));
+        assert_eq!(holder(&spec(Some("pod-a"), 16), now), None, "expired");
+        assert_eq!(holder(&spec(None, 0), now), None, "released");
+        assert_eq!(holder(&spec(Some(""), 0), now), None, "released");
+        let never_renewed = LeaseSpec {
+            renew_time: None,
+            ..spec(Some("pod-a"), 0)
+        };
+        assert_eq!(holder(&never_renewed, now), None);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod cleanup;
 pub mod cli;
 pub mod commands;
 pub mod config;

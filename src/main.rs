@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Once(args) => pullkeeper::commands::run(args, true).await?,
         Command::Plan(args) => pullkeeper::commands::plan(args).await,
         Command::Diagnose(args) => pullkeeper::commands::diagnose(args).await,
+        Command::Cleanup(args) => pullkeeper::commands::cleanup(args).await,
     };
     std::process::exit(code);
 }
