@@ -436,7 +436,7 @@ pub async fn cleanup(args: crate::cli::CleanupArgs) -> i32 {
         eprintln!("pullkeeper cleanup: {}", error_chain(e));
         2
     };
-    let client = match client(args.kubeconfig.as_deref()).await {
+    let client = match client(args.kubeconfig.as_deref(), "cleanup").await {
         Ok(c) => c,
         Err(e) => return failed(&e),
     };
