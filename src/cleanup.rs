@@ -450,6 +450,10 @@ pub struct Options {
     pub dry_run: bool,
     /// Clean up even while the Lease says the installation runs.
     pub force: bool,
+    /// How long a held Lease may take to be released or to expire before cleanup refuses:
+    /// right after an uninstall the last leader's Lease can outlive its Pod (its release is
+    /// forbidden once the RBAC is gone), for at most the Lease duration.
+    pub wait: std::time::Duration,
 }
 
 /// Reads the cluster once, refuses while the installation runs (unless `force`), checks that
@@ -462,22 +466,39 @@ pub async fn cleanup(
     writes: WriteMetrics,
     options: Options,
 ) -> Result<Report, CleanupError> {
-    let cluster = preview::observe(client, owner).await?;
-    let observed_lease = Api::<Lease>::namespaced(client.clone(), &lease.namespace)
-        .get_opt(&lease.name)
-        .await
-        .map_err(|source| CleanupError::ReadLease {
-            namespace: lease.namespace.clone(),
-            name: lease.name.clone(),
-            source,
-        })?;
-    if !options.force
-        && let Some(refusal) = observed_lease
+    let read_lease = || async {
+        Api::<Lease>::namespaced(client.clone(), &lease.namespace)
+            .get_opt(&lease.name)
+            .await
+            .map_err(|source| CleanupError::ReadLease {
+                namespace: lease.namespace.clone(),
+                name: lease.name.clone(),
+                source,
+            })
+    };
+    let deadline = tokio::time::Instant::now() + options.wait;
+    let mut observed_lease = read_lease().await?;
+    if !options.force {
+        let mut said = false;
+        while let Some(refusal) = observed_lease
             .as_ref()
             .and_then(|l| running(owner, l, Timestamp::now()))
-    {
-        return Err(refusal);
+        {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(refusal);
+            }
+            if !said {
+                eprintln!(
+                    "{refusal}; waiting up to {} for it to be released or to expire",
+                    humantime::format_duration(options.wait)
+                );
+                said = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            observed_lease = read_lease().await?;
+        }
     }
+    let cluster = preview::observe(client, owner).await?;
     let removals = plan(
         owner,
         &cluster.secrets,

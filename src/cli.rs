@@ -252,6 +252,10 @@ pub struct CleanupArgs {
     /// Clean up even though the Lease says the installation still runs.
     #[arg(long)]
     pub force: bool,
+    /// How long to wait for a held Lease to be released or to expire before refusing (right
+    /// after an uninstall the last leader's Lease can outlive its Pod by up to its duration).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
     /// Output format: `text` for people, `json` for tools (schema in the README).
     #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Text)]
     pub output: PlanOutput,

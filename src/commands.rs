@@ -449,6 +449,7 @@ pub async fn cleanup(args: crate::cli::CleanupArgs) -> i32 {
     let options = Options {
         dry_run: args.dry_run,
         force: args.force,
+        wait: args.wait,
     };
     let report = match cleanup::cleanup(&client, &owner, &lease, metrics.writes, options).await {
         Ok(r) => r,

@@ -310,15 +310,22 @@ async fn cleanup_refuses_while_the_daemon_runs_and_afterwards_removes_exactly_it
     // While the daemon runs: refused, nothing written. The SA patches settle first (the daemon
     // leaves user entries alone, so their resourceVersions stay).
     let before = versions(&client, &watched).await;
-    let refused = cleanup(&admin_kubeconfig(), &instance, &[]).await;
+    // Waiting does not get round it: the daemon keeps renewing its Lease.
+    let refused = cleanup(&admin_kubeconfig(), &instance, &["--wait", "3s"]).await;
     assert_eq!(refused.code, 2, "{refused}");
+    assert!(refused.stderr.contains("waiting up to 3s"), "{refused}");
     let want = format!(
-        "instance {instance} is still running: lease pullkeeper/{lease_name} is held by cleanup-replica, renewed "
+        "instance {instance} is still running: lease pullkeeper/{lease_name} is held by cleanup-replica_"
     );
     assert!(refused.stderr.contains(&want), "{refused}");
     assert!(refused.stderr.contains("--force"), "{refused}");
     assert!(refused.stdout.is_empty(), "{refused}");
-    let refused_dry = cleanup(&admin_kubeconfig(), &instance, &["--dry-run"]).await;
+    let refused_dry = cleanup(
+        &admin_kubeconfig(),
+        &instance,
+        &["--dry-run", "--wait", "0s"],
+    )
+    .await;
     assert_eq!(refused_dry.code, 2, "{refused_dry}");
     // The Lease is renewed every 5 s, so only the objects other than the Lease must be equal.
     let after_refusal = versions(&client, &watched).await;
@@ -488,7 +495,7 @@ async fn too_weak_rbac_stops_cleanup_before_it_removes_anything() {
     ];
     let before = versions(&client, &watched).await;
 
-    // An identity without any right cannot even look.
+    // An identity without any right cannot even look (at the Lease, the first read).
     let nobody = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "nobody"}})).expect("sa");
@@ -500,7 +507,8 @@ async fn too_weak_rbac_stops_cleanup_before_it_removes_anything() {
     let blind = cleanup(&nobody, &instance, &[]).await;
     assert_eq!(blind.code, 2, "{blind}");
     assert!(
-        blind.stderr.contains("pullkeeper cleanup: cannot list "),
+        blind.stderr.contains("pullkeeper cleanup: cannot read lease ")
+            && blind.stderr.contains("forbidden"),
         "{blind}"
     );
     assert!(blind.stderr.contains("forbidden"), "{blind}");
@@ -527,7 +535,7 @@ async fn too_weak_rbac_stops_cleanup_before_it_removes_anything() {
         .await
         .expect("delete lease");
     create_held_lease(&client, &lease_name, Some("elsewhere-0")).await;
-    let refused = cleanup(&admin_kubeconfig(), &instance, &[]).await;
+    let refused = cleanup(&admin_kubeconfig(), &instance, &["--wait", "0s"]).await;
     assert_eq!(refused.code, 2, "{refused}");
     assert!(
         refused.stderr.contains("is held by elsewhere-0"),

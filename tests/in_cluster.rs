@@ -248,7 +248,8 @@ async fn wait_served(client: &Client, ns: &str) {
 /// on the node with what admission copied from `default`.
 async fn a_pod_pulls(client: &Client, ns: &str) {
     let image = Registry::htpasswd().test_image_ref();
-    let pod = support::create_node_pod(client, ns, "app", &[("app", image.as_str())], "Always").await;
+    let pod =
+        support::create_node_pod(client, ns, "app", &[("app", image.as_str())], "Always").await;
     let names: Vec<String> = pod
         .spec
         .and_then(|s| s.image_pull_secrets)
@@ -256,7 +257,11 @@ async fn a_pod_pulls(client: &Client, ns: &str) {
         .into_iter()
         .map(|r| r.name)
         .collect();
-    assert_eq!(names, [USER_SECRET, SECRET], "admission copied the ServiceAccount's entries");
+    assert_eq!(
+        names,
+        [USER_SECRET, SECRET],
+        "admission copied the ServiceAccount's entries"
+    );
     support::wait_pod_running(client, ns, "app", WAIT).await;
 }
 
@@ -264,7 +269,8 @@ async fn a_pod_pulls(client: &Client, ns: &str) {
 // pullkeeper's Pods: readiness, metrics, the Lease
 // ---------------------------------------------------------------------------------------------
 
-const POD_SELECTOR: &str = "app.kubernetes.io/name=pullkeeper,app.kubernetes.io/component=controller";
+const POD_SELECTOR: &str =
+    "app.kubernetes.io/name=pullkeeper,app.kubernetes.io/component=controller";
 
 fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
@@ -272,10 +278,7 @@ fn is_ready(pod: &Pod) -> bool {
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn pod_name(pod: &Pod) -> String {
@@ -293,36 +296,40 @@ fn pod_ip(pod: &Pod) -> String {
 /// none is terminating; `digest` (when given) must be the image they run.
 async fn wait_ready(client: &Client, ns: &str, count: usize, digest: Option<&str>) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    support::wait_for_named(&format!("{count} pullkeeper Pods Ready in {ns}"), WAIT, || async {
-        let list = pods
-            .list(&ListParams::default().labels(POD_SELECTOR))
-            .await
-            .map_err(|e| e.to_string())?;
-        let on_image = |p: &Pod| {
-            digest.is_none_or(|d| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .is_some_and(|cs| cs.iter().all(|c| c.image_id.ends_with(d)))
-            })
-        };
-        let ready: Vec<Pod> = list
-            .items
-            .iter()
-            .filter(|p| is_ready(p) && on_image(p))
-            .cloned()
-            .collect();
-        if ready.len() == count && list.items.len() == count {
-            Ok(ready)
-        } else {
-            Err(list
+    support::wait_for_named(
+        &format!("{count} pullkeeper Pods Ready in {ns}"),
+        WAIT,
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(POD_SELECTOR))
+                .await
+                .map_err(|e| e.to_string())?;
+            let on_image = |p: &Pod| {
+                digest.is_none_or(|d| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some_and(|cs| cs.iter().all(|c| c.image_id.ends_with(d)))
+                })
+            };
+            let ready: Vec<Pod> = list
                 .items
                 .iter()
-                .map(|p| format!("{}: {}", pod_name(p), support::pod_summary(p)))
-                .collect::<Vec<_>>()
-                .join("; "))
-        }
-    })
+                .filter(|p| is_ready(p) && on_image(p))
+                .cloned()
+                .collect();
+            if ready.len() == count && list.items.len() == count {
+                Ok(ready)
+            } else {
+                Err(list
+                    .items
+                    .iter()
+                    .map(|p| format!("{}: {}", pod_name(p), support::pod_summary(p)))
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            }
+        },
+    )
     .await
 }
 
@@ -333,13 +340,22 @@ async fn scrape(pod: &Pod) -> Result<String, String> {
         .no_proxy()
         .build()
         .map_err(|e| e.to_string())?;
-    let response = client.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     response.text().await.map_err(|e| e.to_string())
 }
 
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The Lease holder's identity (`POD-NAME_SUFFIX`) in `ns`.
@@ -355,19 +371,23 @@ async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
 
 /// The leader Pod among `pods`: the Lease names it and it says so on /metrics.
 async fn leader_of(client: &Client, ns: &str, pods: &[Pod]) -> (Pod, String) {
-    support::wait_for_named(&format!("a leader among the Pods of {ns}"), WAIT, || async {
-        let holder = lease_holder(client, ns).await.ok_or("no holder")?;
-        let pod = pods
-            .iter()
-            .find(|p| holder.starts_with(&format!("{}_", pod_name(p))))
-            .ok_or(format!("holder {holder} is none of the Ready Pods"))?;
-        let text = scrape(pod).await?;
-        if sample(&text, "pullkeeper_leader") == Some(1.0) {
-            Ok((pod.clone(), holder))
-        } else {
-            Err(format!("{} does not say it leads", pod_name(pod)))
-        }
-    })
+    support::wait_for_named(
+        &format!("a leader among the Pods of {ns}"),
+        WAIT,
+        || async {
+            let holder = lease_holder(client, ns).await.ok_or("no holder")?;
+            let pod = pods
+                .iter()
+                .find(|p| holder.starts_with(&format!("{}_", pod_name(p))))
+                .ok_or(format!("holder {holder} is none of the Ready Pods"))?;
+            let text = scrape(pod).await?;
+            if sample(&text, "pullkeeper_leader") == Some(1.0) {
+                Ok((pod.clone(), holder))
+            } else {
+                Err(format!("{} does not say it leads", pod_name(pod)))
+            }
+        },
+    )
     .await
 }
 
@@ -399,8 +419,13 @@ fn writes(ns: &str, sa: &str, since: DateTime<Utc>) -> Vec<Write> {
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user.as_str())
         .filter(|e| {
-            matches!(e["objectRef"]["resource"].as_str(), Some("secrets" | "serviceaccounts"))
-                && matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete"))
+            matches!(
+                e["objectRef"]["resource"].as_str(),
+                Some("secrets" | "serviceaccounts")
+            ) && matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
         })
         .filter_map(|e| {
             let pod = e["user"]["extra"]["authentication.kubernetes.io/pod-name"][0]
@@ -434,7 +459,9 @@ fn assert_one_writer_at_a_time(writes: &[Write]) -> Vec<(String, DateTime<Utc>, 
             w.agent.starts_with("pullkeeper/") && w.agent.contains(&format!("({}_", w.pod)),
             "a write whose User-Agent does not name its Pod's process: {w:?}"
         );
-        let span = spans.entry(w.agent.clone()).or_insert((w.received, w.completed));
+        let span = spans
+            .entry(w.agent.clone())
+            .or_insert((w.received, w.completed));
         span.0 = span.0.min(w.received);
         span.1 = span.1.max(w.completed);
     }
@@ -482,7 +509,13 @@ async fn restricted_level_holds(client: &Client, ns: &str) {
     }))
     .expect("pod");
     let refused = Api::<Pod>::namespaced(client.clone(), ns)
-        .create(&PostParams { dry_run: true, ..PostParams::default() }, &unrestricted)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &unrestricted,
+        )
         .await
         .expect_err("a Pod below the restricted level must be refused where pullkeeper runs");
     assert!(
@@ -498,7 +531,10 @@ fn uses_the_mounted_token(pods: &[Pod], writes: &[Write], leader: &Pod) {
         let spec = pod.spec.as_ref().expect("spec");
         let container = &spec.containers[0];
         let args = container.args.clone().unwrap_or_default();
-        assert!(!args.iter().any(|a| a.contains("kubeconfig")), "no --kubeconfig: {args:?}");
+        assert!(
+            !args.iter().any(|a| a.contains("kubeconfig")),
+            "no --kubeconfig: {args:?}"
+        );
         assert!(
             !container
                 .env
@@ -510,7 +546,10 @@ fn uses_the_mounted_token(pods: &[Pod], writes: &[Write], leader: &Pod) {
         );
         assert_ne!(spec.automount_service_account_token, Some(false));
     }
-    assert!(!writes.is_empty(), "the install wrote nothing the audit log saw");
+    assert!(
+        !writes.is_empty(),
+        "the install wrote nothing the audit log saw"
+    );
     assert!(
         writes.iter().all(|w| w.pod == pod_name(leader)),
         "only the leader {} wrote: {writes:#?}",
@@ -553,16 +592,25 @@ async fn config_edits(
 ) {
     let before: Vec<PathBuf> = pods.iter().map(config_volume_target).collect();
     let edited = Instant::now();
-    edit_config(client, ns, configmap, key, &yaml(&registry_file(namespaces))).await;
+    edit_config(
+        client,
+        ns,
+        configmap,
+        key,
+        &yaml(&registry_file(namespaces)),
+    )
+    .await;
     for n in namespaces {
         wait_served(client, n).await;
     }
     let took = edited.elapsed();
     // The follower's volume may be swapped a sync period later than the leader's.
     for (pod, old) in pods.iter().zip(&before) {
-        support::wait_for_named(&format!("the kubelet swapping {}'s config volume", pod_name(pod)), WAIT, || async {
-            config_volume_target(pod) != *old
-        })
+        support::wait_for_named(
+            &format!("the kubelet swapping {}'s config volume", pod_name(pod)),
+            WAIT,
+            || async { config_volume_target(pod) != *old },
+        )
         .await;
     }
     for pod in pods {
@@ -582,13 +630,17 @@ async fn config_edits(
     invalid["secretNmae"] = json!("typo");
     edit_config(client, ns, configmap, key, &yaml(&invalid)).await;
     for pod in pods {
-        support::wait_for_named(&format!("{} rejects the edit", pod_name(pod)), WAIT, || async {
-            let text = scrape(pod).await?;
-            match sample(&text, "pullkeeper_config_last_reload_successful") {
-                Some(0.0) => Ok(()),
-                other => Err(format!("last reload successful {other:?}")),
-            }
-        })
+        support::wait_for_named(
+            &format!("{} rejects the edit", pod_name(pod)),
+            WAIT,
+            || async {
+                let text = scrape(pod).await?;
+                match sample(&text, "pullkeeper_config_last_reload_successful") {
+                    Some(0.0) => Ok(()),
+                    other => Err(format!("last reload successful {other:?}")),
+                }
+            },
+        )
         .await;
     }
     let last = namespaces.last().expect("a namespace");
@@ -597,15 +649,26 @@ async fn config_edits(
         .await
         .expect("delete the Secret");
     wait_served(client, last).await;
-    edit_config(client, ns, configmap, key, &yaml(&registry_file(namespaces))).await;
+    edit_config(
+        client,
+        ns,
+        configmap,
+        key,
+        &yaml(&registry_file(namespaces)),
+    )
+    .await;
     for pod in pods {
-        support::wait_for_named(&format!("{} accepts the file again", pod_name(pod)), WAIT, || async {
-            let text = scrape(pod).await?;
-            match sample(&text, "pullkeeper_config_last_reload_successful") {
-                Some(1.0) => Ok(()),
-                other => Err(format!("last reload successful {other:?}")),
-            }
-        })
+        support::wait_for_named(
+            &format!("{} accepts the file again", pod_name(pod)),
+            WAIT,
+            || async {
+                let text = scrape(pod).await?;
+                match sample(&text, "pullkeeper_config_last_reload_successful") {
+                    Some(1.0) => Ok(()),
+                    other => Err(format!("last reload successful {other:?}")),
+                }
+            },
+        )
         .await;
     }
 }
@@ -614,23 +677,45 @@ async fn config_edits(
 /// namespaces; then nothing of pullkeeper's is left and every user entry is intact.
 async fn cleanup_leaves_nothing(client: &Client, lease_namespace: &str, namespaces: &[String]) {
     let kubeconfig = support::env("KUBECONFIG");
+    let started = Instant::now();
     let out = run(
         PULLKEEPER,
-        &["cleanup", "--kubeconfig", &kubeconfig, "--lease-namespace", lease_namespace],
+        &[
+            "cleanup",
+            "--kubeconfig",
+            &kubeconfig,
+            "--lease-namespace",
+            lease_namespace,
+        ],
     )
     .await;
-    println!("in-cluster: pullkeeper cleanup:\n{out}");
-    let managed = Api::<Secret>::all(client.clone())
-        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=pullkeeper,pullkeeper.dev/instance=pullkeeper"))
-        .await
-        .expect("list");
-    assert!(managed.items.is_empty(), "pullkeeper Secrets left: {:?}", managed.items.iter().map(|s| &s.metadata.name).collect::<Vec<_>>());
+    println!("in-cluster: pullkeeper cleanup ({:.1?}):\n{out}", started.elapsed());
+    let managed =
+        Api::<Secret>::all(client.clone())
+            .list(&ListParams::default().labels(
+                "app.kubernetes.io/managed-by=pullkeeper,pullkeeper.dev/instance=pullkeeper",
+            ))
+            .await
+            .expect("list");
+    assert!(
+        managed.items.is_empty(),
+        "pullkeeper Secrets left: {:?}",
+        managed
+            .items
+            .iter()
+            .map(|s| &s.metadata.name)
+            .collect::<Vec<_>>()
+    );
     for ns in namespaces {
         let sa = Api::<ServiceAccount>::namespaced(client.clone(), ns)
             .get("default")
             .await
             .expect("default");
-        assert_eq!(pull_secret_names(&sa), [USER_SECRET], "{ns}/default keeps the team's entry only");
+        assert_eq!(
+            pull_secret_names(&sa),
+            [USER_SECRET],
+            "{ns}/default keeps the team's entry only"
+        );
         let annotations = sa.metadata.annotations.unwrap_or_default();
         assert!(
             !annotations.keys().any(|k| k.starts_with("pullkeeper.dev/")),
@@ -669,14 +754,22 @@ impl Drift {
             let deletions = deletions.clone();
             async move {
                 while !stop.load(Ordering::SeqCst) {
-                    if secrets.delete(SECRET, &DeleteParams::default()).await.is_ok() {
+                    if secrets
+                        .delete(SECRET, &DeleteParams::default())
+                        .await
+                        .is_ok()
+                    {
                         deletions.fetch_add(1, Ordering::SeqCst);
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         });
-        Self { stop, deletions, task }
+        Self {
+            stop,
+            deletions,
+            task,
+        }
     }
 
     async fn stop(self) -> usize {
@@ -705,7 +798,11 @@ async fn keeps_writing(ns: &str, agent: &str) {
             .iter()
             .filter(|w| w.agent == agent && w.what.contains(" secrets "))
             .count();
-        if n >= 2 { Ok(()) } else { Err(format!("{n} writes")) }
+        if n >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} writes"))
+        }
     })
     .await;
 }
@@ -731,7 +828,17 @@ async fn kill_hard(pod: &Pod) {
     let socket = support::env("PK_NODE_CONTAINERD_SOCK");
     run(
         "ctr",
-        &["--address", &socket, "-n", "k8s.io", "task", "kill", "--signal", "SIGKILL", &id],
+        &[
+            "--address",
+            &socket,
+            "-n",
+            "k8s.io",
+            "task",
+            "kill",
+            "--signal",
+            "SIGKILL",
+            &id,
+        ],
     )
     .await;
 }
@@ -789,7 +896,10 @@ async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Ut
     );
     keeps_writing(ns, &first.agent).await;
     let deletions = drift.stop().await;
-    assert!(deletions >= 3, "the drift kept the leader writing: {deletions} deletions");
+    assert!(
+        deletions >= 3,
+        "the drift kept the leader writing: {deletions} deletions"
+    );
 
     let all = writes(ns, "pullkeeper", since);
     let writers = assert_one_writer_at_a_time(&all);
@@ -863,7 +973,15 @@ async fn the_kustomize_base_installs_two_replicas_that_hand_over_and_uninstall_c
     uses_the_mounted_token(&pods, &writes(ns, "pullkeeper", since), &leader);
 
     let both = [first.clone(), second.clone()];
-    config_edits(&client, ns, "pullkeeper-config", "incluster.yaml", &pods, &both).await;
+    config_edits(
+        &client,
+        ns,
+        "pullkeeper-config",
+        "incluster.yaml",
+        &pods,
+        &both,
+    )
+    .await;
     hand_over(&client, ns, &first, since).await;
 
     // Uninstall, then the documented clean-up.
@@ -917,7 +1035,18 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
     let installed = Instant::now();
     run(
         &helm,
-        &["install", "pullkeeper", CHART, "-n", &ns, "-f", &values(std::slice::from_ref(&first), "ci"), "--wait", "--timeout", "3m"],
+        &[
+            "install",
+            "pullkeeper",
+            CHART,
+            "-n",
+            &ns,
+            "-f",
+            &values(std::slice::from_ref(&first), "ci"),
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
     )
     .await;
     let pods = wait_ready(&client, &ns, 2, Some(&image.digest)).await;
@@ -931,7 +1060,15 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
     let (leader, _) = leader_of(&client, &ns, &pods).await;
     uses_the_mounted_token(&pods, &writes(&ns, "pullkeeper", since), &leader);
     let both = [first.clone(), second.clone()];
-    config_edits(&client, &ns, "pullkeeper-config", "incluster.yaml", &pods, &both).await;
+    config_edits(
+        &client,
+        &ns,
+        "pullkeeper-config",
+        "incluster.yaml",
+        &pods,
+        &both,
+    )
+    .await;
 
     // Upgrade to the next image while every Secret is read every 50 ms.
     let stop = Arc::new(AtomicBool::new(false));
@@ -946,10 +1083,16 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
             while !stop.load(Ordering::SeqCst) {
                 for ns in &both {
                     reads += 1;
-                    let got = Api::<Secret>::namespaced(client.clone(), ns).get_opt(SECRET).await;
+                    let got = Api::<Secret>::namespaced(client.clone(), ns)
+                        .get_opt(SECRET)
+                        .await;
                     match got {
                         Ok(Some(s)) => {
-                            let bytes = s.data.and_then(|d| d.get(".dockerconfigjson").cloned()).map(|b| b.0).unwrap_or_default();
+                            let bytes = s
+                                .data
+                                .and_then(|d| d.get(".dockerconfigjson").cloned())
+                                .map(|b| b.0)
+                                .unwrap_or_default();
                             let seen = contents.entry(ns.clone()).or_insert_with(|| bytes.clone());
                             if *seen != bytes {
                                 *gaps.entry(format!("{ns}: other content")).or_default() += 1;
@@ -968,7 +1111,18 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
     let upgraded = Instant::now();
     run(
         &helm,
-        &["upgrade", "pullkeeper", CHART, "-n", &ns, "-f", &values(&both, "ci-next"), "--wait", "--timeout", "3m"],
+        &[
+            "upgrade",
+            "pullkeeper",
+            CHART,
+            "-n",
+            &ns,
+            "-f",
+            &values(&both, "ci-next"),
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
     )
     .await;
     let pods = wait_ready(&client, &ns, 2, Some(&image.next_digest)).await;
@@ -984,8 +1138,15 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
         holder_before,
         pod_name(&leader)
     );
-    assert!(gaps.is_empty(), "every read during the upgrade found the Secret unchanged: {gaps:?}");
-    assert_ne!(holder_before.as_deref(), Some(holder_after.as_str()), "the upgrade replaced the leader");
+    assert!(
+        gaps.is_empty(),
+        "every read during the upgrade found the Secret unchanged: {gaps:?}"
+    );
+    assert_ne!(
+        holder_before.as_deref(),
+        Some(holder_after.as_str()),
+        "the upgrade replaced the leader"
+    );
     assert!(reads > 20, "the sampler kept reading: {reads}");
     assert_one_writer_at_a_time(&writes(&ns, "pullkeeper", since));
 
