@@ -507,7 +507,9 @@ async fn too_weak_rbac_stops_cleanup_before_it_removes_anything() {
     let blind = cleanup(&nobody, &instance, &[]).await;
     assert_eq!(blind.code, 2, "{blind}");
     assert!(
-        blind.stderr.contains("pullkeeper cleanup: cannot read lease ")
+        blind
+            .stderr
+            .contains("pullkeeper cleanup: cannot read lease ")
             && blind.stderr.contains("forbidden"),
         "{blind}"
     );

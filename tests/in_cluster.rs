@@ -689,7 +689,10 @@ async fn cleanup_leaves_nothing(client: &Client, lease_namespace: &str, namespac
         ],
     )
     .await;
-    println!("in-cluster: pullkeeper cleanup ({:.1?}):\n{out}", started.elapsed());
+    println!(
+        "in-cluster: pullkeeper cleanup ({:.1?}):\n{out}",
+        started.elapsed()
+    );
     let managed =
         Api::<Secret>::all(client.clone())
             .list(&ListParams::default().labels(
