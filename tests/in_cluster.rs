@@ -567,6 +567,21 @@ fn config_volume_target(pod: &Pod) -> PathBuf {
     std::fs::read_link(&link).unwrap_or_else(|e| panic!("cannot read {}: {e}", link.display()))
 }
 
+/// Waits until `series` on every Pod's /metrics satisfies `ok`.
+async fn wait_sample(pods: &[Pod], what: &str, series: &str, ok: impl Fn(Option<f64>) -> bool) {
+    for pod in pods {
+        support::wait_for_named(&format!("{} {what}", pod_name(pod)), WAIT, || async {
+            let value = sample(&scrape(pod).await?, series);
+            if ok(value) {
+                Ok(())
+            } else {
+                Err(format!("{series} = {value:?}"))
+            }
+        })
+        .await;
+    }
+}
+
 /// Edits the registry file in the live ConfigMap, as `kubectl edit` does.
 async fn edit_config(client: &Client, ns: &str, configmap: &str, key: &str, file: &str) {
     Api::<ConfigMap>::namespaced(client.clone(), ns)
@@ -613,36 +628,26 @@ async fn config_edits(
         )
         .await;
     }
-    for pod in pods {
-        support::wait_for_named(&format!("{} reloaded", pod_name(pod)), WAIT, || async {
-            let text = scrape(pod).await?;
-            match sample(&text, "pullkeeper_config_reloads_total{result=\"success\"}") {
-                Some(n) if n >= 1.0 => Ok(()),
-                other => Err(format!("successful reloads {other:?}")),
-            }
-        })
-        .await;
-    }
+    wait_sample(
+        pods,
+        "reloaded",
+        "pullkeeper_config_reloads_total{result=\"success\"}",
+        |v| v.is_some_and(|n| n >= 1.0),
+    )
+    .await;
     println!("in-cluster: a ConfigMap edit served a new namespace {took:.1?} after the edit");
 
     // An invalid edit: rejected by both replicas, the old config keeps working.
     let mut invalid = registry_file(namespaces);
     invalid["secretNmae"] = json!("typo");
     edit_config(client, ns, configmap, key, &yaml(&invalid)).await;
-    for pod in pods {
-        support::wait_for_named(
-            &format!("{} rejects the edit", pod_name(pod)),
-            WAIT,
-            || async {
-                let text = scrape(pod).await?;
-                match sample(&text, "pullkeeper_config_last_reload_successful") {
-                    Some(0.0) => Ok(()),
-                    other => Err(format!("last reload successful {other:?}")),
-                }
-            },
-        )
-        .await;
-    }
+    wait_sample(
+        pods,
+        "rejects the edit",
+        "pullkeeper_config_last_reload_successful",
+        |v| v == Some(0.0),
+    )
+    .await;
     let last = namespaces.last().expect("a namespace");
     Api::<Secret>::namespaced(client.clone(), last)
         .delete(SECRET, &DeleteParams::default())
@@ -657,20 +662,13 @@ async fn config_edits(
         &yaml(&registry_file(namespaces)),
     )
     .await;
-    for pod in pods {
-        support::wait_for_named(
-            &format!("{} accepts the file again", pod_name(pod)),
-            WAIT,
-            || async {
-                let text = scrape(pod).await?;
-                match sample(&text, "pullkeeper_config_last_reload_successful") {
-                    Some(1.0) => Ok(()),
-                    other => Err(format!("last reload successful {other:?}")),
-                }
-            },
-        )
-        .await;
-    }
+    wait_sample(
+        pods,
+        "accepts the file again",
+        "pullkeeper_config_last_reload_successful",
+        |v| v == Some(1.0),
+    )
+    .await;
 }
 
 /// After the uninstall: `pullkeeper cleanup` removes what pullkeeper left in the user's
@@ -1164,4 +1162,39 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
     .await;
     cleanup_leaves_nothing(&client, &ns, &both).await;
     namespaces.cleanup().await;
+}
+
+/// A write by process `POD_ID`, `s` seconds after the epoch.
+fn fake_write(pod: &str, id: &str, s: i64) -> Write {
+    let at = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(s);
+    Write {
+        received: at,
+        completed: at,
+        pod: pod.into(),
+        agent: agent_of(&format!("{pod}_{id}")),
+        what: "patch secrets a/b -> 200".into(),
+    }
+}
+
+/// The audit check can fail: two processes whose writes interleave are two writers at once.
+#[test]
+#[should_panic(expected = "two writers at once")]
+fn the_one_writer_check_refuses_interleaved_writers() {
+    assert_one_writer_at_a_time(&[
+        fake_write("p-a", "1", 1),
+        fake_write("p-b", "2", 2),
+        fake_write("p-a", "1", 3),
+    ]);
+}
+
+/// ... and passes writers that took turns.
+#[test]
+fn the_one_writer_check_passes_writers_in_turn() {
+    let writers = assert_one_writer_at_a_time(&[
+        fake_write("p-a", "1", 1),
+        fake_write("p-a", "1", 2),
+        fake_write("p-b", "2", 3),
+        fake_write("p-b", "3", 5),
+    ]);
+    assert_eq!(writers.len(), 3);
 }
