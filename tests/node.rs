@@ -306,3 +306,115 @@ async fn after_a_rotation_that_invalidates_the_old_password_a_new_pod_still_pull
     support::set_token_registry_user(&user, None);
     namespaces.cleanup().await;
 }
+
+/// The Pod network is local only: a Pod off the host network gets an address on the node's
+/// bridge and exactly two routes, its subnet and the `kubernetes` Service address (made local on
+/// the host, forwarded to the API server), which it reaches. Nothing else is routable from it.
+/// Read from inside the Pod's network namespace (`nsenter` on its container's pid, from
+/// containerd): no packet is sent anywhere but to 10.0.0.1.
+#[tokio::test]
+async fn a_pod_on_the_pod_network_can_reach_the_api_server_and_nothing_else() {
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), "node-podnet");
+    let ns = namespaces.create().await;
+    let registry = Registry::htpasswd();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "pull"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": registry.dockerconfigjson()},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the pull Secret");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "podnet"},
+        "spec": {
+            "nodeName": support::node_name(),
+            "terminationGracePeriodSeconds": 5,
+            "imagePullSecrets": [{"name": "pull"}],
+            "containers": [{"name": "app", "image": registry.test_image_ref()}],
+        },
+    }))
+    .expect("pod");
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create the Pod");
+    let running = support::wait_pod_running(&client, &ns, "podnet", WAIT).await;
+    let ip = running
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("a Pod address");
+    assert!(
+        ip.starts_with("10.88.0."),
+        "an address on the node's bridge: {ip}"
+    );
+
+    let id = running
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first()?.container_id.clone())
+        .expect("container id");
+    let id = id.trim_start_matches("containerd://").to_string();
+    let socket = support::env("PK_NODE_CONTAINERD_SOCK");
+    let tasks = command("ctr", &["--address", &socket, "-n", "k8s.io", "task", "ls"]).await;
+    let pid = tasks
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == id).then(|| f.next().map(str::to_string))?
+        })
+        .unwrap_or_else(|| panic!("no task {id} in:\n{tasks}"));
+
+    let routes = command("nsenter", &["-t", &pid, "-n", "ip", "-4", "route", "show"]).await;
+    let mut routes: Vec<String> = routes
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            "10.0.0.1 via 10.88.0.1 dev eth0".to_string(),
+            format!("10.88.0.0/24 dev eth0 proto kernel scope link src {ip}"),
+        ],
+        "the Pod's only routes"
+    );
+    let reached = command(
+        "nsenter",
+        &[
+            "-t",
+            &pid,
+            "-n",
+            "python3",
+            "-c",
+            "import socket; socket.create_connection(('10.0.0.1', 443), timeout=5).close(); print('connected')",
+        ],
+    )
+    .await;
+    assert_eq!(
+        reached.trim(),
+        "connected",
+        "the API server through 10.0.0.1"
+    );
+    namespaces.cleanup().await;
+}
+
+/// Runs a command; panics with its output when it fails. Returns stdout.
+async fn command(program: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
