@@ -17,10 +17,6 @@ use support::{Registry, TestNamespaces};
 
 const WAIT: Duration = Duration::from_secs(150);
 
-fn selector(test: &str) -> String {
-    format!("{}-name={test}", support::TEST_LABEL)
-}
-
 /// A config directory with one registry file for the htpasswd registry, whose password is
 /// `password` (a wrong one makes the registry refuse it), for the namespaces of `test`.
 fn config(test: &str, password: &str, servers: &[&str]) -> PathBuf {
@@ -43,7 +39,7 @@ fn config_with_password_file(test: &str, password: &str, servers: &[&str]) -> (P
             registry.username,
             file.display(),
             servers.join(", "),
-            selector(test)
+            support::test_selector(test)
         ),
     );
     (dir, file)
@@ -345,7 +341,7 @@ async fn a_missing_secret_of_a_failing_registry_says_since_when_and_why() {
              servers: [\"{}\"]\nsecretName: failing-pull\nnamespaces:\n  selector: \"{}\"\n\
              refresh:\n  backoffInitial: 1s\n  backoffMax: 2s\n",
             registry.host,
-            selector(test)
+            support::test_selector(test)
         ),
     );
     let d = daemon::start(&client, &dir, "info").await;

@@ -59,12 +59,8 @@ fn write_http_registry(
     write_config(
         dir,
         file,
-        &endpoint.registry_file(server, secret, &selector(test), refresh),
+        &endpoint.registry_file(server, secret, &support::test_selector(test), refresh),
     );
-}
-
-fn selector(test: &str) -> String {
-    format!("{}-name={test}", support::TEST_LABEL)
 }
 
 fn token(password: &str) -> Answer {
@@ -73,56 +69,6 @@ fn token(password: &str) -> Answer {
         password: password.into(),
         expires_in: 3600,
     }
-}
-
-async fn get_secret(client: &Client, ns: &str, name: &str) -> Option<Secret> {
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .expect("get secret")
-}
-
-/// The password stored for `server` in a dockerconfigjson Secret.
-fn password_in(secret: &Secret, server: &str) -> Option<String> {
-    let bytes = secret.data.as_ref()?.get(".dockerconfigjson")?;
-    let doc: serde_json::Value = serde_json::from_slice(&bytes.0).ok()?;
-    doc.pointer(&format!("/auths/{server}/password"))?
-        .as_str()
-        .map(String::from)
-}
-
-async fn wait_password(client: &Client, ns: &str, name: &str, server: &str, want: &str) -> Secret {
-    support::wait_for_named(
-        &format!("secret {ns}/{name} with the expected password"),
-        WAIT,
-        || async {
-            get_secret(client, ns, name)
-                .await
-                .filter(|s| password_in(s, server).as_deref() == Some(want))
-        },
-    )
-    .await
-}
-
-async fn pull_secrets(client: &Client, ns: &str, sa: &str) -> Vec<String> {
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .get_opt(sa)
-        .await
-        .expect("get sa")
-        .and_then(|sa| sa.image_pull_secrets)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
-}
-
-async fn wait_pull_secrets(client: &Client, ns: &str, sa: &str, want: &[&str]) {
-    support::wait_for_named(
-        &format!("serviceaccount {ns}/{sa} imagePullSecrets == {want:?}"),
-        WAIT,
-        || async { pull_secrets(client, ns, sa).await == want },
-    )
-    .await;
 }
 
 async fn wait_default_sa(client: &Client, ns: &str) {
@@ -150,7 +96,7 @@ async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() 
     let d = daemon::start(&client, &dir, "info").await;
 
     for ns in &names {
-        let s = wait_password(
+        let s = support::wait_password(
             &client,
             ns,
             "fanout-pull",
@@ -159,7 +105,7 @@ async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() 
         )
         .await;
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
-        wait_pull_secrets(&client, ns, "default", &["fanout-pull"]).await;
+        support::wait_pull_secrets(&client, ns, "default", &["fanout-pull"]).await;
     }
     // One provider call for all twelve namespaces.
     assert_eq!(endpoint.calls(), 1);
@@ -170,11 +116,15 @@ async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() 
     );
     // A namespace outside the selector gets nothing.
     assert!(
-        get_secret(&client, &outsider, "fanout-pull")
+        support::get_secret(&client, &outsider, "fanout-pull")
             .await
             .is_none()
     );
-    assert!(pull_secrets(&client, &outsider, "default").await.is_empty());
+    assert!(
+        support::pull_secrets(&client, &outsider, "default")
+            .await
+            .is_empty()
+    );
     d.stop().await;
     namespaces.cleanup().await;
     outsiders.cleanup().await;
@@ -188,7 +138,7 @@ async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
     let d = daemon::start(&client, &dir, "info").await;
 
     let ns = namespaces.create().await;
-    wait_password(
+    support::wait_password(
         &client,
         &ns,
         "later-pull",
@@ -196,7 +146,7 @@ async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
         "later-pw",
     )
     .await;
-    wait_pull_secrets(&client, &ns, "default", &["later-pull"]).await;
+    support::wait_pull_secrets(&client, &ns, "default", &["later-pull"]).await;
     // The ServiceAccount admission plugin copies the reference into a Pod created now.
     // Held back from scheduling: the image's host exists nowhere, and no node may try it.
     let pod: Pod = serde_json::from_value(json!({
@@ -228,7 +178,7 @@ async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
         .expect("create sa");
     // Make pullkeeper sync this namespace again after the ServiceAccount exists: it repairs a
     // deleted Secret, and the same sync would have patched `builder` were it targeted.
-    let before = get_secret(&client, &ns, "later-pull")
+    let before = support::get_secret(&client, &ns, "later-pull")
         .await
         .expect("secret");
     Api::<Secret>::namespaced(client.clone(), &ns)
@@ -236,12 +186,16 @@ async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
         .await
         .expect("delete");
     support::wait_for_named("later-pull recreated", WAIT, || async {
-        get_secret(&client, &ns, "later-pull")
+        support::get_secret(&client, &ns, "later-pull")
             .await
             .filter(|s| s.metadata.uid != before.metadata.uid)
     })
     .await;
-    assert!(pull_secrets(&client, &ns, "builder").await.is_empty());
+    assert!(
+        support::pull_secrets(&client, &ns, "builder")
+            .await
+            .is_empty()
+    );
     d.stop().await;
     namespaces.cleanup().await;
 }
@@ -264,7 +218,7 @@ async fn entries_people_added_survive_rotation_and_removal() {
     // Its only registry file is removed below: running with none must be allowed explicitly.
     let d = daemon::start_args(&client, &dir, "info", &["--allow-empty-config"]).await;
 
-    wait_pull_secrets(
+    support::wait_pull_secrets(
         &client,
         &ns,
         "default",
@@ -285,7 +239,7 @@ async fn entries_people_added_survive_rotation_and_removal() {
     .await
     .expect("second user patch");
     endpoint.set(token("user-pw2"));
-    wait_password(
+    support::wait_password(
         &client,
         &ns,
         "users-pull",
@@ -294,12 +248,12 @@ async fn entries_people_added_survive_rotation_and_removal() {
     )
     .await;
     assert_eq!(
-        pull_secrets(&client, &ns, "default").await,
+        support::pull_secrets(&client, &ns, "default").await,
         ["team-own", "legacy", "users-pull", "late-addition"]
     );
     // The registry leaves the config: only pullkeeper's entry goes.
     std::fs::remove_file(dir.join("users.yaml")).expect("remove config");
-    wait_pull_secrets(
+    support::wait_pull_secrets(
         &client,
         &ns,
         "default",
@@ -307,7 +261,9 @@ async fn entries_people_added_survive_rotation_and_removal() {
     )
     .await;
     support::wait_for_named("users-pull pruned", WAIT, || async {
-        get_secret(&client, &ns, "users-pull").await.is_none()
+        support::get_secret(&client, &ns, "users-pull")
+            .await
+            .is_none()
     })
     .await;
     d.stop().await;
@@ -321,7 +277,7 @@ async fn an_edited_or_deleted_secret_and_a_dropped_reference_are_repaired() {
     let ns = namespaces.create().await;
     let (endpoint, dir) = one_registry(test, "drift", token("drift-pw"), SLOW).await;
     let d = daemon::start(&client, &dir, "info").await;
-    let original = wait_password(
+    let original = support::wait_password(
         &client,
         &ns,
         "drift-pull",
@@ -329,7 +285,7 @@ async fn an_edited_or_deleted_secret_and_a_dropped_reference_are_repaired() {
         "drift-pw",
     )
     .await;
-    wait_pull_secrets(&client, &ns, "default", &["drift-pull"]).await;
+    support::wait_pull_secrets(&client, &ns, "default", &["drift-pull"]).await;
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
 
     // Edited by hand: repaired in place (same UID, so never a window without a Secret).
@@ -342,7 +298,7 @@ async fn an_edited_or_deleted_secret_and_a_dropped_reference_are_repaired() {
         )
         .await
         .expect("tamper");
-    let repaired = wait_password(
+    let repaired = support::wait_password(
         &client,
         &ns,
         "drift-pull",
@@ -357,7 +313,7 @@ async fn an_edited_or_deleted_secret_and_a_dropped_reference_are_repaired() {
         .delete("drift-pull", &DeleteParams::default())
         .await
         .expect("delete");
-    let recreated = wait_password(
+    let recreated = support::wait_password(
         &client,
         &ns,
         "drift-pull",
@@ -381,7 +337,7 @@ async fn an_edited_or_deleted_secret_and_a_dropped_reference_are_repaired() {
         )
         .await
         .expect("drop reference");
-    wait_pull_secrets(&client, &ns, "default", &["drift-pull"]).await;
+    support::wait_pull_secrets(&client, &ns, "default", &["drift-pull"]).await;
     assert_eq!(endpoint.calls(), 1, "repairs reuse the current credential");
     d.stop().await;
     namespaces.cleanup().await;
@@ -412,7 +368,7 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
         &endpoint.registry_file(
             "registry.foreign.test",
             "foreign-pull",
-            &selector(test),
+            &support::test_selector(test),
             SLOW,
         ),
     );
@@ -427,7 +383,7 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
     )
     .await;
 
-    wait_password(
+    support::wait_password(
         &client,
         &ours,
         "foreign-pull",
@@ -452,7 +408,7 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
     })
     .await;
     assert_eq!(events.involved_object.name.as_deref(), Some("foreign-pull"));
-    let after = get_secret(&client, &theirs, "foreign-pull")
+    let after = support::get_secret(&client, &theirs, "foreign-pull")
         .await
         .expect("still there");
     assert_eq!(
@@ -461,7 +417,9 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
     );
     assert_eq!(after.type_.as_deref(), Some("Opaque"));
     assert!(
-        pull_secrets(&client, &theirs, "default").await.is_empty(),
+        support::pull_secrets(&client, &theirs, "default")
+            .await
+            .is_empty(),
         "never reference a Secret pullkeeper does not own"
     );
     assert!(d.logs().contains("not pullkeeper's"));
@@ -471,7 +429,7 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
         .delete("foreign-pull", &DeleteParams::default())
         .await
         .expect("owner deletes it");
-    wait_password(
+    support::wait_password(
         &client,
         &theirs,
         "foreign-pull",
@@ -479,7 +437,7 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
         "foreign-pw",
     )
     .await;
-    wait_pull_secrets(&client, &theirs, "default", &["foreign-pull"]).await;
+    support::wait_pull_secrets(&client, &theirs, "default", &["foreign-pull"]).await;
     support::wait_for_named("foreign secret gauge back to 0", WAIT, || async {
         d.sample("pullkeeper_foreign_secrets{registry=\"foreign\"}")
             .await
@@ -497,7 +455,8 @@ async fn failed_fetches_keep_the_last_good_secret_and_are_counted() {
     let ns = namespaces.create().await;
     let (endpoint, dir) = one_registry(test, "flaky", token("good-pw"), FAST).await;
     let d = daemon::start(&client, &dir, "info").await;
-    let good = wait_password(&client, &ns, "flaky-pull", "registry.flaky.test", "good-pw").await;
+    let good =
+        support::wait_password(&client, &ns, "flaky-pull", "registry.flaky.test", "good-pw").await;
 
     for (answer, category) in [
         (Answer::Status(500), "bad_response"),
@@ -516,7 +475,7 @@ async fn failed_fetches_keep_the_last_good_secret_and_are_counted() {
             || async { d.sample(&series).await > before },
         )
         .await;
-        let now = get_secret(&client, &ns, "flaky-pull")
+        let now = support::get_secret(&client, &ns, "flaky-pull")
             .await
             .expect("secret stays");
         assert_eq!(
@@ -531,7 +490,8 @@ async fn failed_fetches_keep_the_last_good_secret_and_are_counted() {
     );
     // Recovery rotates in place.
     endpoint.set(token("new-pw"));
-    let rotated = wait_password(&client, &ns, "flaky-pull", "registry.flaky.test", "new-pw").await;
+    let rotated =
+        support::wait_password(&client, &ns, "flaky-pull", "registry.flaky.test", "new-pw").await;
     assert_eq!(rotated.metadata.uid, good.metadata.uid);
     d.stop().await;
     namespaces.cleanup().await;
@@ -544,14 +504,24 @@ async fn an_invalid_reload_keeps_the_old_config_and_removing_a_registry_prunes_i
     let ns = namespaces.create().await;
     let endpoint = TokenEndpoint::start(token("reload-pw")).await;
     let dir = config_dir();
-    let a = endpoint.registry_file("registry.a.test", "a-pull", &selector(test), SLOW);
-    let b = endpoint.registry_file("registry.b.test", "b-pull", &selector(test), SLOW);
+    let a = endpoint.registry_file(
+        "registry.a.test",
+        "a-pull",
+        &support::test_selector(test),
+        SLOW,
+    );
+    let b = endpoint.registry_file(
+        "registry.b.test",
+        "b-pull",
+        &support::test_selector(test),
+        SLOW,
+    );
     write_config(&dir, "a.yaml", &a);
     write_config(&dir, "b.yaml", &b);
     let d = daemon::start(&client, &dir, "info").await;
-    wait_password(&client, &ns, "a-pull", "registry.a.test", "reload-pw").await;
-    wait_password(&client, &ns, "b-pull", "registry.b.test", "reload-pw").await;
-    wait_pull_secrets(&client, &ns, "default", &["a-pull", "b-pull"]).await;
+    support::wait_password(&client, &ns, "a-pull", "registry.a.test", "reload-pw").await;
+    support::wait_password(&client, &ns, "b-pull", "registry.b.test", "reload-pw").await;
+    support::wait_pull_secrets(&client, &ns, "default", &["a-pull", "b-pull"]).await;
 
     // An invalid edit to b and the removal of a arrive together: rejected as a whole.
     write_config(&dir, "b.yaml", &format!("{b}secretNmae: typo\n"));
@@ -571,13 +541,15 @@ async fn an_invalid_reload_keeps_the_old_config_and_removing_a_registry_prunes_i
         "the log names the bad field"
     );
     // The old config keeps running: it still repairs a's Secret.
-    let old = get_secret(&client, &ns, "a-pull").await.expect("a-pull");
+    let old = support::get_secret(&client, &ns, "a-pull")
+        .await
+        .expect("a-pull");
     Api::<Secret>::namespaced(client.clone(), &ns)
         .delete("a-pull", &DeleteParams::default())
         .await
         .expect("delete a-pull");
     support::wait_for_named("a-pull repaired by the old config", WAIT, || async {
-        get_secret(&client, &ns, "a-pull")
+        support::get_secret(&client, &ns, "a-pull")
             .await
             .filter(|s| s.metadata.uid != old.metadata.uid)
     })
@@ -586,11 +558,11 @@ async fn an_invalid_reload_keeps_the_old_config_and_removing_a_registry_prunes_i
     // Fixed: a's removal now takes effect, b stays.
     write_config(&dir, "b.yaml", &b);
     support::wait_for_named("a-pull pruned", WAIT, || async {
-        get_secret(&client, &ns, "a-pull").await.is_none()
+        support::get_secret(&client, &ns, "a-pull").await.is_none()
     })
     .await;
-    wait_pull_secrets(&client, &ns, "default", &["b-pull"]).await;
-    assert!(get_secret(&client, &ns, "b-pull").await.is_some());
+    support::wait_pull_secrets(&client, &ns, "default", &["b-pull"]).await;
+    assert!(support::get_secret(&client, &ns, "b-pull").await.is_some());
     assert_eq!(
         d.sample("pullkeeper_config_last_reload_successful").await,
         1.0
@@ -619,7 +591,7 @@ async fn a_written_secret_lets_skopeo_pull_from_real_registries() {
                 reg.username,
                 password_file.display(),
                 reg.host,
-                selector(test)
+                support::test_selector(test)
             ),
         );
     }
@@ -628,7 +600,7 @@ async fn a_written_secret_lets_skopeo_pull_from_real_registries() {
         ("htpasswd", support::Registry::htpasswd()),
         ("token", support::Registry::token()),
     ] {
-        let secret = wait_password(
+        let secret = support::wait_password(
             &client,
             &ns,
             &format!("{name}-pull"),
@@ -668,7 +640,7 @@ async fn a_canary_credential_never_reaches_logs_metrics_or_events() {
         FAST,
     );
     let d = daemon::start(&client, &dir, "trace").await;
-    wait_password(&client, &ns, "canary-pull", "registry.canary.test", &canary).await;
+    support::wait_password(&client, &ns, "canary-pull", "registry.canary.test", &canary).await;
     // Exercise the error paths with the canary still the current credential.
     for answer in [
         Answer::Status(500),
@@ -740,17 +712,19 @@ async fn once_exits_zero_after_a_full_pass_and_non_zero_when_a_fetch_fails() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let s = get_secret(&client, &ns, "once-pull")
+    let s = support::get_secret(&client, &ns, "once-pull")
         .await
         .expect("written by once");
     assert_eq!(
-        password_in(&s, "registry.once.test").as_deref(),
+        support::password_in(&s, "registry.once.test").as_deref(),
         Some("once-pw")
     );
     endpoint.set(Answer::Status(503));
     let out = run().await.expect("run once");
     assert_eq!(out.status.code(), Some(1));
-    let after = get_secret(&client, &ns, "once-pull").await.expect("kept");
+    let after = support::get_secret(&client, &ns, "once-pull")
+        .await
+        .expect("kept");
     assert_eq!(after.metadata.resource_version, s.metadata.resource_version);
     namespaces.cleanup().await;
 }
@@ -798,7 +772,7 @@ async fn only_the_elected_leader_writes_and_a_follower_takes_over() {
         ]
     };
     let first = daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags("replica-a")).await;
-    wait_password(&client, &ns, "lead-pull", "registry.lead.test", "leader-pw").await;
+    support::wait_password(&client, &ns, "lead-pull", "registry.lead.test", "leader-pw").await;
     let second =
         daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags("replica-b")).await;
     // The second replica has looked at the Lease and found it held.
@@ -832,7 +806,7 @@ async fn only_the_elected_leader_writes_and_a_follower_takes_over() {
         second.sample("pullkeeper_leader").await == 1.0
     })
     .await;
-    wait_password(&client, &ns, "lead-pull", "registry.lead.test", "leader-pw").await;
+    support::wait_password(&client, &ns, "lead-pull", "registry.lead.test", "leader-pw").await;
     second.stop().await;
     namespaces.cleanup().await;
 }
@@ -849,7 +823,7 @@ async fn an_ecr_token_from_moto_lands_in_the_namespace_under_each_region_host() 
         &format!(
             "provider:\n  type: ecr\n  regions: [eu-west-1, us-east-1]\n  endpointUrl: {}\nsecretName: ecr-pull\nnamespaces:\n  selector: \"{}\"\n",
             support::moto_url(),
-            selector(test)
+            support::test_selector(test)
         ),
     );
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
@@ -873,7 +847,8 @@ async fn an_ecr_token_from_moto_lands_in_the_namespace_under_each_region_host() 
     for region in ["eu-west-1", "us-east-1"] {
         let host = format!("123456789012.dkr.ecr.{region}.amazonaws.com");
         let secret =
-            wait_password(&client, &ns, "ecr-pull", &host, "123456789012-auth-token").await;
+            support::wait_password(&client, &ns, "ecr-pull", &host, "123456789012-auth-token")
+                .await;
         let doc: serde_json::Value =
             serde_json::from_slice(&secret.data.expect("data")[".dockerconfigjson"].0)
                 .expect("json");
@@ -888,7 +863,7 @@ async fn an_ecr_token_from_moto_lands_in_the_namespace_under_each_region_host() 
             ))
         );
     }
-    wait_pull_secrets(&client, &ns, "default", &["ecr-pull"]).await;
+    support::wait_pull_secrets(&client, &ns, "default", &["ecr-pull"]).await;
     // moto's expiry is a fixed date in the past: it is not believed, the default lifetime (12 h)
     // schedules the next refresh, and the scheduler does not spin on it.
     let next = support::wait_for_named("next refresh scheduled", WAIT, || async {
@@ -939,11 +914,12 @@ async fn a_credential_the_registry_refuses_is_not_written_and_the_old_secret_sta
             reg.username,
             password_file.display(),
             reg.host,
-            selector(test)
+            support::test_selector(test)
         ),
     );
     let d = daemon::start(&client, &dir, "info").await;
-    let good = wait_password(&client, &ns, "verified-pull", &reg.host, &reg.password).await;
+    let good =
+        support::wait_password(&client, &ns, "verified-pull", &reg.host, &reg.password).await;
     assert!(
         d.sample("pullkeeper_verifications_total{registry=\"verified\",result=\"success\"}")
             .await
@@ -961,7 +937,7 @@ async fn a_credential_the_registry_refuses_is_not_written_and_the_old_secret_sta
             .await
             >= 1.0
     );
-    let kept = get_secret(&client, &ns, "verified-pull")
+    let kept = support::get_secret(&client, &ns, "verified-pull")
         .await
         .expect("kept");
     assert_eq!(
@@ -1001,7 +977,7 @@ async fn a_restarted_daemon_on_an_unchanged_cluster_makes_no_write() {
     let flags = ["--reload-interval", "1s", "--concurrency", "2"];
     let first = daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags).await;
     for ns in &names {
-        wait_password(
+        support::wait_password(
             &client,
             ns,
             "restart-pull",
@@ -1009,7 +985,7 @@ async fn a_restarted_daemon_on_an_unchanged_cluster_makes_no_write() {
             "restart-pw",
         )
         .await;
-        wait_pull_secrets(&client, ns, "default", &["restart-pull"]).await;
+        support::wait_pull_secrets(&client, ns, "default", &["restart-pull"]).await;
     }
     first.stop().await;
 
@@ -1043,7 +1019,10 @@ async fn a_restarted_daemon_on_an_unchanged_cluster_makes_no_write() {
         "an unchanged cluster costs no write:\n{metrics}"
     );
     for ns in &names {
-        assert_eq!(pull_secrets(&client, ns, "default").await, ["restart-pull"]);
+        assert_eq!(
+            support::pull_secrets(&client, ns, "default").await,
+            ["restart-pull"]
+        );
     }
     second.stop().await;
     namespaces.cleanup().await;
@@ -1079,7 +1058,7 @@ async fn a_data_key_added_by_hand_is_removed_and_the_repaired_secret_costs_no_mo
     let ns = namespaces.create().await;
     let (_endpoint, dir) = one_registry(test, "stray", token("stray-pw"), SLOW).await;
     let d = daemon::start_args(&client, &dir, "info", &["--resync-interval", "1s"]).await;
-    wait_password(
+    support::wait_password(
         &client,
         &ns,
         "stray-pull",
@@ -1102,15 +1081,17 @@ async fn a_data_key_added_by_hand_is_removed_and_the_repaired_secret_costs_no_mo
         .await
         .expect("add a key by hand");
     let repaired = support::wait_for_named("the extra key removed", WAIT, || async {
-        get_secret(&client, &ns, "stray-pull").await.filter(|s| {
-            s.data
-                .as_ref()
-                .is_some_and(|d| d.keys().eq([".dockerconfigjson"]))
-        })
+        support::get_secret(&client, &ns, "stray-pull")
+            .await
+            .filter(|s| {
+                s.data
+                    .as_ref()
+                    .is_some_and(|d| d.keys().eq([".dockerconfigjson"]))
+            })
     })
     .await;
     assert_eq!(
-        password_in(&repaired, "registry.stray.test").as_deref(),
+        support::password_in(&repaired, "registry.stray.test").as_deref(),
         Some("stray-pw")
     );
 
@@ -1120,7 +1101,7 @@ async fn a_data_key_added_by_hand_is_removed_and_the_repaired_secret_costs_no_mo
         wait_sweep_after(&d, unix_now()).await;
     }
     assert_eq!(applies(&d.metrics().await), writes, "no further apply");
-    let after = get_secret(&client, &ns, "stray-pull")
+    let after = support::get_secret(&client, &ns, "stray-pull")
         .await
         .expect("secret");
     assert_eq!(
@@ -1146,7 +1127,7 @@ async fn a_namespace_whose_service_account_churns_still_gets_every_rotation() {
     .expect("create busy");
     let (endpoint, dir) = one_registry(test, "churn", token("churn-0"), FAST).await;
     let d = daemon::start(&client, &dir, "info").await;
-    wait_password(&client, &ns, "churn-pull", "registry.churn.test", "churn-0").await;
+    support::wait_password(&client, &ns, "churn-pull", "registry.churn.test", "churn-0").await;
 
     // Another controller patches a ServiceAccount here about ten times a second.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1175,7 +1156,7 @@ async fn a_namespace_whose_service_account_churns_still_gets_every_rotation() {
     for round in 1..=4 {
         let password = format!("churn-{round}");
         endpoint.set(token(&password));
-        wait_password(&client, &ns, "churn-pull", "registry.churn.test", &password).await;
+        support::wait_password(&client, &ns, "churn-pull", "registry.churn.test", &password).await;
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (patches, elapsed) = churn.await.expect("churn task");
@@ -1196,7 +1177,7 @@ async fn an_emptied_config_directory_is_refused_and_the_running_config_keeps_its
     let ns = namespaces.create().await;
     let (_endpoint, dir) = one_registry(test, "empty", token("empty-pw"), SLOW).await;
     let d = daemon::start(&client, &dir, "info").await;
-    wait_password(
+    support::wait_password(
         &client,
         &ns,
         "empty-pull",
@@ -1204,7 +1185,7 @@ async fn an_emptied_config_directory_is_refused_and_the_running_config_keeps_its
         "empty-pw",
     )
     .await;
-    wait_pull_secrets(&client, &ns, "default", &["empty-pull"]).await;
+    support::wait_pull_secrets(&client, &ns, "default", &["empty-pull"]).await;
 
     // A broken rollout empties the mounted ConfigMap.
     let text = std::fs::read_to_string(dir.join("empty.yaml")).expect("read");
@@ -1225,18 +1206,23 @@ async fn an_emptied_config_directory_is_refused_and_the_running_config_keeps_its
         "the log says why and how"
     );
     // The running config still manages the namespace: it repairs a deleted Secret.
-    let old = get_secret(&client, &ns, "empty-pull").await.expect("kept");
+    let old = support::get_secret(&client, &ns, "empty-pull")
+        .await
+        .expect("kept");
     Api::<Secret>::namespaced(client.clone(), &ns)
         .delete("empty-pull", &DeleteParams::default())
         .await
         .expect("delete");
     support::wait_for_named("empty-pull repaired", WAIT, || async {
-        get_secret(&client, &ns, "empty-pull")
+        support::get_secret(&client, &ns, "empty-pull")
             .await
             .filter(|s| s.metadata.uid != old.metadata.uid)
     })
     .await;
-    assert_eq!(pull_secrets(&client, &ns, "default").await, ["empty-pull"]);
+    assert_eq!(
+        support::pull_secrets(&client, &ns, "default").await,
+        ["empty-pull"]
+    );
 
     // The file comes back: the failure state clears.
     write_config(&dir, "empty.yaml", &text);
@@ -1289,7 +1275,7 @@ async fn a_leader_stopped_with_sigterm_stops_writing_then_releases_its_lease() {
     };
     let mut first =
         daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags("replica-a")).await;
-    wait_password(
+    support::wait_password(
         &client,
         &ns,
         "release-pull",

@@ -23,10 +23,6 @@ use support::{Registry, TestNamespaces};
 /// ImagePullBackOff comes after about 15 s).
 const WAIT: Duration = Duration::from_mins(2);
 
-fn selector(test: &str) -> String {
-    format!("{}-name={test}", support::TEST_LABEL)
-}
-
 /// A registry file for pullkeeper's `static` provider: `username`, the password read from
 /// `password_file` (re-read at every refresh, every 1–2 s), for `server`.
 fn static_registry(
@@ -41,7 +37,7 @@ fn static_registry(
          servers: [\"{server}\"]\nsecretName: {secret}\nnamespaces:\n  selector: \"{}\"\n\
          refresh:\n  minInterval: 1s\n  maxInterval: 2s\n  backoffInitial: 1s\n  backoffMax: 2s\n",
         password_file.display(),
-        selector(test)
+        support::test_selector(test)
     )
 }
 
@@ -79,13 +75,6 @@ async fn secret_password(client: &Client, ns: &str, name: &str, server: &str) ->
     doc.pointer(&format!("/auths/{server}/password"))?
         .as_str()
         .map(String::from)
-}
-
-fn uid(pod: &Pod) -> String {
-    pod.metadata
-        .uid
-        .clone()
-        .expect("a Pod from the API has a uid")
 }
 
 /// The container ran the test image's entrypoint (pk-sleep), as the kubelet's log shows, and the
@@ -132,7 +121,7 @@ async fn a_pod_without_a_credential_for_the_private_registry_ends_in_image_pull_
     );
     support::wait_container_waiting(&client, &ns, "no-credential", "ImagePullBackOff", WAIT).await;
 
-    let events = support::events_of(&client, &ns, &uid(&pod)).await;
+    let events = support::events_of(&client, &ns, &support::pod_uid(&pod)).await;
     let failed: Vec<String> = events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("Failed"))
@@ -222,7 +211,7 @@ async fn with_pullkeeper_running_a_deployment_created_afterwards_runs_on_the_nod
         refs.contains(&"htpasswd-pull".to_string()) && refs.contains(&"token-pull".to_string()),
         "admission copied pullkeeper's Secrets into the Pod: {refs:?}"
     );
-    let events = support::events_of(&client, &ns, &uid(&pod)).await;
+    let events = support::events_of(&client, &ns, &support::pod_uid(&pod)).await;
     assert!(
         events
             .iter()
@@ -288,7 +277,7 @@ async fn after_a_rotation_that_invalidates_the_old_password_a_new_pod_still_pull
     // A new Pod with imagePullPolicy Always really pulls again, with the rotated Secret.
     let after = support::create_node_pod(&client, &ns, "after", &[("app", &image)], "Always").await;
     let running = support::wait_pod_running(&client, &ns, "after", WAIT).await;
-    let events = support::events_of(&client, &ns, &uid(&after)).await;
+    let events = support::events_of(&client, &ns, &support::pod_uid(&after)).await;
     assert!(
         events.iter().any(|e| e.reason.as_deref() == Some("Pulled")
             && e.message

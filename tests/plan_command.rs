@@ -58,10 +58,6 @@ async fn plan(kubeconfig: &Path, config: &Path, instance: &str, extra: &[&str]) 
     }
 }
 
-fn selector(test: &str) -> String {
-    format!("{}-name={test}", support::TEST_LABEL)
-}
-
 fn token(password: &str) -> Answer {
     Answer::Token {
         username: "robot".into(),
@@ -97,59 +93,10 @@ fn config_with(files: &[&(String, String)]) -> PathBuf {
     dir
 }
 
-async fn get_secret(client: &Client, ns: &str, name: &str) -> Option<Secret> {
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .expect("get secret")
-}
-
-fn password_in(secret: &Secret, server: &str) -> Option<String> {
-    let bytes = secret.data.as_ref()?.get(".dockerconfigjson")?;
-    let doc: Value = serde_json::from_slice(&bytes.0).ok()?;
-    doc.pointer(&format!("/auths/{server}/password"))?
-        .as_str()
-        .map(String::from)
-}
-
-async fn wait_password(client: &Client, ns: &str, name: &str, server: &str, want: &str) {
-    support::wait_for_named(
-        &format!("secret {ns}/{name} holding {want}"),
-        WAIT,
-        || async {
-            get_secret(client, ns, name)
-                .await
-                .is_some_and(|s| password_in(&s, server).as_deref() == Some(want))
-        },
-    )
-    .await;
-}
-
 async fn wait_gone(client: &Client, ns: &str, name: &str) {
     support::wait_for_named(&format!("secret {ns}/{name} pruned"), WAIT, || async {
-        get_secret(client, ns, name).await.is_none()
+        support::get_secret(client, ns, name).await.is_none()
     })
-    .await;
-}
-
-async fn pull_secrets(client: &Client, ns: &str, sa: &str) -> Vec<String> {
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .get_opt(sa)
-        .await
-        .expect("get sa")
-        .and_then(|sa| sa.image_pull_secrets)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
-}
-
-async fn wait_pull_secrets(client: &Client, ns: &str, sa: &str, want: &[&str]) {
-    support::wait_for_named(
-        &format!("serviceaccount {ns}/{sa} imagePullSecrets == {want:?}"),
-        WAIT,
-        || async { pull_secrets(client, ns, sa).await == want },
-    )
     .await;
 }
 
@@ -308,7 +255,7 @@ async fn a_converged_cluster_plans_no_change_and_plan_writes_nothing() {
     let a = namespaces.create().await;
     let b = namespaces.create().await;
     let endpoint = TokenEndpoint::start(token("converged-pw")).await;
-    let file = registry_file(&endpoint, "conv", &selector(test), "");
+    let file = registry_file(&endpoint, "conv", &support::test_selector(test), "");
     let dir = config_with(&[&file]);
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let instance = daemon::unique_instance();
@@ -321,7 +268,7 @@ async fn a_converged_cluster_plans_no_change_and_plan_writes_nothing() {
     )
     .await;
     for ns in [&a, &b] {
-        wait_password(
+        support::wait_password(
             &client,
             ns,
             "conv-pull",
@@ -329,14 +276,16 @@ async fn a_converged_cluster_plans_no_change_and_plan_writes_nothing() {
             "converged-pw",
         )
         .await;
-        wait_pull_secrets(&client, ns, "default", &["conv-pull"]).await;
+        support::wait_pull_secrets(&client, ns, "default", &["conv-pull"]).await;
     }
     let now = unix_now();
     support::wait_for_named("a sweep after convergence", WAIT, || async {
         d.sample("pullkeeper_last_sweep_timestamp_seconds").await > now
     })
     .await;
-    let before = get_secret(&client, &a, "conv-pull").await.expect("secret");
+    let before = support::get_secret(&client, &a, "conv-pull")
+        .await
+        .expect("secret");
     let writes_before = writes(&d.metrics().await);
     let calls = endpoint.calls();
 
@@ -388,7 +337,9 @@ async fn a_converged_cluster_plans_no_change_and_plan_writes_nothing() {
         "one provider call per registry"
     );
 
-    let after = get_secret(&client, &a, "conv-pull").await.expect("secret");
+    let after = support::get_secret(&client, &a, "conv-pull")
+        .await
+        .expect("secret");
     assert_eq!(
         after.metadata.resource_version, before.metadata.resource_version,
         "plan writes nothing"
@@ -418,11 +369,11 @@ async fn after_a_config_change_plan_predicts_exactly_the_writes_run_makes() {
     let d = idle_daemon(&kubeconfig, &instance).await;
 
     // Converge on the first config.
-    let first = registry_file(&main, "main", &selector(test), "");
+    let first = registry_file(&main, "main", &support::test_selector(test), "");
     deploy(&d, &[&first]);
     for ns in [&stay1, &stay2, &leave] {
-        wait_password(&client, ns, "main-pull", "registry.main.test", "main-pw").await;
-        wait_pull_secrets(&client, ns, "default", &["main-pull"]).await;
+        support::wait_password(&client, ns, "main-pull", "registry.main.test", "main-pw").await;
+        support::wait_pull_secrets(&client, ns, "default", &["main-pull"]).await;
     }
     wait_settled(&d, "main", 0.0).await;
     let converged = plan(&kubeconfig, &d.config_dir, &instance, &["-o", "json"]).await;
@@ -436,7 +387,7 @@ async fn after_a_config_change_plan_predicts_exactly_the_writes_run_makes() {
     let narrowed = registry_file(
         &main,
         "main",
-        &format!("{},tier=a", selector(test)),
+        &format!("{},tier=a", support::test_selector(test)),
         "serviceAccounts: [default, builder]\n",
     );
     let proposed = config_with(&[&narrowed]);
@@ -471,26 +422,29 @@ async fn after_a_config_change_plan_predicts_exactly_the_writes_run_makes() {
     let at = unix_now();
     deploy(&d, &[&narrowed]);
     for ns in [&stay1, &stay2] {
-        wait_pull_secrets(&client, ns, "builder", &["main-pull"]).await;
+        support::wait_pull_secrets(&client, ns, "builder", &["main-pull"]).await;
     }
     wait_gone(&client, &leave, "main-pull").await;
-    wait_pull_secrets(&client, &leave, "default", &[]).await;
+    support::wait_pull_secrets(&client, &leave, "default", &[]).await;
     wait_settled(&d, "main", at).await;
     let metrics = d.metrics().await;
     assert_eq!(delta(&before, &writes(&metrics)), predicted(&report));
     assert_eq!(failed_writes(&metrics), 0.0);
     for ns in [&stay1, &stay2] {
-        assert_eq!(pull_secrets(&client, ns, "default").await, ["main-pull"]);
+        assert_eq!(
+            support::pull_secrets(&client, ns, "default").await,
+            ["main-pull"]
+        );
     }
     assert_eq!(
-        pull_secrets(&client, &leave, "builder").await,
+        support::pull_secrets(&client, &leave, "builder").await,
         Vec::<String>::new()
     );
     let settled = plan(&kubeconfig, &d.config_dir, &instance, &[]).await;
     assert_eq!(settled.code, 0, "{}{}", settled.stdout, settled.stderr);
 
     // Change 2: a second registry for every namespace of the test.
-    let second = registry_file(&extra, "extra", &selector(test), "");
+    let second = registry_file(&extra, "extra", &support::test_selector(test), "");
     let proposed = config_with(&[&narrowed, &second]);
     let unfetched = plan(&kubeconfig, &proposed, &instance, &["-o", "json"]).await;
     assert_eq!(unfetched.code, 1, "{}", unfetched.stderr);
@@ -544,12 +498,12 @@ async fn after_a_config_change_plan_predicts_exactly_the_writes_run_makes() {
     let at = unix_now();
     deploy(&d, &[&narrowed, &second]);
     for ns in [&stay1, &stay2, &leave] {
-        wait_password(&client, ns, "extra-pull", "registry.extra.test", "extra-pw").await;
+        support::wait_password(&client, ns, "extra-pull", "registry.extra.test", "extra-pw").await;
     }
     for ns in [&stay1, &stay2] {
-        wait_pull_secrets(&client, ns, "default", &["main-pull", "extra-pull"]).await;
+        support::wait_pull_secrets(&client, ns, "default", &["main-pull", "extra-pull"]).await;
     }
-    wait_pull_secrets(&client, &leave, "default", &["extra-pull"]).await;
+    support::wait_pull_secrets(&client, &leave, "default", &["extra-pull"]).await;
     wait_settled(&d, "extra", at).await;
     let metrics = d.metrics().await;
     assert_eq!(delta(&before, &writes(&metrics)), predicted(&report));
@@ -579,7 +533,7 @@ async fn a_foreign_secret_is_reported_as_blocking_and_run_leaves_it_alone() {
         .await
         .expect("create the foreign secret");
     let endpoint = TokenEndpoint::start(token("fgn-pw")).await;
-    let file = registry_file(&endpoint, "fgn", &selector(test), "");
+    let file = registry_file(&endpoint, "fgn", &support::test_selector(test), "");
     let proposed = config_with(&[&file]);
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let instance = daemon::unique_instance();
@@ -608,21 +562,25 @@ async fn a_foreign_secret_is_reported_as_blocking_and_run_leaves_it_alone() {
     let before = writes(&d.metrics().await);
     let at = unix_now();
     deploy(&d, &[&file]);
-    wait_password(&client, &ours, "fgn-pull", "registry.fgn.test", "fgn-pw").await;
-    wait_pull_secrets(&client, &ours, "default", &["fgn-pull"]).await;
+    support::wait_password(&client, &ours, "fgn-pull", "registry.fgn.test", "fgn-pw").await;
+    support::wait_pull_secrets(&client, &ours, "default", &["fgn-pull"]).await;
     wait_settled(&d, "fgn", at).await;
     assert_eq!(
         delta(&before, &writes(&d.metrics().await)),
         predicted(&report)
     );
-    let after = get_secret(&client, &theirs, "fgn-pull")
+    let after = support::get_secret(&client, &theirs, "fgn-pull")
         .await
         .expect("still there");
     assert_eq!(
         after.metadata.resource_version,
         made.metadata.resource_version
     );
-    assert!(pull_secrets(&client, &theirs, "default").await.is_empty());
+    assert!(
+        support::pull_secrets(&client, &theirs, "default")
+            .await
+            .is_empty()
+    );
 
     // Nothing left to write; the block is still reported.
     let again = plan(&kubeconfig, &d.config_dir, &instance, &["-o", "json"]).await;
@@ -643,7 +601,7 @@ async fn a_canary_credential_never_appears_in_plan_output_at_any_verbosity() {
     let old = format!("pk-canary-old-{}", std::process::id());
     let new = format!("pk-canary-new-{}", std::process::id());
     let endpoint = TokenEndpoint::start(token(&old)).await;
-    let file = registry_file(&endpoint, "canary", &selector(test), "");
+    let file = registry_file(&endpoint, "canary", &support::test_selector(test), "");
     let dir = config_with(&[&file]);
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let instance = daemon::unique_instance();
@@ -655,8 +613,8 @@ async fn a_canary_credential_never_appears_in_plan_output_at_any_verbosity() {
         &["--reload-interval", "1s"],
     )
     .await;
-    wait_password(&client, &ns, "canary-pull", "registry.canary.test", &old).await;
-    wait_pull_secrets(&client, &ns, "default", &["canary-pull"]).await;
+    support::wait_password(&client, &ns, "canary-pull", "registry.canary.test", &old).await;
+    support::wait_pull_secrets(&client, &ns, "default", &["canary-pull"]).await;
     d.stop().await;
     // The provider now hands out another credential; only `plan --fetch` sees it.
     endpoint.set(token(&new));
@@ -672,7 +630,7 @@ async fn a_canary_credential_never_appears_in_plan_output_at_any_verbosity() {
             ]
         })
         .collect();
-    let secret = get_secret(&client, &ns, "canary-pull")
+    let secret = support::get_secret(&client, &ns, "canary-pull")
         .await
         .expect("secret");
     let stored = b64.encode(&secret.data.as_ref().expect("data")[".dockerconfigjson"].0);
@@ -752,7 +710,7 @@ async fn plan_exits_2_on_an_invalid_config_an_unreachable_cluster_or_a_failed_fe
     assert!(run.stdout.is_empty());
 
     let endpoint = TokenEndpoint::start(Answer::Status(500)).await;
-    let file = registry_file(&endpoint, "down", &selector(test), "");
+    let file = registry_file(&endpoint, "down", &support::test_selector(test), "");
     let dir = config_with(&[&file]);
     let unfetched = plan(&kubeconfig, &dir, &instance, &[]).await;
     assert_eq!(

@@ -31,10 +31,6 @@ const RECOVERY_RBAC: &str = concat!(
 );
 const RECOVERY_SA: &str = "pullkeeper-recovery";
 
-fn selector(test: &str) -> String {
-    format!("{}-name={test}", support::TEST_LABEL)
-}
-
 /// A config directory with one registry file for the htpasswd registry (static provider, the
 /// password from a file).
 fn htpasswd_config(test: &str) -> PathBuf {
@@ -50,7 +46,7 @@ fn htpasswd_config(test: &str) -> PathBuf {
             registry.username,
             password.display(),
             registry.host,
-            selector(test)
+            support::test_selector(test)
         ),
     );
     dir
@@ -182,15 +178,8 @@ async fn stuck_pod_of(client: &Client, ns: &str, app: &str) -> Pod {
     support::wait_container_waiting(client, ns, &name, "ImagePullBackOff", WAIT).await
 }
 
-fn uid(pod: &Pod) -> String {
-    pod.metadata
-        .uid
-        .clone()
-        .expect("a Pod from the API has a uid")
-}
-
 async fn event_reasons(client: &Client, ns: &str, pod: &Pod) -> Vec<String> {
-    support::events_of(client, ns, &uid(pod))
+    support::events_of(client, ns, &support::pod_uid(pod))
         .await
         .into_iter()
         .filter_map(|e| e.reason)
@@ -231,7 +220,9 @@ async fn a_deployment_stuck_before_pullkeeper_ran_is_recovered_and_runs_with_the
     .await;
     let running = support::wait_for_named("the replacement Pod running", WAIT, || async {
         let pods = pods_of(&client, &ns, "app").await;
-        let pod = pods.into_iter().find(|p| uid(p) != uid(&stuck))?;
+        let pod = pods
+            .into_iter()
+            .find(|p| support::pod_uid(p) != support::pod_uid(&stuck))?;
         let name = pod.metadata.name.clone()?;
         let pod = Api::<Pod>::namespaced(client.clone(), &ns)
             .get(&name)
@@ -313,7 +304,11 @@ async fn with_recovery_only_observing_the_stuck_pod_stays_and_the_gauge_counts_i
     );
     let pods = pods_of(&client, &ns, "app").await;
     assert_eq!(pods.len(), 1);
-    assert_eq!(uid(&pods[0]), uid(&stuck), "observe never deletes");
+    assert_eq!(
+        support::pod_uid(&pods[0]),
+        support::pod_uid(&stuck),
+        "observe never deletes"
+    );
     assert_eq!(
         d.sample("pullkeeper_pods_recovered_total{registry=\"htpasswd\"}")
             .await,
@@ -386,7 +381,7 @@ async fn recovery_deletes_only_what_its_rules_allow_and_keeps_to_its_rate() {
                 .get_opt(&name)
                 .await
                 .expect("get pod")
-                .map(|p| uid(&p))
+                .map(|p| support::pod_uid(&p))
         }
     };
     let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
@@ -416,7 +411,7 @@ async fn recovery_deletes_only_what_its_rules_allow_and_keeps_to_its_rate() {
     if recovered_total == 1.0 {
         assert_eq!(
             alive(name(held_back)).await,
-            Some(uid(held_back)),
+            Some(support::pod_uid(held_back)),
             "held back by the rate limit"
         );
     } else {
@@ -428,7 +423,7 @@ async fn recovery_deletes_only_what_its_rules_allow_and_keeps_to_its_rate() {
             let client = client.clone();
             let ns = ns.clone();
             async move {
-                support::events_of(&client, &ns, &uid(&pod))
+                support::events_of(&client, &ns, &support::pod_uid(&pod))
                     .await
                     .into_iter()
                     .find(|e| e.reason.as_deref() == Some("Recovered"))
@@ -446,12 +441,12 @@ async fn recovery_deletes_only_what_its_rules_allow_and_keeps_to_its_rate() {
     }
     assert_eq!(
         alive("bare".into()).await,
-        Some(uid(&bare)),
+        Some(support::pod_uid(&bare)),
         "a bare Pod is never deleted"
     );
     assert_eq!(
         alive("unmanaged".into()).await,
-        Some(uid(&unmanaged)),
+        Some(support::pod_uid(&unmanaged)),
         "not pullkeeper's registry"
     );
     // The bare Pod gets pullkeeper's Event saying why it cannot recover.
@@ -464,7 +459,10 @@ async fn recovery_deletes_only_what_its_rules_allow_and_keeps_to_its_rate() {
     .await;
     // The Pod that named the Secret pulls at the kubelet's next retry, without recreation.
     let with_ref_running = support::wait_pod_running(&client, &ns, "with-ref", WAIT).await;
-    assert_eq!(uid(&with_ref_running), uid(&with_ref));
+    assert_eq!(
+        support::pod_uid(&with_ref_running),
+        support::pod_uid(&with_ref)
+    );
     println!(
         "a Pod already naming the Secret ran {:?} after pullkeeper started (kubelet back-off retry)",
         started.elapsed()

@@ -22,7 +22,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -879,4 +879,84 @@ pub fn set_token_registry_user(user: &str, password: Option<&str>) {
 /// A random string for throw-away passwords and user names.
 pub fn random_string(len: usize) -> String {
     random_suffix(len)
+}
+
+// ---------------------------------------------------------------------------------------------
+// pullkeeper's Secrets and ServiceAccount entries, as tests look at them
+// ---------------------------------------------------------------------------------------------
+
+/// Liveness bound of the shared waits below: generous, never a performance figure.
+pub const WAIT: Duration = Duration::from_secs(150);
+
+/// The label selector of one test's namespaces (`TestNamespaces::new(client, test)`).
+pub fn test_selector(test: &str) -> String {
+    format!("{TEST_LABEL}-name={test}")
+}
+
+/// Secret `ns/name`, `None` when absent.
+pub async fn get_secret(client: &Client, ns: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("get secret")
+}
+
+/// The password stored for `server` in a dockerconfigjson Secret.
+pub fn password_in(secret: &Secret, server: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(".dockerconfigjson")?;
+    let doc: serde_json::Value = serde_json::from_slice(&bytes.0).ok()?;
+    doc.pointer(&format!("/auths/{server}/password"))?
+        .as_str()
+        .map(String::from)
+}
+
+/// Waits until Secret `ns/name` holds `want` as the password for `server`, and returns it.
+pub async fn wait_password(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    server: &str,
+    want: &str,
+) -> Secret {
+    wait_for_named(
+        &format!("secret {ns}/{name} with the expected password"),
+        WAIT,
+        || async {
+            get_secret(client, ns, name)
+                .await
+                .filter(|s| password_in(s, server).as_deref() == Some(want))
+        },
+    )
+    .await
+}
+
+/// The `imagePullSecrets` names of ServiceAccount `ns/sa`, in order (empty when it is absent).
+pub async fn pull_secrets(client: &Client, ns: &str, sa: &str) -> Vec<String> {
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .get_opt(sa)
+        .await
+        .expect("get sa")
+        .and_then(|sa| sa.image_pull_secrets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+/// Waits until ServiceAccount `ns/sa` lists exactly `want`, in that order.
+pub async fn wait_pull_secrets(client: &Client, ns: &str, sa: &str, want: &[&str]) {
+    wait_for_named(
+        &format!("serviceaccount {ns}/{sa} imagePullSecrets == {want:?}"),
+        WAIT,
+        || async { pull_secrets(client, ns, sa).await == want },
+    )
+    .await;
+}
+
+/// A Pod's uid (a Pod read from the API has one).
+pub fn pod_uid(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    pod.metadata
+        .uid
+        .clone()
+        .expect("a Pod from the API has a uid")
 }
