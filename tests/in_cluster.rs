@@ -47,6 +47,12 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/pullkeeper
 const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kustomize/base");
 const PULLKEEPER: &str = env!("CARGO_BIN_EXE_pullkeeper");
 
+/// The Helm release: not named `pullkeeper`, as a user may name it, so its cluster-wide objects
+/// (`pk-pullkeeper`) are the release's own, apart from the kustomize base's (and the other tests').
+const RELEASE: &str = "pk";
+const HELM_ACCOUNT: &str = "pk-pullkeeper";
+const HELM_CONFIGMAP: &str = "pk-pullkeeper-config";
+
 static ONE_INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------------
@@ -1038,7 +1044,7 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
         &helm,
         &[
             "install",
-            "pullkeeper",
+            RELEASE,
             CHART,
             "-n",
             &ns,
@@ -1059,17 +1065,9 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
     a_pod_pulls(&client, &first).await;
     restricted_level_holds(&client, &ns).await;
     let (leader, _) = leader_of(&client, &ns, &pods).await;
-    uses_the_mounted_token(&pods, &writes(&ns, "pullkeeper", since), &leader);
+    uses_the_mounted_token(&pods, &writes(&ns, HELM_ACCOUNT, since), &leader);
     let both = [first.clone(), second.clone()];
-    config_edits(
-        &client,
-        &ns,
-        "pullkeeper-config",
-        "incluster.yaml",
-        &pods,
-        &both,
-    )
-    .await;
+    config_edits(&client, &ns, HELM_CONFIGMAP, "incluster.yaml", &pods, &both).await;
 
     // Upgrade to the next image while every Secret is read every 50 ms.
     let stop = Arc::new(AtomicBool::new(false));
@@ -1114,7 +1112,7 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
         &helm,
         &[
             "upgrade",
-            "pullkeeper",
+            RELEASE,
             CHART,
             "-n",
             &ns,
@@ -1149,10 +1147,10 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
         "the upgrade replaced the leader"
     );
     assert!(reads > 20, "the sampler kept reading: {reads}");
-    assert_one_writer_at_a_time(&writes(&ns, "pullkeeper", since));
+    assert_one_writer_at_a_time(&writes(&ns, HELM_ACCOUNT, since));
 
     // Uninstall, then the documented clean-up (the release namespace and its Lease stay).
-    run(&helm, &["uninstall", "pullkeeper", "-n", &ns, "--wait"]).await;
+    run(&helm, &["uninstall", RELEASE, "-n", &ns, "--wait"]).await;
     support::wait_for_named("pullkeeper's Pods gone", WAIT, || async {
         Api::<Pod>::namespaced(client.clone(), &ns)
             .list(&ListParams::default().labels(POD_SELECTOR))
