@@ -53,6 +53,23 @@ const RELEASE: &str = "pk";
 const HELM_ACCOUNT: &str = "pk-pullkeeper";
 const HELM_CONFIGMAP: &str = "pk-pullkeeper-config";
 
+/// Prints a measured figure and appends it to `PK_TEST_DIR/logs/figures.txt`, which
+/// tests/run-all.sh shows in its summary (a passing test's output is otherwise captured).
+macro_rules! figure {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        println!("{line}");
+        let path = support::test_dir().join("logs").join("figures.txt");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }};
+}
+
 static ONE_INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------------
@@ -641,7 +658,7 @@ async fn config_edits(
         |v| v.is_some_and(|n| n >= 1.0),
     )
     .await;
-    println!("in-cluster: a ConfigMap edit served a new namespace {took:.1?} after the edit");
+    figure!("in-cluster: a ConfigMap edit served a new namespace {took:.1?} after the edit");
 
     // An invalid edit: rejected by both replicas, the old config keeps working.
     let mut invalid = registry_file(namespaces);
@@ -693,10 +710,12 @@ async fn cleanup_leaves_nothing(client: &Client, lease_namespace: &str, namespac
         ],
     )
     .await;
-    println!(
-        "in-cluster: pullkeeper cleanup ({:.1?}):\n{out}",
-        started.elapsed()
+    figure!(
+        "in-cluster: pullkeeper cleanup took {:.1?}: {}",
+        started.elapsed(),
+        out.lines().last().unwrap_or_default()
     );
+    println!("{out}");
     let managed =
         Api::<Secret>::all(client.clone())
             .list(&ListParams::default().labels(
@@ -872,7 +891,7 @@ async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Ut
         .map(|w| w.completed)
         .max()
         .expect("the old leader wrote");
-    println!(
+    figure!(
         "in-cluster: graceful delete of leader {}: {} wrote {:.2} s after the delete ({:.2} s after the old leader's last write)",
         pod_name(&leader),
         first.pod,
@@ -893,7 +912,7 @@ async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Ut
         .map(|w| w.completed)
         .max()
         .expect("the second leader wrote");
-    println!(
+    figure!(
         "in-cluster: hard kill of leader {}'s container: {} ({}) wrote {:.2} s after the kill ({:.2} s after the old leader's last write)",
         pod_name(&leader),
         first.pod,
@@ -910,7 +929,7 @@ async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Ut
 
     let all = writes(ns, "pullkeeper", since);
     let writers = assert_one_writer_at_a_time(&all);
-    println!(
+    figure!(
         "in-cluster: {} writes by {} processes, one at a time: {}",
         all.len(),
         writers.len(),
@@ -966,7 +985,7 @@ async fn the_kustomize_base_installs_two_replicas_that_hand_over_and_uninstall_c
     let applied = Instant::now();
     run(kubectl(), &["apply", "-k", &overlay_dir]).await;
     let pods = wait_ready(&client, ns, 2, Some(&image.digest)).await;
-    println!(
+    figure!(
         "in-cluster (kustomize): image {} ({} bytes pulled, {} unpacked); both replicas Ready {:.1?} after kubectl apply -k",
         image.digest,
         image.pull_bytes,
@@ -1057,7 +1076,7 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
     )
     .await;
     let pods = wait_ready(&client, &ns, 2, Some(&image.digest)).await;
-    println!(
+    figure!(
         "in-cluster (helm): both replicas Ready {:.1?} after helm install",
         installed.elapsed()
     );
@@ -1130,7 +1149,7 @@ async fn the_helm_chart_installs_upgrades_without_a_gap_and_uninstalls_clean() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     let (reads, gaps) = sampler.await.expect("sampler");
-    println!(
+    figure!(
         "in-cluster (helm): upgrade to {} done in {:.1?}; leader {:?} -> {holder_after} ({}); {reads} reads of the Secrets, problems {gaps:?}",
         image.next_digest,
         upgraded.elapsed(),

@@ -115,6 +115,11 @@ read -r passed failed_tests < <(
        END {print p + 0, f + 0}' "$test_log" 2>/dev/null || echo "0 0"
 )
 step "summary"
+# Figures the tests measured (tests/in_cluster.rs writes them; passing tests' output is captured).
+if [[ -s $dir/logs/figures.txt ]]; then
+  pk_log "figures measured by the tests ($dir/logs/figures.txt):"
+  cat "$dir/logs/figures.txt"
+fi
 if ((${#failed[@]})); then
   pk_log "failed steps: ${failed[*]}"
 else
