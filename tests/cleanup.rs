@@ -481,6 +481,8 @@ async fn too_weak_rbac_stops_cleanup_before_it_removes_anything() {
     let namespaces = support::TestNamespaces::new(client.clone(), test);
     let ns = namespaces.create().await;
     wait_account(&client, &ns).await;
+    // pullkeeper's namespace (for the Lease) and RBAC, as the installation had them.
+    support::install_rbac(&client).await;
     let instance = daemon::unique_instance();
     let lease_name = format!("{instance}-leader");
     // What a stopped daemon leaves: its Secret, its recorded entry, its released Lease.

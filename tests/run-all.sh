@@ -100,7 +100,7 @@ run "tests/checks/static-build.sh" bash tests/checks/static-build.sh
 test_log=$dir/logs/cargo-test.log
 # A hung test must not eat CI's whole budget: 45 minutes is far above a normal run.
 # shellcheck disable=SC2016 # expanded by the inner bash
-run "cargo test --all-features" bash -c 'set -o pipefail; timeout 2700 cargo test --all-features "$@" 2>&1 | tee "$0"' \
+run "cargo test --all-features" bash -c 'set -o pipefail; timeout 2700 cargo test --all-features --no-fail-fast "$@" 2>&1 | tee "$0"' \
   "$test_log" "$@"
 for check in tests/checks/*.sh; do
   [[ -e $check ]] || continue
