@@ -99,16 +99,6 @@ pub async fn client(kubeconfig: Option<&Path>, agent: &str) -> Result<Client, St
     Client::try_from(cfg).map_err(StartError::Client)
 }
 
-/// This process's identity in the Lease: `--identity` (the Pod name) and a random suffix, so a
-/// restarted container is a new holder that waits for the old one's Lease like any follower.
-fn lease_identity(base: Option<&str>) -> String {
-    format!(
-        "{}_{:08x}",
-        base.unwrap_or("pullkeeper"),
-        rand::random::<u32>()
-    )
-}
-
 /// The settings of `run`/`once`, from the command line.
 fn settings(args: &RunArgs) -> Settings {
     Settings {
@@ -198,7 +188,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
             return Ok(2);
         }
     };
-    let identity = lease_identity(args.identity.as_deref());
+    let identity = leader::process_identity(args.identity.as_deref());
     let client = client(args.kubeconfig.as_deref(), &identity).await?;
     let mut settings = settings;
     if settings.recovery.mode != RecoveryMode::Off {
@@ -311,6 +301,21 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     Ok(i32::from(lost.load(Ordering::SeqCst)))
 }
 
+/// Writes a command's report to stdout: text for people, or one JSON document and a newline.
+fn print_report(
+    output: PlanOutput,
+    text: impl FnOnce() -> String,
+    json: impl FnOnce() -> Result<String, serde_json::Error>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write as _;
+    let out = match output {
+        PlanOutput::Text => text(),
+        PlanOutput::Json => json()? + "\n",
+    };
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(())
+}
+
 /// `pullkeeper plan`: prints what `run` would change; 0 when nothing, 1 when something, 2 on
 /// an invalid config, an unreachable cluster or a failed `--fetch`.
 pub async fn plan(args: PlanArgs) -> i32 {
@@ -355,16 +360,8 @@ pub async fn plan(args: PlanArgs) -> i32 {
             Ok(r) => r,
             Err(e) => return failed(&e),
         };
-    let text = match args.output {
-        PlanOutput::Text => report.to_text(),
-        PlanOutput::Json => match report.to_json() {
-            Ok(json) => json + "\n",
-            Err(e) => return failed(&e),
-        },
-    };
-    use std::io::Write as _;
-    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
-        return failed(&e);
+    if let Err(e) = print_report(args.output, || report.to_text(), || report.to_json()) {
+        return failed(e.as_ref());
     }
     i32::from(report.summary.changes)
 }
@@ -455,16 +452,8 @@ pub async fn cleanup(args: crate::cli::CleanupArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return failed(&e),
     };
-    let text = match args.output {
-        PlanOutput::Text => report.to_text(),
-        PlanOutput::Json => match report.to_json() {
-            Ok(json) => json + "\n",
-            Err(e) => return failed(&e),
-        },
-    };
-    use std::io::Write as _;
-    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
-        return failed(&e);
+    if let Err(e) = print_report(args.output, || report.to_text(), || report.to_json()) {
+        return failed(e.as_ref());
     }
     for line in report.errors() {
         eprintln!("pullkeeper cleanup: {line}");

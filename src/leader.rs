@@ -27,6 +27,16 @@ pub struct LeaseConfig {
     pub retry_every: Duration,
 }
 
+/// This process's identity in the Lease: `--identity` (the Pod name) and a random suffix, so a
+/// restarted container is a new holder that waits for the old one's Lease like any follower.
+pub fn process_identity(base: Option<&str>) -> String {
+    format!(
+        "{}_{:08x}",
+        base.unwrap_or("pullkeeper"),
+        rand::random::<u32>()
+    )
+}
+
 /// What one look at the Lease decided.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
@@ -210,6 +220,20 @@ mod tests {
             )),
             ..LeaseSpec::default()
         }
+    }
+
+    #[test]
+    fn a_restarted_process_is_a_new_holder_that_must_wait() {
+        let before = process_identity(Some("pullkeeper-7b7796b6b4-5nksg"));
+        let after = process_identity(Some("pullkeeper-7b7796b6b4-5nksg"));
+        assert!(
+            before.starts_with("pullkeeper-7b7796b6b4-5nksg_"),
+            "{before}"
+        );
+        assert_ne!(before, after);
+        // The Lease the killed process still holds is not the restarted one's to take.
+        assert!(!can_take(&spec(Some(&before), 5), &after, Timestamp::now()));
+        assert!(process_identity(None).starts_with("pullkeeper_"));
     }
 
     #[test]
