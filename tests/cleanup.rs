@@ -180,17 +180,6 @@ async fn create_secret(client: &Client, ns: &str, name: &str, instance: Option<&
         .expect("create secret")
 }
 
-async fn wait_account(client: &Client, ns: &str) {
-    support::wait_for_named(&format!("serviceaccount {ns}/default"), WAIT, || async {
-        Api::<ServiceAccount>::namespaced(client.clone(), ns)
-            .get_opt("default")
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
-}
-
 fn leases(client: &Client) -> Api<Lease> {
     Api::namespaced(client.clone(), support::PULLKEEPER_NAMESPACE)
 }
@@ -230,7 +219,7 @@ async fn cleanup_refuses_while_the_daemon_runs_and_afterwards_removes_exactly_it
     let b = namespaces.create().await;
     let c = namespaces.create().await;
     for ns in [&a, &b, &c] {
-        wait_account(&client, ns).await;
+        support::wait_account(&client, ns, "default").await;
     }
     let other = daemon::unique_instance();
     // A user's entry before pullkeeper's, a user Secret, another installation's Secret and
@@ -480,7 +469,7 @@ async fn too_weak_rbac_stops_cleanup_before_it_removes_anything() {
     let client = support::admin_client().await;
     let namespaces = support::TestNamespaces::new(client.clone(), test);
     let ns = namespaces.create().await;
-    wait_account(&client, &ns).await;
+    support::wait_account(&client, &ns, "default").await;
     // pullkeeper's namespace (for the Lease) and RBAC, as the installation had them.
     support::install_rbac(&client).await;
     let instance = daemon::unique_instance();

@@ -71,17 +71,6 @@ fn token(password: &str) -> Answer {
     }
 }
 
-async fn wait_default_sa(client: &Client, ns: &str) {
-    support::wait_for_named(&format!("default serviceaccount in {ns}"), WAIT, || async {
-        Api::<ServiceAccount>::namespaced(client.clone(), ns)
-            .get_opt("default")
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn one_fetch_fans_out_to_every_target_namespace_and_its_default_account() {
     let test = "engine-fan-out";
@@ -161,14 +150,7 @@ async fn a_namespace_created_later_gets_the_secret_and_new_pods_carry_it() {
         .create(&PostParams::default(), &pod)
         .await
         .expect("create pod");
-    let refs: Vec<String> = created
-        .spec
-        .and_then(|s| s.image_pull_secrets)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
-    assert_eq!(refs, ["later-pull"]);
+    assert_eq!(support::pod_pull_secrets(&created), ["later-pull"]);
     // And a ServiceAccount created later is left alone (only `default` is targeted).
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "builder"}})).expect("sa");
@@ -205,7 +187,7 @@ async fn entries_people_added_survive_rotation_and_removal() {
     let test = "engine-user-entries";
     let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
-    wait_default_sa(&client, &ns).await;
+    support::wait_account(&client, &ns, "default").await;
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
     sas.patch(
         "default",
@@ -349,7 +331,7 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
     let (client, namespaces) = setup(test).await;
     let theirs = namespaces.create().await;
     let ours = namespaces.create().await;
-    wait_default_sa(&client, &theirs).await;
+    support::wait_account(&client, &theirs, "default").await;
     let foreign: Secret = serde_json::from_value(json!({
         "metadata": {"name": "foreign-pull"},
         "type": "Opaque",
@@ -1117,7 +1099,7 @@ async fn a_namespace_whose_service_account_churns_still_gets_every_rotation() {
     let test = "engine-churn";
     let (client, namespaces) = setup(test).await;
     let ns = namespaces.create().await;
-    wait_default_sa(&client, &ns).await;
+    support::wait_account(&client, &ns, "default").await;
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
     sas.create(
         &PostParams::default(),

@@ -118,10 +118,6 @@ async fn run(program: &str, args: &[&str]) -> String {
     stdout
 }
 
-fn kubectl() -> &'static str {
-    "kubectl"
-}
-
 fn helm() -> String {
     support::env("PK_HELM")
 }
@@ -202,12 +198,8 @@ async fn user_namespace(client: &Client, namespaces: &TestNamespaces) -> String 
         .create(&PostParams::default(), &secret)
         .await
         .expect("create the team's Secret");
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    support::wait_for_named(&format!("{ns}/default exists"), WAIT, || async {
-        accounts.get_opt("default").await.ok().flatten()
-    })
-    .await;
-    accounts
+    support::wait_account(client, &ns, "default").await;
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
         .patch(
             "default",
             &PatchParams::default(),
@@ -216,15 +208,6 @@ async fn user_namespace(client: &Client, namespaces: &TestNamespaces) -> String 
         .await
         .expect("patch the team's entry");
     ns
-}
-
-fn pull_secret_names(sa: &ServiceAccount) -> Vec<String> {
-    sa.image_pull_secrets
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
 }
 
 /// Waits until `ns` holds pullkeeper's Secret with the registry's login and `default` lists it
@@ -254,17 +237,7 @@ async fn wait_served(client: &Client, ns: &str) {
         }
     })
     .await;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    support::wait_for_named(&format!("{ns}/default lists {SECRET}"), WAIT, || async {
-        let sa = accounts.get("default").await.map_err(|e| e.to_string())?;
-        let names = pull_secret_names(&sa);
-        if names == [USER_SECRET, SECRET] {
-            Ok(())
-        } else {
-            Err(format!("imagePullSecrets {names:?}"))
-        }
-    })
-    .await;
+    support::wait_pull_secrets(client, ns, "default", &[USER_SECRET, SECRET]).await;
 }
 
 /// A Pod of the team's own, created after pullkeeper served `ns`, pulls the private test image
@@ -273,15 +246,8 @@ async fn a_pod_pulls(client: &Client, ns: &str) {
     let image = Registry::htpasswd().test_image_ref();
     let pod =
         support::create_node_pod(client, ns, "app", &[("app", image.as_str())], "Always").await;
-    let names: Vec<String> = pod
-        .spec
-        .and_then(|s| s.image_pull_secrets)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
     assert_eq!(
-        names,
+        support::pod_pull_secrets(&pod),
         [USER_SECRET, SECRET],
         "admission copied the ServiceAccount's entries"
     );
@@ -738,7 +704,7 @@ async fn cleanup_leaves_nothing(client: &Client, lease_namespace: &str, namespac
             .await
             .expect("default");
         assert_eq!(
-            pull_secret_names(&sa),
+            support::account_pull_secrets(&sa),
             [USER_SECRET],
             "{ns}/default keeps the team's entry only"
         );
@@ -805,15 +771,30 @@ impl Drift {
     }
 }
 
-/// Waits for a Secret write by a process other than `old_agent`, received after `since`.
-async fn next_writer(ns: &str, since: DateTime<Utc>, old_agent: &str) -> Write {
-    support::wait_for_named("a write by another process", WAIT, || async {
-        writes(ns, "pullkeeper", since)
+/// The hand-over after `at` (the delete or kill of the leader process `identity`): waits for the
+/// first Secret write by another process received after `at`, and returns it with the old
+/// process's last write since `since`.
+async fn next_leader(
+    ns: &str,
+    since: DateTime<Utc>,
+    at: DateTime<Utc>,
+    identity: &str,
+) -> (Write, DateTime<Utc>) {
+    let old = agent_of(identity);
+    let first = support::wait_for_named("a write by another process", WAIT, || async {
+        writes(ns, "pullkeeper", at)
             .into_iter()
-            .find(|w| w.agent != old_agent && w.what.contains(" secrets "))
+            .find(|w| w.agent != old && w.what.contains(" secrets "))
             .ok_or("none yet")
     })
-    .await
+    .await;
+    let old_last = writes(ns, "pullkeeper", since)
+        .into_iter()
+        .filter(|w| w.agent == old)
+        .map(|w| w.completed)
+        .max()
+        .expect("the old leader wrote");
+    (first, old_last)
 }
 
 /// Waits until the process behind `agent` has repaired the drift twice from now on.
@@ -884,13 +865,7 @@ async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Ut
         .delete(&pod_name(&leader), &DeleteParams::default())
         .await
         .expect("delete the leader Pod");
-    let first = next_writer(ns, deleted, &agent_of(&identity)).await;
-    let old_last = writes(ns, "pullkeeper", since)
-        .into_iter()
-        .filter(|w| w.agent == agent_of(&identity))
-        .map(|w| w.completed)
-        .max()
-        .expect("the old leader wrote");
+    let (first, old_last) = next_leader(ns, since, deleted, &identity).await;
     figure!(
         "in-cluster: graceful delete of leader {}: {} wrote {:.2} s after the delete ({:.2} s after the old leader's last write)",
         pod_name(&leader),
@@ -905,13 +880,7 @@ async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Ut
     let (leader, identity) = leader_of(client, ns, &pods).await;
     let killed = Utc::now();
     kill_hard(&leader).await;
-    let first = next_writer(ns, killed, &agent_of(&identity)).await;
-    let old_last = writes(ns, "pullkeeper", since)
-        .into_iter()
-        .filter(|w| w.agent == agent_of(&identity))
-        .map(|w| w.completed)
-        .max()
-        .expect("the second leader wrote");
+    let (first, old_last) = next_leader(ns, since, killed, &identity).await;
     figure!(
         "in-cluster: hard kill of leader {}'s container: {} ({}) wrote {:.2} s after the kill ({:.2} s after the old leader's last write)",
         pod_name(&leader),
@@ -983,7 +952,7 @@ async fn the_kustomize_base_installs_two_replicas_that_hand_over_and_uninstall_c
 
     let since = Utc::now();
     let applied = Instant::now();
-    run(kubectl(), &["apply", "-k", &overlay_dir]).await;
+    run("kubectl", &["apply", "-k", &overlay_dir]).await;
     let pods = wait_ready(&client, ns, 2, Some(&image.digest)).await;
     figure!(
         "in-cluster (kustomize): image {} ({} bytes pulled, {} unpacked); both replicas Ready {:.1?} after kubectl apply -k",
@@ -1011,7 +980,7 @@ async fn the_kustomize_base_installs_two_replicas_that_hand_over_and_uninstall_c
     hand_over(&client, ns, &first, since).await;
 
     // Uninstall, then the documented clean-up.
-    run(kubectl(), &["delete", "-k", &overlay_dir, "--wait=true"]).await;
+    run("kubectl", &["delete", "-k", &overlay_dir, "--wait=true"]).await;
     support::wait_for_named("namespace pullkeeper gone", WAIT, || async {
         Api::<Namespace>::all(client.clone())
             .get_opt(ns)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use daemon::{config_dir, write_config};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -42,21 +42,11 @@ fn static_registry(
 }
 
 async fn wait_default_sa_pull_secrets(client: &Client, ns: &str, want: &[&str]) {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     support::wait_for_named(
         &format!("ServiceAccount {ns}/default naming {want:?}"),
         WAIT,
         || async {
-            let names: Vec<String> = api
-                .get_opt("default")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|sa| sa.image_pull_secrets)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|r| r.name)
-                .collect();
+            let names = support::pull_secrets(client, ns, "default").await;
             want.iter().all(|w| names.iter().any(|n| n == w))
         },
     )

@@ -100,17 +100,6 @@ async fn wait_gone(client: &Client, ns: &str, name: &str) {
     .await;
 }
 
-async fn wait_account(client: &Client, ns: &str, name: &str) {
-    support::wait_for_named(&format!("serviceaccount {ns}/{name}"), WAIT, || async {
-        Api::<ServiceAccount>::namespaced(client.clone(), ns)
-            .get_opt(name)
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
-}
-
 async fn create_account(client: &Client, ns: &str, name: &str) {
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": name}})).expect("serviceaccount");
@@ -359,7 +348,7 @@ async fn after_a_config_change_plan_predicts_exactly_the_writes_run_makes() {
     let stay2 = namespaces.create_labelled(tier("a")).await;
     let leave = namespaces.create_labelled(tier("b")).await;
     for ns in [&stay1, &stay2, &leave] {
-        wait_account(&client, ns, "default").await;
+        support::wait_account(&client, ns, "default").await;
         create_account(&client, ns, "builder").await;
     }
     let main = TokenEndpoint::start(token("main-pw")).await;
@@ -520,7 +509,7 @@ async fn a_foreign_secret_is_reported_as_blocking_and_run_leaves_it_alone() {
     let theirs = namespaces.create().await;
     let ours = namespaces.create().await;
     for ns in [&theirs, &ours] {
-        wait_account(&client, ns, "default").await;
+        support::wait_account(&client, ns, "default").await;
     }
     let foreign: Secret = serde_json::from_value(json!({
         "metadata": {"name": "fgn-pull"},

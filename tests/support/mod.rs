@@ -936,10 +936,16 @@ pub async fn pull_secrets(client: &Client, ns: &str, sa: &str) -> Vec<String> {
         .get_opt(sa)
         .await
         .expect("get sa")
-        .and_then(|sa| sa.image_pull_secrets)
+        .map(|sa| account_pull_secrets(&sa))
         .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
+}
+
+/// The `imagePullSecrets` names of a ServiceAccount, in order.
+pub fn account_pull_secrets(sa: &ServiceAccount) -> Vec<String> {
+    sa.image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
         .collect()
 }
 
@@ -951,6 +957,30 @@ pub async fn wait_pull_secrets(client: &Client, ns: &str, sa: &str, want: &[&str
         || async { pull_secrets(client, ns, sa).await == want },
     )
     .await;
+}
+
+/// Waits until ServiceAccount `ns/name` exists (the controller-manager makes `default` shortly
+/// after its namespace).
+pub async fn wait_account(client: &Client, ns: &str, name: &str) {
+    wait_for_named(&format!("serviceaccount {ns}/{name}"), WAIT, || async {
+        Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+}
+
+/// The `imagePullSecrets` names of a Pod as admission left them, in order.
+pub fn pod_pull_secrets(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
 }
 
 /// A Pod's uid (a Pod read from the API has one).
