@@ -77,11 +77,11 @@ def canonical(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-def build(binary_path, out, tag, ca_path, labels):
-    with open(binary_path, "rb") as f:
-        binary = f.read()
-    with open(ca_path, "rb") as f:
-        cas = f.read()
+def write_layout(out, layer_tar: bytes, config: dict, tag) -> str:
+    """Writes an OCI image layout of one uncompressed layer and the image config `config` (the
+    `config` member of the image configuration) to OUT, tagged TAG; returns the manifest digest.
+    Canonical JSON throughout, so the same inputs give the same bytes. tests/peers/make_oci_image.py
+    writes the test images with it too."""
     blobs = os.path.join(out, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
 
@@ -91,17 +91,17 @@ def build(binary_path, out, tag, ca_path, labels):
             f.write(data)
         return {"digest": "sha256:" + digest, "size": len(data)}
 
-    lay = put(layer(binary, cas))
-    config = put(canonical({
+    lay = put(layer_tar)
+    image_config = put(canonical({
         "architecture": "amd64",
         "os": "linux",
-        "config": {**CONFIG, "Labels": {**CONFIG["Labels"], **labels}},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [lay["digest"]]},
     }))
     manifest = put(canonical({
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
-        "config": {"mediaType": MEDIA_CONFIG, **config},
+        "config": {"mediaType": MEDIA_CONFIG, **image_config},
         "layers": [{"mediaType": MEDIA_LAYER, **lay}],
     }))
     with open(os.path.join(out, "index.json"), "wb") as f:
@@ -109,7 +109,16 @@ def build(binary_path, out, tag, ca_path, labels):
             {"mediaType": MEDIA_MANIFEST, **manifest, "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
     with open(os.path.join(out, "oci-layout"), "wb") as f:
         f.write(canonical({"imageLayoutVersion": "1.0.0"}))
-    print(manifest["digest"])
+    return manifest["digest"]
+
+
+def build(binary_path, out, tag, ca_path, labels):
+    with open(binary_path, "rb") as f:
+        binary = f.read()
+    with open(ca_path, "rb") as f:
+        cas = f.read()
+    config = {**CONFIG, "Labels": {**CONFIG["Labels"], **labels}}
+    print(write_layout(out, layer(binary, cas), config, tag))
 
 
 def dockerfile_final_stage(path):

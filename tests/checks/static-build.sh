@@ -99,12 +99,16 @@ fi
 image_size=$(du -sb "$tmp/oci-1/blobs" | cut -f1)
 echo "static-build.sh: image $one, reproducible, config as the Dockerfile declares, $image_size bytes of blobs"
 if [[ -n ${PK_REGISTRY_HTPASSWD:-} ]]; then
+  creds="$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD"
+  # push LAYOUT REF: copies the layout's image to REF and prints the digest the registry serves.
+  push() {
+    skopeo copy --quiet --dest-tls-verify=false --dest-creds "$creds" "oci:$1:latest" "docker://$2" \
+      || fail "pushing $2 to the test registry failed"
+    skopeo inspect --tls-verify=false --creds "$creds" --format '{{.Digest}}' "docker://$2" \
+      || fail "the registry does not serve $2"
+  }
   ref="$PK_REGISTRY_HTPASSWD/pullkeeper/pullkeeper:ci"
-  skopeo copy --quiet --dest-tls-verify=false \
-    --dest-creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" "oci:$tmp/oci-1:latest" "docker://$ref" \
-    || fail "pushing the image to the test registry failed"
-  served=$(skopeo inspect --tls-verify=false --creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" \
-    --format '{{.Digest}}' "docker://$ref") || fail "the registry does not serve the pushed image"
+  served=$(push "$tmp/oci-1" "$ref") || exit 1
   echo "static-build.sh: pushed to the test registry as $ref ($served)"
   # A second image for the in-cluster upgrade test: the same binary with one more label, so
   # another digest.
@@ -112,16 +116,12 @@ if [[ -n ${PK_REGISTRY_HTPASSWD:-} ]]; then
   next_digest=$(python3 deploy/image/build-oci.py --label org.opencontainers.image.revision=ci-next \
     "$bin" "$tmp/oci-next" latest) || fail "build-oci.py --label failed"
   [[ $next_digest != "$one" ]] || fail "a label did not change the image's digest"
-  skopeo copy --quiet --dest-tls-verify=false \
-    --dest-creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" "oci:$tmp/oci-next:latest" "docker://$next" \
-    || fail "pushing the second image to the test registry failed"
-  next_served=$(skopeo inspect --tls-verify=false --creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" \
-    --format '{{.Digest}}' "docker://$next") || fail "the registry does not serve the second image"
+  next_served=$(push "$tmp/oci-next" "$next") || exit 1
   [[ $next_served != "$served" ]] || fail "the second image has the first one's digest"
   echo "static-build.sh: pushed $next ($next_served)"
   # What a node pulls: the registry's manifest (skopeo compressed the layer on the push).
-  pull_bytes=$(skopeo inspect --raw --tls-verify=false --creds "$PK_REGISTRY_HTPASSWD_USER:$PK_REGISTRY_HTPASSWD_PASSWORD" \
-    "docker://$ref" | python3 -c 'import json, sys; m = json.load(sys.stdin); print(m["config"]["size"] + sum(l["size"] for l in m["layers"]))') \
+  pull_bytes=$(skopeo inspect --raw --tls-verify=false --creds "$creds" "docker://$ref" \
+    | python3 -c 'import json, sys; m = json.load(sys.stdin); print(m["config"]["size"] + sum(l["size"] for l in m["layers"]))') \
     || fail "cannot read the pushed manifest"
   echo "static-build.sh: a node pulls $pull_bytes bytes ($(awk -v s="$pull_bytes" 'BEGIN { printf "%.1f", s / 1048576 }') MiB) for the image"
   # tests/in_cluster.rs installs these (tests/run-all.sh sources the file before cargo test).

@@ -11,16 +11,17 @@ container on the test node. With ARCHIVE the layout is also written as one repro
 OCI archive that `ctr images import` reads. Same inputs, same bytes, same digest.
 """
 
-import hashlib
+import importlib.util
 import io
-import json
 import os
 import sys
 import tarfile
 
-MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
-MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+# The layout writer of pullkeeper's own image (deploy/image/build-oci.py; its name is no module name).
+_spec = importlib.util.spec_from_file_location(
+    "build_oci", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy", "image", "build-oci.py"))
+BUILD_OCI = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(BUILD_OCI)
 
 
 ENTRYPOINT_PATH = "pk-sleep"
@@ -67,52 +68,11 @@ def main():
     if len(sys.argv) >= 4:
         with open(sys.argv[3], "rb") as f:
             entrypoint = f.read()
-    blobs = os.path.join(out, "blobs", "sha256")
-    os.makedirs(blobs, exist_ok=True)
-
-    def put(data: bytes) -> dict:
-        digest = hashlib.sha256(data).hexdigest()
-        with open(os.path.join(blobs, digest), "wb") as f:
-            f.write(data)
-        return {"digest": "sha256:" + digest, "size": len(data)}
-
-    def canonical(obj) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
-
-    layer = put(layer_tar(entrypoint))
-    config = put(
-        canonical(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {"Entrypoint": ["/" + ENTRYPOINT_PATH]} if entrypoint is not None else {},
-                "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
-            }
-        )
-    )
-    manifest = put(
-        canonical(
-            {
-                "schemaVersion": 2,
-                "mediaType": MEDIA_MANIFEST,
-                "config": {"mediaType": MEDIA_CONFIG, **config},
-                "layers": [{"mediaType": MEDIA_LAYER, **layer}],
-            }
-        )
-    )
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {"mediaType": MEDIA_MANIFEST, **manifest, "annotations": {"org.opencontainers.image.ref.name": tag}}
-        ],
-    }
-    with open(os.path.join(out, "index.json"), "wb") as f:
-        f.write(canonical(index))
-    with open(os.path.join(out, "oci-layout"), "wb") as f:
-        f.write(canonical({"imageLayoutVersion": "1.0.0"}))
+    config = {"Entrypoint": ["/" + ENTRYPOINT_PATH]} if entrypoint is not None else {}
+    digest = BUILD_OCI.write_layout(out, layer_tar(entrypoint), config, tag)
     if len(sys.argv) == 5:
         write_archive(out, sys.argv[4])
-    print(manifest["digest"])
+    print(digest)
 
 
 if __name__ == "__main__":
