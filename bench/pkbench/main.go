@@ -818,8 +818,8 @@ func wave(args []string) {
 
 // apf samples /debug/api_priority_and_fairness/dump_requests?includeRequestDetails=1 (one row per
 // request queued or executing in a priority level, with its user; executing rows have
-// RequestIndexInQueue -1) and appends "unix_seconds user executing waiting" for every named user
-// with a request in flight. Exempt requests (system:masters) do not pass through queues but are
+// RequestIndexInQueue -1) and appends "unix_seconds user priority-level flow-schema executing
+// waiting" for every named user with a request in flight. Exempt requests (system:masters) do not pass through queues but are
 // listed too.
 func apf(args []string) {
 	fs := flag.NewFlagSet("apf", flag.ExitOnError)
@@ -865,7 +865,7 @@ func apf(args []string) {
 		}
 		samples++
 		type counts struct{ executing, waiting int }
-		seen := map[string]*counts{}
+		seen := map[string]*counts{} // by "user priority-level flow-schema"
 		for i, line := range strings.Split(string(body), "\n") {
 			if i == 0 || strings.TrimSpace(line) == "" {
 				continue
@@ -878,10 +878,11 @@ func apf(args []string) {
 			if !want[user] {
 				continue
 			}
-			c := seen[user]
+			key := user + " " + strings.TrimSpace(cols[0]) + " " + strings.TrimSpace(cols[1])
+			c := seen[key]
 			if c == nil {
 				c = &counts{}
-				seen[user] = c
+				seen[key] = c
 			}
 			if strings.TrimSpace(cols[3]) == "-1" {
 				c.executing++
