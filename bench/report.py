@@ -47,7 +47,7 @@ def tables(rows, apf_limits):
 
     out.append("### First pass against the raw writer (same identity's rights, same concurrency)")
     out.append("")
-    out.append("| namespaces | concurrency | write rate | pullkeeper first pass, s | raw writer, s | "
+    out.append("| namespaces | concurrency | write rate | pullkeeper first pass, s (useful writes/s) | raw writer, s (writes/s) | "
                "throughput ratio (raw s / pullkeeper s) | pullkeeper writes until in place (settled) | "
                "raw writes | max in flight pullkeeper: executing / waiting | raw: executing / waiting |")
     out.append("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -57,9 +57,14 @@ def tables(rows, apf_limits):
         ratio = f"**{q / p:.2f}×**" if p and q and num(r["rate"]) == 0 else "–"
         res = "" if r.get("result") == "done" else f" ({r.get('result')}, {r.get('in_place')}/{r['n']})"
         rres = "" if not w or w.get("result") == "done" else f" ({w.get('result')})"
+        useful = 2 * int(r["n"])  # one Secret and one ServiceAccount patch per namespace
+
+        def rate(t):
+            return f" ({useful / t:,.0f}/s)" if t else ""
+
         out.append(
-            f"| {int(r['n']):,} | {r['c']} | {rate_name(r['rate'])} | {fmt(r.get('pass_s'))}{res} | "
-            f"{fmt(w.get('pass_s'))}{rres} | {ratio} | {r.get('w_done')} ({r.get('w_settled')}) | "
+            f"| {int(r['n']):,} | {r['c']} | {rate_name(r['rate'])} | {fmt(r.get('pass_s'))}{rate(p)}{res} | "
+            f"{fmt(w.get('pass_s'))}{rate(q)}{rres} | {ratio} | {r.get('w_done')} ({r.get('w_settled')}) | "
             f"{w.get('w_done', '?')} | {r.get('apf_exec')} / {r.get('apf_wait')} | "
             f"{w.get('apf_exec', '?')} / {w.get('apf_wait', '?')} |")
     out.append("")
