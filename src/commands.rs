@@ -116,8 +116,9 @@ fn settings(args: &RunArgs) -> Settings {
             name,
             namespace: args.lease_namespace.clone(),
         }),
+        home_namespace: args.lease_namespace.clone(),
         fetch_timeout: args.fetch_timeout,
-        foreign_recheck: args.foreign_recheck,
+        sync_timeout: args.sync_timeout,
         recovery: RecoverySettings {
             mode: args.pod_recovery,
             interval: args.recovery_interval,
@@ -132,31 +133,13 @@ fn settings(args: &RunArgs) -> Settings {
 
 /// Whether this identity may do what the recovery mode needs with Pods in every namespace.
 async fn may_recover(client: &Client, mode: RecoveryMode) -> Result<bool, kube::Error> {
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-    };
     let verbs: &[&str] = match mode {
         RecoveryMode::Off => return Ok(true),
         RecoveryMode::Observe => &["list", "watch"],
         RecoveryMode::On => &["list", "watch", "delete"],
     };
-    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(client.clone());
     for verb in verbs {
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some((*verb).to_string()),
-                    resource: Some("pods".into()),
-                    ..ResourceAttributes::default()
-                }),
-                ..SelfSubjectAccessReviewSpec::default()
-            },
-            ..SelfSubjectAccessReview::default()
-        };
-        let answer = api
-            .create(&kube::api::PostParams::default(), &review)
-            .await?;
-        if !answer.status.is_some_and(|s| s.allowed) {
+        if !crate::access::allowed(client, verb, "", "pods", None, None).await? {
             return Ok(false);
         }
     }
@@ -243,7 +226,8 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
         settings,
         generation,
         leader_rx.clone(),
-    );
+    )
+    .await;
     if once {
         return Ok(i32::from(!started.once().await));
     }
@@ -255,7 +239,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     let admin = tokio::spawn(crate::admin::serve(
         listener,
         metrics.clone(),
-        started.ready_flag(),
+        started.readiness(),
     ));
 
     // Stop on a signal, or when leadership once held is lost (a restart begins as follower).
