@@ -141,12 +141,13 @@ impl Removal {
         }
     }
 
-    /// The permission the removal needs: verb, API group, resource.
-    fn permission(&self) -> (&'static str, &'static str, &'static str) {
+    /// The permission the removal needs: verb, API group, resource, and the name when a role
+    /// may grant it by name (pullkeeper's grants Secrets only by name).
+    fn permission(&self) -> (&'static str, &'static str, &'static str, Option<&str>) {
         match self {
-            Self::Secret { .. } => ("delete", "", "secrets"),
-            Self::Account { .. } => ("patch", "", "serviceaccounts"),
-            Self::Lease { .. } => ("delete", "coordination.k8s.io", "leases"),
+            Self::Secret { name, .. } => ("delete", "", "secrets", Some(name)),
+            Self::Account { .. } => ("patch", "", "serviceaccounts", None),
+            Self::Lease { .. } => ("delete", "coordination.k8s.io", "leases", None),
         }
     }
 }
@@ -628,7 +629,7 @@ async fn missing_permissions(
     client: &Client,
     removals: &[Removal],
 ) -> Result<Vec<String>, CleanupError> {
-    let mut needed: BTreeMap<(&str, &str, &str), BTreeSet<&str>> = BTreeMap::new();
+    let mut needed: BTreeMap<(&str, &str, &str, Option<&str>), BTreeSet<&str>> = BTreeMap::new();
     for removal in removals {
         needed
             .entry(removal.permission())
@@ -636,13 +637,13 @@ async fn missing_permissions(
             .insert(removal.namespace());
     }
     let mut missing = Vec::new();
-    for ((verb, group, resource), namespaces) in needed {
-        if allowed(client, verb, group, resource, None).await? {
+    for ((verb, group, resource, name), namespaces) in needed {
+        if allowed(client, verb, group, resource, None, name).await? {
             continue;
         }
         let mut denied = Vec::new();
         for ns in namespaces {
-            if !allowed(client, verb, group, resource, Some(ns)).await? {
+            if !allowed(client, verb, group, resource, Some(ns), name).await? {
                 denied.push(ns);
             }
         }
@@ -652,8 +653,9 @@ async fn missing_permissions(
             } else {
                 format!("{resource}.{group}")
             };
+            let named = name.map(|n| format!(" named {n}")).unwrap_or_default();
             missing.push(format!(
-                "{verb} {resource} in namespace {}",
+                "{verb} {resource}{named} in namespace {}",
                 denied.join(", ")
             ));
         }
@@ -667,8 +669,9 @@ async fn allowed(
     group: &str,
     resource: &str,
     namespace: Option<&str>,
+    name: Option<&str>,
 ) -> Result<bool, CleanupError> {
-    access::allowed(client, verb, group, resource, namespace, None)
+    access::allowed(client, verb, group, resource, namespace, name)
         .await
         .map_err(CleanupError::Review)
 }

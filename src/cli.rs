@@ -57,6 +57,10 @@ pub enum Command {
         /// it would prune every Secret it manages).
         #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG")]
         allow_empty_config: bool,
+        /// Print, instead of the summary, the ClusterRole `pullkeeper-secrets` that grants
+        /// pullkeeper the Secret names of this directory (the base's list to replace).
+        #[arg(long)]
+        rbac: bool,
     },
     /// Show what `run` would change in the live cluster, without writing: per namespace the
     /// Secrets to create, update or prune, the imagePullSecrets entries to add or remove, and

@@ -57,6 +57,34 @@ pub async fn pullkeeper_kubeconfig(admin: &Client) -> PathBuf {
     support::kubeconfig_for_token(&token)
 }
 
+/// The Secret names the registry files in `dir` use (files that do not parse are skipped: some
+/// tests start from an invalid config on purpose).
+pub fn secret_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "yaml" || x == "yml")
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok())
+        .filter_map(|doc| doc.get("secretName")?.as_str().map(String::from))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Grants pullkeeper's ServiceAccount the Secret names of the registry files in `dir`, as a
+/// user adds them to the role (the shipped role grants Secrets only by name).
+pub async fn grant_config(dir: &Path) {
+    let admin = support::admin_client().await;
+    support::grant_secret_names(&admin, &secret_names(dir)).await;
+}
+
 /// Starts `pullkeeper run` on `config_dir` under pullkeeper's RBAC.
 pub async fn start(admin: &Client, config_dir: &Path, log_filter: &str) -> Daemon {
     let kubeconfig = pullkeeper_kubeconfig(admin).await;
@@ -110,6 +138,7 @@ pub async fn start_with_env(
     extra: &[&str],
     envs: &[(&str, &str)],
 ) -> Daemon {
+    grant_config(config_dir).await;
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = support::scratch_path("daemon", ".log");
     let file = std::fs::File::create(&log).expect("log file");
