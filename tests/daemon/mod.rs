@@ -139,6 +139,19 @@ pub async fn start_with_env(
     envs: &[(&str, &str)],
 ) -> Daemon {
     grant_config(config_dir).await;
+    spawn(kubeconfig, config_dir, log_filter, instance, extra, envs).await
+}
+
+/// Like [`start_with_env`], without granting the config's Secret names first (the role stays
+/// as it is), and waits for `/readyz`.
+pub async fn spawn(
+    kubeconfig: &Path,
+    config_dir: &Path,
+    log_filter: &str,
+    instance: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Daemon {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = support::scratch_path("daemon", ".log");
     let file = std::fs::File::create(&log).expect("log file");

@@ -413,7 +413,25 @@ pub async fn install_rbac(client: &Client) {
     wait_until_bindings_authorize(client, &objects).await;
 }
 
-/// Grants pullkeeper's ServiceAccount the Secret verbs on these names, as a user adds them to
+/// The other identity tests run the daemon as (tests/recovery.rs: the base role plus the
+/// optional pod-recovery one).
+pub const RECOVERY_SERVICE_ACCOUNT: &str = "pullkeeper-recovery";
+
+/// Applies the shipped admission policy again for another of pullkeeper's identities (same
+/// validations, matched to `system:serviceaccount:NS:NAME`, named after it), as an installation
+/// under that name would have it.
+pub async fn install_policy_for(client: &Client, namespace: &str, name: &str) {
+    let text = std::fs::read_to_string(ADMISSION_POLICY_MANIFEST)
+        .unwrap_or_else(|e| panic!("cannot read {ADMISSION_POLICY_MANIFEST}: {e}"))
+        .replace(
+            "system:serviceaccount:pullkeeper:pullkeeper",
+            &format!("system:serviceaccount:{namespace}:{name}"),
+        )
+        .replace("pullkeeper-guardrails", &format!("{name}-guardrails"));
+    apply_objects(client, &parse_manifest(&text)).await;
+}
+
+/// Grants pullkeeper's ServiceAccounts the Secret verbs on these names, as a user adds them to
 /// the shipped role's `resourceNames`: a ClusterRole and binding per name (tests running in
 /// parallel share names, and each applies the same objects), then waits until the authorizer
 /// agrees.
@@ -424,7 +442,8 @@ pub async fn grant_secret_names(client: &Client, names: &[String]) {
              rules:\n  - apiGroups: [\"\"]\n    resources: [\"secrets\"]\n    resourceNames: [\"{name}\"]\n    verbs: [\"get\", \"list\", \"watch\", \"patch\", \"delete\"]\n\
              ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: pullkeeper-test-secret-{name}\n\
              roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: pullkeeper-test-secret-{name}}}\n\
-             subjects: [{{kind: ServiceAccount, name: {PULLKEEPER_SERVICE_ACCOUNT}, namespace: {PULLKEEPER_NAMESPACE}}}]\n"
+             subjects: [{{kind: ServiceAccount, name: {PULLKEEPER_SERVICE_ACCOUNT}, namespace: {PULLKEEPER_NAMESPACE}}}, \
+             {{kind: ServiceAccount, name: {RECOVERY_SERVICE_ACCOUNT}, namespace: {PULLKEEPER_NAMESPACE}}}]\n"
         );
         let objects = parse_manifest(&object);
         apply_objects(client, &objects).await;
