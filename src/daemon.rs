@@ -1,10 +1,11 @@
 //! The daemon: watches Namespaces (metadata only), every ServiceAccount and — one watch per
 //! name, cluster-wide, with a `metadata.name` field selector — the Secrets of the names it
-//! manages, into the [`Index`]; runs one refresh task per registry; and syncs namespaces — on
-//! their watch events (through kube-runtime's controller) and in sweeps over every namespace
-//! after a rotation, a reload, on becoming leader, after a watch re-listed and at each resync
-//! interval. Sweeps do not go through the controller's queue, so a namespace whose objects
-//! change all the time still gets every rotation.
+//! manages, into the [`Index`]; runs one refresh task per registry; and syncs namespaces — when
+//! their objects change (through the [`WorkQueue`], at once: no debounce is needed, since every
+//! write's result is in the index before the next plan) and in sweeps over every namespace after
+//! a rotation, a reload, on becoming leader, after a watch re-listed and at each resync
+//! interval. Sweeps do not go through the queue, so a namespace whose objects change all the time
+//! still gets every rotation.
 //!
 //! The Secret names watched are the config's names that the role covers, and the names of
 //! removed registries this installation still has entries for (so their Secrets are pruned).
@@ -18,13 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::channel::mpsc;
-use futures::{Stream, StreamExt, TryStreamExt, future};
+use futures::{StreamExt, future};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store as Cache};
+use kube::runtime::reflector::{self, Store as Cache};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Notify, watch};
@@ -38,8 +37,9 @@ use crate::config::LoadOptions;
 use crate::events::{Events, PodIdentity, pod_reference};
 use crate::index::Index;
 use crate::metrics::{Metrics, Outcome, WatchMetrics};
-use crate::ownership::{OPT_OUT_ANNOTATION, Owner};
+use crate::ownership::Owner;
 use crate::plan::{AccountState, NamespaceState, SecretState};
+use crate::queue::WorkQueue;
 use crate::reconcile::{ReconcileError, Reconciler};
 use crate::recover;
 use crate::refresh::{Refresher, Refreshers, error_chain};
@@ -75,8 +75,11 @@ pub struct RecoverySettings {
     pub limits: recover::Limits,
 }
 
-/// A namespace as the daemon caches it: metadata only, and of that only what planning reads.
+/// A namespace as its watch delivers it: metadata only.
 type NamespaceMeta = PartialObjectMeta<Namespace>;
+
+/// How long a namespace whose sync failed waits before it is synced again.
+const RETRY_AFTER: Duration = Duration::from_secs(15);
 
 /// What every watch task shares.
 #[derive(Clone)]
@@ -85,9 +88,9 @@ struct WatchContext {
     client: Client,
     index: Arc<Index>,
     metrics: WatchMetrics,
-    /// Namespaces whose objects changed, for the controller (only once ready: the first
-    /// sweep covers everything before).
-    triggers: mpsc::UnboundedSender<ObjectRef<NamespaceMeta>>,
+    /// Namespaces whose objects changed, to sync (only once ready: the first sweep covers
+    /// everything before).
+    queue: Arc<WorkQueue>,
     ready: Arc<AtomicBool>,
     /// Woken when every namespace must be looked at.
     sweep: Arc<Notify>,
@@ -98,7 +101,7 @@ struct WatchContext {
 impl WatchContext {
     fn trigger(&self, namespace: &str) {
         if self.ready.load(Ordering::SeqCst) {
-            let _ = self.triggers.unbounded_send(ObjectRef::new(namespace));
+            self.queue.push(namespace);
         }
     }
 
@@ -137,6 +140,45 @@ impl<T> Listing<T> {
 
     fn take(&mut self) -> Vec<(String, T)> {
         self.0.take().unwrap_or_default()
+    }
+}
+
+/// Feeds every namespace (its metadata) into the index.
+async fn watch_namespaces(ctx: WatchContext, synced: Arc<AtomicBool>) {
+    let stream = watcher(
+        Api::<NamespaceMeta>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff();
+    futures::pin_mut!(stream);
+    let mut listing: Listing<NamespaceState> = Listing(None);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing.start(),
+            Ok(watcher::Event::InitApply(ns)) => {
+                let state = NamespaceState::of_meta(&ns.metadata);
+                listing.push(state.name.clone(), state);
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed: Vec<NamespaceState> =
+                    listing.take().into_iter().map(|(_, s)| s).collect();
+                ctx.index.replace_namespaces(&listed);
+                if synced.swap(true, Ordering::SeqCst) {
+                    ctx.sweep.notify_one();
+                }
+                ctx.listed.notify_one();
+            }
+            Ok(watcher::Event::Apply(ns)) => {
+                let state = NamespaceState::of_meta(&ns.metadata);
+                if ctx.index.put_namespace(&state) {
+                    ctx.trigger(&state.name);
+                }
+            }
+            Ok(watcher::Event::Delete(ns)) => {
+                ctx.index.remove_namespace(&ns.name_any());
+            }
+            Err(e) => ctx.failed("namespaces", &e),
+        }
     }
 }
 
@@ -316,15 +358,19 @@ struct Daemon {
     client: Client,
     metrics: Metrics,
     store: Arc<Store>,
-    namespaces: Cache<NamespaceMeta>,
     index: Arc<Index>,
     reconciler: Reconciler,
     refresher: Arc<Refresher>,
     watch: WatchContext,
     secret_watches: Mutex<SecretWatches>,
-    accounts: JoinHandle<()>,
+    /// The namespace and ServiceAccount watches.
+    watch_tasks: [JoinHandle<()>; 2],
     accounts_synced: Arc<AtomicBool>,
     namespaces_synced: Arc<AtomicBool>,
+    /// Set when the daemon stops: sweeps and workers start no new sync.
+    stopping: AtomicBool,
+    /// Held by a running sweep (stopping waits for it to end its syncs in flight).
+    sweeping: tokio::sync::Mutex<()>,
     access: Mutex<AccessState>,
     /// Woken when every namespace must be looked at (rotation, reload, leadership, re-list).
     sweep: Arc<Notify>,
@@ -334,7 +380,6 @@ struct Daemon {
 /// The watches and the state built on them; `run` or `once` drives them.
 pub struct Started {
     daemon: Arc<Daemon>,
-    controller: Controller<NamespaceMeta>,
     /// The watch of pending Pods, when recovery is not off.
     pods: Option<(Cache<Pod>, futures::stream::BoxStream<'static, ()>)>,
 }
@@ -347,47 +392,6 @@ fn slim<K: Resource>(object: &mut K) {
     }
 }
 
-/// A namespace keeps its name, labels, deletion mark and opt-out annotation.
-fn slim_namespace(ns: &mut NamespaceMeta) {
-    let meta = ns.meta_mut();
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
-    meta.creation_timestamp = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == OPT_OUT_ANNOTATION);
-        if annotations.is_empty() {
-            meta.annotations = None;
-        }
-    }
-}
-
-/// Counts the namespace watch's failed requests and notes its first complete listing,
-/// passing every event on.
-fn observed<S>(
-    stream: S,
-    ctx: WatchContext,
-    listed: Arc<AtomicBool>,
-) -> impl Stream<Item = Result<watcher::Event<NamespaceMeta>, watcher::Error>>
-where
-    S: Stream<Item = Result<watcher::Event<NamespaceMeta>, watcher::Error>>,
-{
-    stream
-        .inspect_err({
-            let ctx = ctx.clone();
-            move |e| ctx.failed("namespaces", e)
-        })
-        .inspect_ok(move |event| {
-            if matches!(event, watcher::Event::InitDone) {
-                if listed.swap(true, Ordering::SeqCst) {
-                    ctx.sweep.notify_one();
-                }
-                ctx.listed.notify_one();
-            }
-        })
-}
-
 /// Starts the watches and builds the daemon's state. The generation must already be valid.
 pub async fn start(
     client: &Client,
@@ -396,7 +400,7 @@ pub async fn start(
     generation: Generation,
     leader: watch::Receiver<bool>,
 ) -> Started {
-    let (triggers, triggered) = mpsc::unbounded();
+    let queue = Arc::new(WorkQueue::default());
     let sweep = Arc::new(Notify::new());
     let ready = Arc::new(AtomicBool::new(false));
     let index = Arc::new(Index::default());
@@ -405,33 +409,12 @@ pub async fn start(
         client: client.clone(),
         index: index.clone(),
         metrics: metrics.watches.clone(),
-        triggers,
+        queue,
         ready: ready.clone(),
         sweep: sweep.clone(),
         listed: Arc::new(Notify::new()),
     };
-    let (namespaces, namespace_writer) = reflector::store();
     let namespaces_synced = Arc::new(AtomicBool::new(false));
-    let namespace_stream = observed(
-        watcher(
-            Api::<NamespaceMeta>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(slim_namespace)
-        .reflect(namespace_writer),
-        watch.clone(),
-        namespaces_synced.clone(),
-    )
-    .applied_objects();
-    let controller = Controller::for_stream(namespace_stream, namespaces.clone())
-        .with_config(
-            // No debounce: every write's result is in the index before the next plan (write-
-            // through), so the echo of pullkeeper's own write plans nothing, and a new
-            // namespace or ServiceAccount is served at once.
-            kube::runtime::controller::Config::default().concurrency(settings.concurrency),
-        )
-        .reconcile_on(triggered);
     // Only Pods not yet running can be stuck pulling: the field selector keeps the cache small.
     let pods = (settings.recovery.mode != RecoveryMode::Off).then(|| {
         let (pods, pod_writer) = reflector::store();
@@ -465,7 +448,10 @@ pub async fn start(
         rotated: sweep.clone(),
     });
     let accounts_synced = Arc::new(AtomicBool::new(false));
-    let accounts = tokio::spawn(watch_accounts(watch.clone(), accounts_synced.clone()));
+    let watch_tasks = [
+        tokio::spawn(watch_namespaces(watch.clone(), namespaces_synced.clone())),
+        tokio::spawn(watch_accounts(watch.clone(), accounts_synced.clone())),
+    ];
     let reconciler = Reconciler::new(
         settings.owner.clone(),
         applier,
@@ -478,26 +464,23 @@ pub async fn start(
         client: client.clone(),
         metrics,
         store,
-        namespaces,
         index,
         reconciler,
         refresher,
         watch,
         secret_watches: Mutex::new(SecretWatches::default()),
-        accounts,
+        watch_tasks,
         accounts_synced,
         namespaces_synced,
+        stopping: AtomicBool::new(false),
+        sweeping: tokio::sync::Mutex::new(()),
         access: Mutex::new(AccessState::default()),
         sweep,
         ready,
     });
     daemon.review_access().await;
     daemon.set_watches();
-    Started {
-        daemon,
-        controller,
-        pods,
-    }
+    Started { daemon, pods }
 }
 
 impl Daemon {
@@ -690,27 +673,33 @@ impl Daemon {
         }
     }
 
-    /// Syncs one namespace with the current generation.
-    async fn sync(&self, ns: &NamespaceState) -> Result<(), ReconcileError> {
+    /// Syncs one namespace with the current generation (nothing when it no longer exists).
+    async fn sync(&self, namespace: &str) -> Result<(), ReconcileError> {
+        let Some(ns) = self.index.namespace_state(namespace) else {
+            return Ok(());
+        };
         let generation = self.store.current();
         self.reconciler
-            .sync_namespace(&generation, ns)
+            .sync_namespace(&generation, &ns)
             .instrument(info_span!("sync", namespace = %ns.name))
             .await
     }
 
-    /// Syncs every cached namespace, a bounded number at once. Returns whether every write
-    /// succeeded.
+    /// Syncs every namespace, a bounded number at once. Returns whether every write succeeded.
     async fn sweep_all(&self) -> bool {
+        let _one_sweep = self.sweeping.lock().await;
         let started = Utc::now();
-        let namespaces = self.namespaces.state();
+        let namespaces = self.index.namespace_names();
         let count = namespaces.len();
         let failures = std::sync::atomic::AtomicUsize::new(0);
         futures::stream::iter(namespaces)
             .for_each_concurrent(usize::from(self.settings.concurrency.max(1)), |ns| {
                 let failures = &failures;
                 async move {
-                    if let Err(e) = self.sync(&NamespaceState::of_meta(&ns.metadata)).await {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Err(e) = self.sync(&ns).await {
                         failures.fetch_add(1, Ordering::Relaxed);
                         error!(error = %error_chain(&e), "namespace sync failed");
                     }
@@ -800,6 +789,24 @@ async fn on_listed(daemon: Arc<Daemon>) {
     }
 }
 
+/// Syncs the namespaces the queue hands out until it closes; a failed sync is queued again
+/// after [`RETRY_AFTER`].
+async fn worker(daemon: Arc<Daemon>) {
+    let queue = daemon.watch.queue.clone();
+    while let Some(ns) = queue.next().await {
+        if let Err(e) = daemon.sync(&ns).await {
+            error!(error = %error_chain(&e), "namespace sync failed; retrying in {}s", RETRY_AFTER.as_secs());
+            let queue = queue.clone();
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RETRY_AFTER).await;
+                queue.push(&ns);
+            });
+        }
+        queue.done(&ns);
+    }
+}
+
 impl Started {
     /// `/readyz`: whether the initial watches have listed, with a detail text.
     pub fn readiness(&self) -> Arc<dyn Fn() -> (bool, String) + Send + Sync> {
@@ -810,11 +817,7 @@ impl Started {
     /// Runs the daemon until `stop` completes (a shutdown signal, or leadership lost). Writes
     /// stop before this returns: in-flight namespace syncs finish, no new one starts.
     pub async fn run(self, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-        let Started {
-            daemon,
-            controller,
-            pods,
-        } = self;
+        let Started { daemon, pods } = self;
         let recovery = pods.map(|(cache, stream)| {
             let daemon = daemon.clone();
             tokio::spawn(async move {
@@ -878,22 +881,17 @@ impl Started {
                 }
             })
         };
-        let ctx = daemon.clone();
-        controller
-            .graceful_shutdown_on(stop)
-            .run(
-                |ns: Arc<NamespaceMeta>, daemon: Arc<Daemon>| async move {
-                    // Before the first listing the first sweep covers every namespace.
-                    if daemon.ready.load(Ordering::SeqCst) {
-                        daemon.sync(&NamespaceState::of_meta(&ns.metadata)).await?;
-                    }
-                    Ok::<_, ReconcileError>(Action::await_change())
-                },
-                |_ns, _err, _ctx| Action::requeue(Duration::from_secs(15)),
-                ctx,
-            )
-            .for_each(|_| future::ready(()))
-            .await;
+        let workers: Vec<JoinHandle<()>> = (0..daemon.settings.concurrency.max(1))
+            .map(|_| tokio::spawn(worker(daemon.clone())))
+            .collect();
+        stop.await;
+        // Stop writing: no new sync starts; those in flight (queue and sweep) finish.
+        daemon.stopping.store(true, Ordering::SeqCst);
+        daemon.watch.queue.close();
+        for w in workers {
+            let _ = w.await;
+        }
+        let _sweep_ended = daemon.sweeping.lock().await;
         background.abort();
         if let Some(recovery) = recovery {
             recovery.abort();
@@ -906,19 +904,7 @@ impl Started {
     /// timeout), sync every namespace. Returns whether every registry refreshed and every
     /// write succeeded.
     pub async fn once(self) -> bool {
-        let Started {
-            daemon, controller, ..
-        } = self;
-        // Drive the namespace watch (the controller owns its stream) while the pass runs.
-        let driver = tokio::spawn(
-            controller
-                .run(
-                    |_ns, _ctx: Arc<()>| async { Ok::<_, ReconcileError>(Action::await_change()) },
-                    |_, _, _| Action::await_change(),
-                    Arc::new(()),
-                )
-                .for_each(|_| future::ready(())),
-        );
+        let Started { daemon, .. } = self;
         let mut ok = true;
         for reg in daemon.store.current().config.registries.clone() {
             let span =
@@ -939,14 +925,12 @@ impl Started {
                 timeout = ?daemon.settings.sync_timeout,
                 "the watches did not list in time (an unreachable API server, or a permission the role lacks: see the watch errors above)"
             );
-            driver.abort();
             daemon.stop_watches();
             return false;
         }
         // A registry the role leaves out was not served.
         ok &= daemon.access_state().denied.is_empty();
         ok &= daemon.sweep_all().await;
-        driver.abort();
         daemon.stop_watches();
         ok
     }
@@ -955,7 +939,9 @@ impl Started {
 impl Daemon {
     fn stop_watches(&self) {
         self.watches().stop();
-        self.accounts.abort();
+        for task in &self.watch_tasks {
+            task.abort();
+        }
     }
 }
 
@@ -1092,10 +1078,9 @@ impl Daemon {
         }
         let mut stuck = Vec::new();
         for (ns, pods) in by_namespace {
-            let Some(namespace) = self.namespaces.get(&ObjectRef::new(&ns)) else {
+            let Some(namespace) = self.index.namespace_state(&ns) else {
                 continue;
             };
-            let namespace = NamespaceState::of_meta(&namespace.metadata);
             let (secrets, accounts) = self.index.namespace(&ns);
             let secrets: Vec<String> = secrets
                 .into_iter()

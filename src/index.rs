@@ -1,6 +1,7 @@
-//! The cluster as the planner reads it, by namespace: the Secrets of the watched names and every
-//! ServiceAccount, each in its compact planning form ([`SecretState`], [`AccountState`]), never a
-//! whole object and never a credential. The watches feed it, and so do pullkeeper's own writes
+//! The cluster as the planner reads it, by namespace: the namespace's labels and state, the
+//! Secrets of the watched names and every ServiceAccount, each in a compact planning form
+//! ([`NamespaceState`], [`SecretState`], [`AccountState`]), never a whole object and never a
+//! credential. The watches feed it, and so do pullkeeper's own writes
 //! (write-through): a namespace planned right after a write sees that write without waiting for
 //! its watch event, so no re-plan works from a state older than its own last write. A namespace
 //! sync reads only its own slot; the per-Secret-name counts behind the inventory gauges are kept
@@ -10,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use crate::ownership::parse_record;
-use crate::plan::{AccountState, SecretState};
+use crate::plan::{AccountState, NamespaceState, SecretState};
 
 /// Whether an object at `incoming` may replace one at `cached`. resourceVersions are opaque to
 /// clients, but the API server's are etcd revisions: where both read as numbers, an older one
@@ -35,15 +36,52 @@ pub struct Counts {
     pub referencing: usize,
 }
 
+/// A namespace as the index keeps it: its labels as a sorted list (a map costs far more for the
+/// one or two labels a namespace has).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NamespaceEntry {
+    labels: Box<[(Box<str>, Box<str>)]>,
+    opted_out: bool,
+    terminating: bool,
+}
+
+impl NamespaceEntry {
+    fn of(state: &NamespaceState) -> Self {
+        Self {
+            labels: state
+                .labels
+                .iter()
+                .map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str())))
+                .collect(),
+            opted_out: state.opted_out,
+            terminating: state.terminating,
+        }
+    }
+
+    fn state(&self, name: &str) -> NamespaceState {
+        NamespaceState {
+            name: name.to_string(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            opted_out: self.opted_out,
+            terminating: self.terminating,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Slot {
+    namespace: Option<NamespaceEntry>,
     secrets: Vec<SecretState>,
     accounts: Vec<Arc<AccountState>>,
 }
 
 impl Slot {
     fn is_empty(&self) -> bool {
-        self.secrets.is_empty() && self.accounts.is_empty()
+        self.namespace.is_none() && self.secrets.is_empty() && self.accounts.is_empty()
     }
 }
 
@@ -105,6 +143,8 @@ impl Inner {
         let old = if let Some(i) = at {
             Some(std::mem::replace(&mut slot.secrets[i], secret))
         } else {
+            // Most namespaces hold one or two: no room reserved beyond them.
+            slot.secrets.reserve_exact(1);
             slot.secrets.push(secret);
             None
         };
@@ -149,6 +189,7 @@ impl Inner {
         let old = if let Some(i) = at {
             Some(std::mem::replace(&mut slot.accounts[i], account))
         } else {
+            slot.accounts.reserve_exact(1);
             slot.accounts.push(account);
             None
         };
@@ -189,6 +230,70 @@ impl Index {
         self.inner
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps a namespace (from its metadata watch). Returns whether it changed.
+    pub fn put_namespace(&self, state: &NamespaceState) -> bool {
+        let entry = NamespaceEntry::of(state);
+        let mut inner = self.write();
+        let slot = inner.slot(&state.name);
+        if slot.namespace.as_ref() == Some(&entry) {
+            return false;
+        }
+        slot.namespace = Some(entry);
+        true
+    }
+
+    /// Forgets a deleted namespace. Returns whether it was known.
+    pub fn remove_namespace(&self, name: &str) -> bool {
+        let mut inner = self.write();
+        let Some(slot) = inner.slots.get_mut(name) else {
+            return false;
+        };
+        let known = slot.namespace.take().is_some();
+        inner.tidy(name);
+        known
+    }
+
+    /// Replaces every namespace with a fresh listing.
+    pub fn replace_namespaces(&self, listed: &[NamespaceState]) {
+        let mut inner = self.write();
+        let names: Vec<Arc<str>> = inner.slots.keys().cloned().collect();
+        for name in names {
+            if let Some(slot) = inner.slots.get_mut(&name) {
+                slot.namespace = None;
+            }
+            inner.tidy(&name);
+        }
+        for state in listed {
+            inner.slot(&state.name).namespace = Some(NamespaceEntry::of(state));
+        }
+    }
+
+    /// One namespace, when it exists.
+    pub fn namespace_state(&self, name: &str) -> Option<NamespaceState> {
+        let inner = self.read();
+        let (key, slot) = inner.slots.get_key_value(name)?;
+        slot.namespace.as_ref().map(|n| n.state(key))
+    }
+
+    /// The names of every namespace.
+    pub fn namespace_names(&self) -> Vec<Arc<str>> {
+        self.read()
+            .slots
+            .iter()
+            .filter(|(_, s)| s.namespace.is_some())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// How many namespaces exist.
+    pub fn namespace_count(&self) -> usize {
+        self.read()
+            .slots
+            .values()
+            .filter(|s| s.namespace.is_some())
+            .count()
     }
 
     /// The Secrets and ServiceAccounts of one namespace.
@@ -388,6 +493,29 @@ mod tests {
         )]);
         assert_eq!(index.counts("pull").referencing, 1);
         assert!(index.account("b", "default").is_none());
+    }
+
+    #[test]
+    fn namespaces_come_and_go_with_their_labels_and_keep_their_objects_apart() {
+        let index = Index::default();
+        let ns = NamespaceState {
+            name: "team-a".into(),
+            labels: [("team".to_string(), "payments".to_string())].into(),
+            ..NamespaceState::default()
+        };
+        assert!(index.put_namespace(&ns));
+        assert!(
+            !index.put_namespace(&ns),
+            "an unchanged namespace is no change"
+        );
+        index.put_secret("team-a", secret("pull", "1", true));
+        assert_eq!(index.namespace_state("team-a"), Some(ns.clone()));
+        assert!(index.remove_namespace("team-a"));
+        assert_eq!(index.namespace_state("team-a"), None);
+        assert_eq!(index.secret_names("team-a"), vec!["pull".to_string()]);
+        index.replace_namespaces(&[ns]);
+        assert_eq!(index.namespace_names().len(), 1);
+        assert_eq!(index.namespace_count(), 1);
     }
 
     #[test]

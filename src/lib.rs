@@ -21,6 +21,7 @@ pub mod plan;
 pub mod preview;
 pub mod problems;
 pub mod providers;
+pub mod queue;
 pub mod reconcile;
 pub mod recover;
 pub mod refresh;

@@ -368,7 +368,7 @@ pub fn secret_drift(
     let labels_ok = desired
         .labels
         .iter()
-        .all(|(k, v)| observed.labels.get(k) == Some(v));
+        .all(|(k, v)| observed.label(k) == Some(v.as_str()));
     [
         (observed.typed, Drift::Type),
         (want.is_some() && observed.data == want, Drift::Content),
