@@ -458,6 +458,7 @@ pub async fn start(
         events,
         index.clone(),
         leader,
+        usize::from(settings.concurrency),
     );
     let daemon = Arc::new(Daemon {
         settings,

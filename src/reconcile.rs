@@ -73,6 +73,9 @@ pub struct Reconciler {
     /// Same-named Secrets already reported (namespace, name, UID): one Event each.
     told: SyncMutex<HashSet<(String, String, String)>>,
     locks: NamespaceLocks,
+    /// Namespace syncs in flight at once, whoever asks (the queue's workers and a sweep): each
+    /// makes one request at a time, so this bounds pullkeeper's requests at the API server.
+    in_flight: tokio::sync::Semaphore,
     leader: watch::Receiver<bool>,
 }
 
@@ -83,6 +86,7 @@ impl Reconciler {
         events: Events,
         index: Arc<Index>,
         leader: watch::Receiver<bool>,
+        concurrency: usize,
     ) -> Self {
         Self {
             owner,
@@ -92,6 +96,7 @@ impl Reconciler {
             frozen: Frozen::default(),
             told: SyncMutex::default(),
             locks: NamespaceLocks::new(64),
+            in_flight: tokio::sync::Semaphore::new(concurrency.max(1)),
             leader,
         }
     }
@@ -111,6 +116,9 @@ impl Reconciler {
         }
         let name = ns.name.as_str();
         let _one_at_a_time = self.locks.of(name).lock().await;
+        let Ok(_slot) = self.in_flight.acquire().await else {
+            return Ok(());
+        };
         let (secrets, accounts) = self.index.namespace(name);
         let frozen = self.frozen.get();
         let observed = Observed {
