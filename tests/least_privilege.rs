@@ -79,12 +79,12 @@ fn refused_by_policy<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &
 
 /// The admission policy takes a moment to be enforced after it is created: waits until a
 /// request it must refuse is refused by it.
-async fn wait_policy_enforced(client: &Client, ns: &str) {
+async fn wait_policy_enforced(client: &Client, ns: &str, policy: &str) {
     let api = Api::<Secret>::namespaced(client.clone(), ns);
     support::wait_for_named("the admission policy enforced", WAIT, || async {
         let probe = secret("lp-policy-probe", "Opaque", &json!({}), &json!({}));
         match api.create(&PostParams::default(), &probe).await {
-            Err(kube::Error::Api(s)) if s.message.contains(POLICY) => true,
+            Err(kube::Error::Api(s)) if s.message.contains(policy) => true,
             Ok(_) => {
                 let _ = api
                     .delete("lp-policy-probe", &DeleteParams::default())
@@ -319,7 +319,7 @@ async fn the_service_account_token_escalation_works_under_the_old_role_and_is_re
     let client = as_pullkeeper(&admin).await;
     let name = format!("lp-escalate-{suffix}");
     support::grant_secret_names(&admin, std::slice::from_ref(&name)).await;
-    wait_policy_enforced(&client, &ns).await;
+    wait_policy_enforced(&client, &ns, POLICY).await;
     refused_by_policy(
         mint(&client, &name, &privileged).await,
         "a service-account-token Secret in kube-system",
@@ -366,7 +366,7 @@ async fn the_policy_refuses_every_write_pullkeeper_never_makes_and_lets_its_own_
         ],
     )
     .await;
-    wait_policy_enforced(&client, &ns).await;
+    wait_policy_enforced(&client, &ns, POLICY).await;
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
     let post = PostParams::default();
 
@@ -552,6 +552,24 @@ async fn the_policy_refuses_every_write_pullkeeper_never_makes_and_lets_its_own_
         &support::sa_token(&admin, support::PULLKEEPER_NAMESPACE, deleter).await,
     )
     .await;
+    // The base role too (it may create Secrets), to see when the policy is enforced for this
+    // identity before it may delete a Pod.
+    let base: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "lp-pod-deleter-base"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "pullkeeper"},
+        "subjects": [{"kind": "ServiceAccount", "name": deleter, "namespace": support::PULLKEEPER_NAMESPACE}],
+    }))
+    .expect("binding");
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .patch("lp-pod-deleter-base", &apply, &Patch::Apply(base))
+        .await
+        .expect("bind the base role");
+    wait_policy_enforced(
+        &deleter_client,
+        &ns,
+        "ValidatingAdmissionPolicy 'lp-pod-deleter-guardrails'",
+    )
+    .await;
     let pods = Api::<Pod>::namespaced(admin.clone(), &ns);
     // A real owner (the garbage collector removes Pods whose owner does not exist); the policy
     // asks for a controller, not for its kind.
@@ -566,7 +584,9 @@ async fn the_policy_refuses_every_write_pullkeeper_never_makes_and_lets_its_own_
     let pod = |name: &str, owned: bool| -> Pod {
         let mut doc = json!({
             "metadata": {"name": name},
-            "spec": {"containers": [{"name": "app", "image": "registry.test/app:1"}]},
+            // Bound to a node that does not exist: no scheduler or kubelet changes its status.
+            "spec": {"nodeName": "lp-no-such-node",
+                     "containers": [{"name": "app", "image": "registry.test/app:1"}]},
         });
         if owned {
             doc["metadata"]["ownerReferences"] = json!([{
@@ -632,9 +652,11 @@ async fn the_policy_refuses_every_write_pullkeeper_never_makes_and_lets_its_own_
     pods.delete("lp-bare", &DeleteParams::default())
         .await
         .expect("the admin deletes a bare Pod");
-    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
-        .delete("lp-pod-deleter-recovery", &DeleteParams::default())
-        .await;
+    for binding in ["lp-pod-deleter-recovery", "lp-pod-deleter-base"] {
+        let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+            .delete(binding, &DeleteParams::default())
+            .await;
+    }
     namespaces.cleanup().await;
 }
 
