@@ -13,12 +13,14 @@ async fn main() -> anyhow::Result<()> {
             config,
             no_file_checks,
             allow_empty_config,
+            rbac,
         } => pullkeeper::commands::check(
             &config,
             pullkeeper::config::LoadOptions {
                 check_files: !no_file_checks,
                 allow_empty: allow_empty_config,
             },
+            rbac,
         ),
         Command::Run(args) => pullkeeper::commands::run(args, false).await?,
         Command::Once(args) => pullkeeper::commands::run(args, true).await?,
