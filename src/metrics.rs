@@ -16,6 +16,8 @@ use crate::problems::Problem;
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Every metric registered, for the contract.
+    exported: Vec<Exported>,
     pub refresh: RefreshMetrics,
     pub inventory: InventoryMetrics,
     pub writes: WriteMetrics,
@@ -426,13 +428,27 @@ impl RecoveryMetrics {
     }
 }
 
-struct Builder(Registry);
+/// One exported metric as the contract (`dashboards/metrics.txt`) lists it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Exported {
+    pub name: String,
+    pub kind: &'static str,
+    pub labels: Vec<String>,
+}
+
+struct Builder(Registry, std::cell::RefCell<Vec<Exported>>);
 
 impl Builder {
     fn register<C: prometheus::core::Collector + Clone + 'static>(
         &self,
+        kind: &'static str,
         c: C,
     ) -> prometheus::Result<C> {
+        self.1.borrow_mut().extend(c.desc().iter().map(|d| Exported {
+            name: d.fq_name.clone(),
+            kind,
+            labels: d.variable_labels.clone(),
+        }));
         self.0.register(Box::new(c.clone()))?;
         Ok(c)
     }
@@ -443,11 +459,11 @@ impl Builder {
         help: &str,
         labels: &[&str],
     ) -> prometheus::Result<IntCounterVec> {
-        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+        self.register("counter", IntCounterVec::new(Opts::new(name, help), labels)?)
     }
 
     fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
-        self.register(GaugeVec::new(Opts::new(name, help), labels)?)
+        self.register("gauge", GaugeVec::new(Opts::new(name, help), labels)?)
     }
 
     fn int_gauges(
@@ -456,11 +472,11 @@ impl Builder {
         help: &str,
         labels: &[&str],
     ) -> prometheus::Result<IntGaugeVec> {
-        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+        self.register("gauge", IntGaugeVec::new(Opts::new(name, help), labels)?)
     }
 
     fn int_gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
-        self.register(IntGauge::new(name, help)?)
+        self.register("gauge", IntGauge::new(name, help)?)
     }
 
     fn histogram(
@@ -470,10 +486,13 @@ impl Builder {
         labels: &[&str],
     ) -> prometheus::Result<HistogramVec> {
         let buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-        self.register(HistogramVec::new(
+        self.register(
+            "histogram",
+            HistogramVec::new(
             HistogramOpts::new(name, help).buckets(buckets),
             labels,
-        )?)
+        )?,
+        )
     }
 }
 
@@ -481,7 +500,7 @@ impl Metrics {
     /// Registers every metric. The names are constants, so a registration failure is a
     /// programming error caught by the unit test below.
     pub fn new() -> prometheus::Result<Self> {
-        let b = Builder(Registry::new());
+        let b = Builder(Registry::new(), std::cell::RefCell::default());
         let refresh = RefreshMetrics {
             refreshes: b.counter(
                 "pullkeeper_refresh_total",
@@ -585,11 +604,11 @@ impl Metrics {
                 "Completed sweeps over every namespace, by result.",
                 &["result"],
             )?,
-            last_start: b.register(Gauge::new(
+            last_start: b.register("gauge", Gauge::new(
                 "pullkeeper_last_sweep_timestamp_seconds",
                 "When the last completed sweep over every namespace started (unix seconds).",
             )?)?,
-            duration: b.register(Histogram::with_opts(
+            duration: b.register("histogram", Histogram::with_opts(
                 HistogramOpts::new(
                     "pullkeeper_sweep_duration_seconds",
                     "Time to sync every namespace once.",
@@ -615,7 +634,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
-        let start_time = b.register(Gauge::new(
+        let start_time = b.register("gauge", Gauge::new(
             "pullkeeper_start_time_seconds",
             "Process start (unix seconds).",
         )?)?;
@@ -632,8 +651,11 @@ impl Metrics {
                 &["registry"],
             )?,
         };
+        let mut exported = b.1.into_inner();
+        exported.sort();
         Ok(Self {
             registry: b.0,
+            exported,
             refresh,
             inventory,
             writes,
@@ -653,6 +675,11 @@ impl Metrics {
         self.watches.forget(name);
     }
 
+    /// Every metric this process exports, with its type and labels, sorted by name.
+    pub fn exported(&self) -> &[Exported] {
+        &self.exported
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -665,6 +692,42 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `dashboards/metrics.txt` is the contract the dashboard and the alerts are checked
+    /// against (tests/checks/promtool.sh): it must list exactly what the binary exports.
+    #[test]
+    fn the_metrics_contract_lists_exactly_what_is_exported() {
+        let m = Metrics::new().expect("metrics register");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/metrics.txt");
+        let text = std::fs::read_to_string(path).expect("read the contract");
+        let mut listed: Vec<Exported> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let mut fields = l.split_whitespace();
+                let name = fields.next().expect("name").to_string();
+                let kind = match fields.next().expect("type") {
+                    "counter" => "counter",
+                    "gauge" => "gauge",
+                    "histogram" => "histogram",
+                    other => panic!("{path}: unknown type {other} for {name}"),
+                };
+                let labels = match fields.next().expect("labels") {
+                    "-" => Vec::new(),
+                    l => l.split(',').map(String::from).collect(),
+                };
+                Exported { name, kind, labels }
+            })
+            .collect();
+        listed.sort();
+        let exported = m.exported().to_vec();
+        let missing: Vec<_> = exported.iter().filter(|e| !listed.contains(e)).collect();
+        let stale: Vec<_> = listed.iter().filter(|l| !exported.contains(l)).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "{path} differs from what the binary exports:\n  not listed: {missing:?}\n  listed, not exported: {stale:?}"
+        );
+    }
 
     #[test]
     fn every_metric_registers_and_renders_with_the_pullkeeper_prefix() {
