@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::web::is_http_url;
@@ -20,7 +21,7 @@ pub const ECR_PUBLIC_HOST: &str = "public.ecr.aws";
 pub const ECR_PUBLIC_REGION: &str = "us-east-1";
 
 /// `provider:` of `type: ecr`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EcrConfig {
     /// AWS regions to fetch a token for (one `GetAuthorizationToken` call each); each token serves
@@ -39,7 +40,7 @@ pub struct EcrConfig {
 }
 
 /// `provider:` of `type: ecr-public`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EcrPublicConfig {
     /// Role to assume on top of the pod's identity.
