@@ -187,6 +187,10 @@ def sa_annotations(objs, where):
 def kustomize(base_path, monitored_path, overlays):
     base = by_kind(load(base_path))
     check_common(base, "kustomize base", with_monitoring=False)
+    # No registry file runs unless the user wrote it: an overlay merging its own files into the
+    # ConfigMap must not keep a sample running (deploy/README.md, "Your registry files").
+    expect(not (config_map(base, "kustomize base").get("data") or {}),
+           "kustomize base: the ConfigMap ships a registry file; it must ship none")
     check_no_operator_kinds(base, "kustomize base")
     # The component adds exactly the ServiceMonitor and the PrometheusRule, and changes nothing else.
     monitored = by_kind(load(monitored_path))
@@ -221,6 +225,8 @@ def kustomize(base_path, monitored_path, overlays):
         where = f"overlay {name}"
         check_common(objs, where, with_monitoring=False)
         check_no_operator_kinds(objs, where)
+        expect(not (config_map(objs, where).get("data") or {}),
+               f"{where}: the ConfigMap ships a registry file; it must ship none")
         annotations, labels = wanted[name]
         expect(set(sa_annotations(objs, where)) >= annotations, f"{where}: ServiceAccount lacks {annotations}")
         expect(set(pod_labels(objs, where)) >= labels, f"{where}: pod lacks labels {labels}")

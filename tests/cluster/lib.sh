@@ -4,6 +4,27 @@
 pk_log() { printf '%s %s\n' "[$(date -u +%H:%M:%S)]" "$*" >&2; }
 pk_die() { pk_log "error: $*"; exit 1; }
 
+# pk_with_progress LABEL TOTAL LOG CMD...: runs CMD with its output in LOG and, every
+# ${PK_PROGRESS_EVERY:-15} s while it runs, says how long it has run and how many lines it printed
+# so far (`go build -v` prints one per package compiled: "412 of about 1890 packages"; TOTAL may be
+# empty). A long build is then never silent. Returns CMD's status; on failure the caller shows LOG.
+pk_with_progress() {
+  local label=$1 total=$2 log=$3 start=$SECONDS pid rc=0 i
+  shift 3
+  "$@" >"$log" 2>&1 &
+  pid=$!
+  while pk_running "$pid"; do
+    for ((i = 0; i < ${PK_PROGRESS_EVERY:-15}; i++)); do
+      pk_running "$pid" || break
+      sleep 1
+    done
+    pk_running "$pid" || break
+    pk_log "$label: $((SECONDS - start)) s so far, $(wc -l <"$log") ${total:+of about $total }packages compiled"
+  done
+  wait "$pid" || rc=$?
+  return "$rc"
+}
+
 # The cache for the control-plane binary (outside any clone, so a fresh clone reuses it).
 pk_cache_dir() { printf '%s\n' "${PK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pullkeeper}"; }
 
