@@ -43,7 +43,7 @@ trap 'exit 143' TERM
 # tests/checks/one-build.sh).
 say "installing what is missing and building pullkeeper (the first run takes a while: README.md, \"Run it\")"
 tests/prereqs.sh --demo
-cargo build --bin pullkeeper
+pk_heartbeat "cargo build" cargo build --bin pullkeeper
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/pullkeeper
 
 say "starting a local control plane with a node, a token-auth registry and a credential broker (the first run builds the control plane: about 8-10 minutes)"
