@@ -11,7 +11,7 @@ use std::process::Stdio;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use serde_json::Value;
 
 /// A PATH entry holding `kubectl-pullkeeper`, a symlink to the binary under test, and a
@@ -155,17 +155,38 @@ async fn kubectl_runs_the_plugin_with_its_context_and_namespace() {
     // Without --context, the current context (a closed port) is used: the call fails.
     let (code, stdout, stderr) = plugin
         .kubectl(&[
-            "pullkeeper", "diagnose", "--config", config, "--no-file-checks", "-n", &ns, "-o",
+            "pullkeeper",
+            "diagnose",
+            "--config",
+            config,
+            "--no-file-checks",
+            "-n",
+            &ns,
+            "-o",
             "json",
         ])
         .await;
-    assert_eq!(code, 2, "the current context must be used: {stdout}{stderr}");
+    assert_eq!(
+        code, 2,
+        "the current context must be used: {stdout}{stderr}"
+    );
 
     // --context pk reaches the API server; -n scopes diagnose to the namespace.
     let (code, stdout, stderr) = plugin
         .kubectl(&[
-            "pullkeeper", "diagnose", "--config", config, "--no-file-checks", "--context", "pk",
-            "-n", &ns, "-o", "json", "--instance", &instance,
+            "pullkeeper",
+            "diagnose",
+            "--config",
+            config,
+            "--no-file-checks",
+            "--context",
+            "pk",
+            "-n",
+            &ns,
+            "-o",
+            "json",
+            "--instance",
+            &instance,
         ])
         .await;
     assert_eq!(code, 0, "diagnose --context pk: {stderr}");
@@ -177,8 +198,16 @@ async fn kubectl_runs_the_plugin_with_its_context_and_namespace() {
     // Secret, so exit 1 and a plan naming it.
     let (code, stdout, stderr) = plugin
         .kubectl(&[
-            "pullkeeper", "plan", "--config", config, "--no-file-checks", "--context=pk",
-            "--instance", &instance, "-o", "json",
+            "pullkeeper",
+            "plan",
+            "--config",
+            config,
+            "--no-file-checks",
+            "--context=pk",
+            "--instance",
+            &instance,
+            "-o",
+            "json",
         ])
         .await;
     assert_eq!(code, 1, "plan --context=pk: {stderr}");
@@ -195,8 +224,17 @@ async fn kubectl_runs_the_plugin_with_its_context_and_namespace() {
     // cleanup -n NAMESPACE (its Lease's namespace), nothing to clean for a fresh instance.
     let (code, stdout, stderr) = plugin
         .kubectl(&[
-            "pullkeeper", "cleanup", "--context", "pk", "-n", &ns, "--instance", &instance,
-            "--dry-run", "-o", "json",
+            "pullkeeper",
+            "cleanup",
+            "--context",
+            "pk",
+            "-n",
+            &ns,
+            "--instance",
+            &instance,
+            "--dry-run",
+            "-o",
+            "json",
         ])
         .await;
     assert_eq!(code, 0, "cleanup --dry-run: {stderr}");
@@ -205,7 +243,7 @@ async fn kubectl_runs_the_plugin_with_its_context_and_namespace() {
     assert_eq!(cleanup["actions"], serde_json::json!([]), "{cleanup}");
 
     Api::<Namespace>::all(client)
-        .delete(&ns, &Default::default())
+        .delete(&ns, &DeleteParams::default())
         .await
         .expect("delete namespace");
 }
@@ -224,14 +262,19 @@ fn the_krew_manifest_installs_kubectl_pullkeeper() {
     assert_eq!(manifest["metadata"]["name"].as_str(), Some("pullkeeper"));
     let version = manifest["spec"]["version"].as_str().expect("version");
     assert_eq!(version, format!("v{}", env!("CARGO_PKG_VERSION")));
-    let platforms = manifest["spec"]["platforms"].as_sequence().expect("platforms");
+    let platforms = manifest["spec"]["platforms"]
+        .as_sequence()
+        .expect("platforms");
     assert!(platforms.len() >= 2);
     for p in platforms {
         assert_eq!(p["bin"].as_str(), Some("kubectl-pullkeeper"), "{p:?}");
         let uri = p["uri"].as_str().expect("uri");
         assert!(uri.contains(version) && uri.ends_with(".tar.gz"), "{uri}");
         let sha = p["sha256"].as_str().expect("sha256");
-        assert!(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()), "{sha}");
+        assert!(
+            sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{sha}"
+        );
         assert!(
             p["files"]
                 .as_sequence()

@@ -112,9 +112,12 @@ impl Proxy {
 }
 
 /// A local HTTP endpoint on loopback answering through `handler` and counting requests.
+/// The requests a stub saw: method and path.
+type Seen = Arc<Mutex<Vec<(Method, String)>>>;
+
 struct Stub {
     addr: String,
-    seen: Arc<Mutex<Vec<(Method, String)>>>,
+    seen: Seen,
 }
 
 type Handler = Arc<dyn Fn(&Method, &str, &HeaderMap) -> (u16, &'static str, String) + Send + Sync>;
@@ -149,7 +152,7 @@ impl Stub {
 }
 
 async fn answer(
-    State((handler, seen)): State<(Handler, Arc<Mutex<Vec<(Method, String)>>>)>,
+    State((handler, seen)): State<(Handler, Seen)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -216,7 +219,14 @@ async fn tls_stub() -> TlsStub {
         "ec_paramgen_curve:prime256v1",
         "-nodes",
     ];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=pullkeeper proxy test CA"];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pullkeeper proxy test CA",
+    ];
     ca.extend(ec);
     ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
     ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
@@ -234,8 +244,21 @@ async fn tls_stub() -> TlsStub {
     openssl(
         d,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
         ],
     );
     std::fs::write(d.join("token"), token_endpoint().2).expect("write token");
@@ -250,10 +273,14 @@ async fn tls_stub() -> TlsStub {
         .spawn()
         .expect("openssl s_server");
     let probe = addr.clone();
-    support::wait_for_named("openssl s_server listening", Duration::from_secs(10), || {
-        let probe = probe.clone();
-        async move { tokio::net::TcpStream::connect(probe).await.is_ok() }
-    })
+    support::wait_for_named(
+        "openssl s_server listening",
+        Duration::from_secs(10),
+        || {
+            let probe = probe.clone();
+            async move { tokio::net::TcpStream::connect(probe).await.is_ok() }
+        },
+    )
     .await;
     TlsStub {
         child,
@@ -383,7 +410,8 @@ async fn every_provider_call_goes_through_the_environment_proxy_and_no_proxy_hos
     let azure_token = scratch.path().join("azure-token");
     std::fs::write(&azure_token, "federated\n").expect("write token");
 
-    let mapping = "  response: {username: /username, password: /password, expiresIn: /expires_in}\n";
+    let mapping =
+        "  response: {username: /username, password: /password, expiresIn: /expires_in}\n";
     let config = write_config(&[
         (
             "ecr",
@@ -457,7 +485,10 @@ async fn every_provider_call_goes_through_the_environment_proxy_and_no_proxy_hos
         ("AWS_ACCESS_KEY_ID", "AKIAPROXYTEST0000000".to_string()),
         ("AWS_SECRET_ACCESS_KEY", "proxy-test-secret".to_string()),
         ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-        ("AWS_CONFIG_FILE", "/nonexistent/pullkeeper-test/config".to_string()),
+        (
+            "AWS_CONFIG_FILE",
+            "/nonexistent/pullkeeper-test/config".to_string(),
+        ),
         (
             "AWS_SHARED_CREDENTIALS_FILE",
             "/nonexistent/pullkeeper-test/credentials".to_string(),
@@ -469,7 +500,14 @@ async fn every_provider_call_goes_through_the_environment_proxy_and_no_proxy_hos
     let instance = format!("pk-proxy-{}", support::random_string(6));
     let (code, stdout, stderr) = pullkeeper(
         &[
-            "plan", "--config", &dir, "--fetch", "-o", "json", "--instance", &instance,
+            "plan",
+            "--config",
+            &dir,
+            "--fetch",
+            "-o",
+            "json",
+            "--instance",
+            &instance,
         ],
         &vars,
     )
@@ -498,21 +536,35 @@ async fn every_provider_call_goes_through_the_environment_proxy_and_no_proxy_hos
     );
 
     let counts = proxy.count_by_authority();
-    println!("the proxy forwarded, by host: {counts:#?}");
     let api = authority(&support::env("PK_KUBE_SERVER"));
-    for (what, at, at_least) in [
+    let moto = authority(&moto);
+    let expected = [
         ("the API server (kube, CONNECT)", api.as_str(), 1),
         // AssumeRole at STS, then GetAuthorizationToken at ECR: both at moto.
-        ("STS and ECR at moto", &authority(&moto), 2),
+        ("STS and ECR at moto", moto.as_str(), 2),
         ("ECR Public", ecr_public.addr.as_str(), 1),
         ("the http provider over http", http.addr.as_str(), 1),
-        ("the http provider over https (CONNECT)", tls.addr.as_str(), 1),
+        (
+            "the http provider over https (CONNECT)",
+            tls.addr.as_str(),
+            1,
+        ),
         ("GCP's token endpoint", gcp.addr.as_str(), 1),
         // Entra's token, then the ACR exchange.
         ("Entra and the ACR exchange", azure.addr.as_str(), 2),
         // The /v2/ challenge and the manifest HEAD.
         ("verification at the registry", registry.host.as_str(), 2),
-    ] {
+    ];
+    println!("requests the proxy forwarded:");
+    for (what, at, _) in &expected {
+        println!("  {what} ({at}): {}", counts.get(*at).copied().unwrap_or(0));
+    }
+    println!(
+        "  the NO_PROXY endpoint (localhost:{}): none through the proxy, {} direct",
+        direct.port(),
+        direct.seen()
+    );
+    for (what, at, at_least) in expected {
         let got = counts.get(at).copied().unwrap_or(0);
         assert!(
             got >= at_least,
@@ -521,7 +573,9 @@ async fn every_provider_call_goes_through_the_environment_proxy_and_no_proxy_hos
         );
     }
     assert!(
-        requests.iter().any(|r| r == &format!("CONNECT {}", tls.addr)),
+        requests
+            .iter()
+            .any(|r| r == &format!("CONNECT {}", tls.addr)),
         "https goes through a CONNECT tunnel: {requests:#?}"
     );
     assert_eq!(http.seen(), 1, "the plain http endpoint was asked once");
@@ -570,7 +624,10 @@ async fn the_kubeconfig_proxy_url_reaches_the_api_server_through_the_proxy() {
         &[],
     )
     .await;
-    assert_eq!(code, 0, "plan through the kubeconfig's proxy-url: {stderr}\n{stdout}");
+    assert_eq!(
+        code, 0,
+        "plan through the kubeconfig's proxy-url: {stderr}\n{stdout}"
+    );
     let api = authority(&support::env("PK_KUBE_SERVER"));
     let requests = proxy.requests();
     assert!(

@@ -423,28 +423,10 @@ mod client {
             aws_config::environment::EnvironmentVariableRegionProvider::new(),
         )
         .or_else(Region::new(fallback_region.to_string()));
-        // The SDK's own HTTP client (hyper 1, rustls on aws-lc), with the proxy the environment
-        // names as curl and reqwest read it: HTTPS_PROXY/https_proxy for https,
-        // HTTP_PROXY/http_proxy for http, NO_PROXY/no_proxy for exceptions. The SDK's default
-        // client takes no proxy at all. Every AWS call goes through it: ECR, ECR Public, STS
-        // (assume-role, IRSA's web identity) and the Pod Identity agent, which aws-config
-        // builds from this same configuration. (`build_with_connector_fn` is the builder's one
-        // way to hand the connector a proxy.)
-        let http_client = {
-            use aws_sdk_ecr::config::RuntimeComponents;
-            use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-            use aws_smithy_http_client::{Builder, Connector, proxy::ProxyConfig};
-            Builder::new().build_with_connector_fn(|settings, components| {
-                let mut connector = Connector::builder().proxy_config(ProxyConfig::from_env());
-                connector.set_connector_settings(settings.cloned());
-                connector.set_sleep_impl(components.and_then(RuntimeComponents::sleep_impl));
-                connector
-                    .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-                    .build()
-            })
-        };
+        // The SDK's default HTTP client honours HTTPS_PROXY/HTTP_PROXY/NO_PROXY (either case)
+        // from behavior version 2025-08-07 on; `latest()` keeps that (tests/proxy.rs proves every
+        // AWS call, STS included, goes through the proxy).
         aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http_client)
             .region(region)
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
