@@ -285,3 +285,54 @@ fn the_krew_manifest_installs_kubectl_pullkeeper() {
         );
     }
 }
+
+/// The binary prints a bash completion script bash accepts, and its man pages.
+#[test]
+fn the_binary_prints_completions_bash_accepts_and_man_pages() {
+    let bin = env!("CARGO_BIN_EXE_pullkeeper");
+    let out = std::process::Command::new(bin)
+        .args(["completions", "bash"])
+        .output()
+        .expect("pullkeeper completions bash");
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("pullkeeper.bash");
+    std::fs::write(&script, &out.stdout).expect("write");
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash -n");
+    assert!(
+        check.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // Loaded, it completes the subcommands.
+    let complete = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(pullkeeper d); COMP_CWORD=1; _pullkeeper pullkeeper d pullkeeper; echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()
+        .expect("bash completes");
+    let words = String::from_utf8_lossy(&complete.stdout);
+    assert!(words.split_whitespace().any(|w| w == "diagnose"), "{words}");
+
+    let pages = dir.path().join("man");
+    let out = std::process::Command::new(bin)
+        .args(["man", "--dir"])
+        .arg(&pages)
+        .output()
+        .expect("pullkeeper man --dir");
+    assert!(out.status.success());
+    for page in [
+        "pullkeeper.1",
+        "pullkeeper-plan.1",
+        "pullkeeper-completions.1",
+    ] {
+        let text = std::fs::read_to_string(pages.join(page)).expect(page);
+        assert!(text.contains(".TH "), "{page}");
+    }
+}

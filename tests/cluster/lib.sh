@@ -5,7 +5,7 @@ pk_log() { printf '%s %s\n' "[$(date -u +%H:%M:%S)]" "$*" >&2; }
 pk_die() { pk_log "error: $*"; exit 1; }
 
 # pk_with_progress LABEL TOTAL LOG CMD...: runs CMD with its output in LOG and, every
-# ${PK_PROGRESS_EVERY:-15} s while it runs, says how long it has run and how many lines it printed
+# ${PK_PROGRESS_EVERY:-10} s while it runs, says how long it has run and how many lines it printed
 # so far (`go build -v` prints one per package compiled: "412 of about 1890 packages"; TOTAL may be
 # empty). A long build is then never silent. Returns CMD's status; on failure the caller shows LOG.
 pk_with_progress() {
@@ -14,7 +14,7 @@ pk_with_progress() {
   "$@" >"$log" 2>&1 &
   pid=$!
   while pk_running "$pid"; do
-    for ((i = 0; i < ${PK_PROGRESS_EVERY:-15}; i++)); do
+    for ((i = 0; i < ${PK_PROGRESS_EVERY:-10}; i++)); do
       pk_running "$pid" || break
       sleep 1
     done
@@ -27,7 +27,7 @@ pk_with_progress() {
 
 # pk_heartbeat LABEL CMD...: runs CMD; when its output is not a terminal (a CI log, a pipe), says
 # "LABEL: still running" with the time so far and CMD's last line whenever CMD has printed nothing
-# for ${PK_HEARTBEAT_AFTER:-20} s (cargo prints one line per crate it starts, and nothing while
+# for ${PK_HEARTBEAT_AFTER:-10} s (cargo prints one line per crate it starts, and nothing while
 # the last big ones compile). On a terminal the tools show their own progress bars: no change.
 pk_heartbeat() {
   local label=$1 stamp ticker rc start=$SECONDS
@@ -38,8 +38,8 @@ pk_heartbeat() {
   fi
   stamp=$(mktemp "${TMPDIR:-/tmp}/pk-heartbeat.XXXXXX")
   (
-    while sleep 5; do
-      if (($(date +%s) - $(stat -c %Y "$stamp") >= ${PK_HEARTBEAT_AFTER:-20})); then
+    while sleep 2; do
+      if (($(date +%s) - $(stat -c %Y "$stamp") >= ${PK_HEARTBEAT_AFTER:-10})); then
         pk_log "$label: still running, $((SECONDS - start)) s so far (last: $(tail -c 160 "$stamp"))"
         touch "$stamp"
       fi
