@@ -46,7 +46,7 @@ tests/prereqs.sh --demo
 pk_heartbeat "cargo build" cargo build --bin pullkeeper
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/pullkeeper
 
-say "starting a local control plane with a node, a token-auth registry and a credential broker (the first run builds the control plane: about 8-10 minutes)"
+say "starting a local control plane with a node, a token-auth registry and a credential broker (the first run builds the control plane: 8 minutes or more)"
 tests/cluster/up "$dir" >/dev/null
 tests/peers/up "$dir" >/dev/null
 . "$dir/env"
