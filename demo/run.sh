@@ -62,7 +62,9 @@ echo "control plane $PK_KUBE_SERVER, registry $PK_REGISTRY_TOKEN, broker 127.0.0
 
 say "installing pullkeeper's RBAC and running it with only its ServiceAccount's token"
 kubectl create namespace pullkeeper >/dev/null
-kubectl apply -f deploy/kustomize/base/rbac.yaml >/dev/null
+kubectl apply -f deploy/kustomize/base/rbac.yaml -f deploy/kustomize/base/admission-policy.yaml >/dev/null
+# The role grants Secrets by name: the names of this config, as `check --rbac` prints them.
+"$bin" check --config "$dir/config" --rbac | kubectl apply -f - >/dev/null
 token=$(kubectl create token pullkeeper -n pullkeeper --duration 2h)
 kc=$dir/pullkeeper.kubeconfig
 KUBECONFIG=$kc kubectl config set-cluster demo --server "$PK_KUBE_SERVER" --certificate-authority "$PK_KUBE_CA_FILE" --embed-certs >/dev/null

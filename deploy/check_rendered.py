@@ -57,6 +57,62 @@ def check_rbac(objs, where):
                 if kind == "ClusterRole":
                     bad = FORBIDDEN_VERBS & set(rule.get("verbs", []))
                     expect(not bad, f"{where}: ClusterRole grants {sorted(bad)}")
+                if "secrets" in rule.get("resources", []) and not rule.get("resourceNames"):
+                    expect(set(rule.get("verbs", [])) <= {"create"},
+                           f"{where}: {kind} {role['metadata']['name']} grants {rule.get('verbs')} on every Secret (only create may be unnamed)")
+
+
+SECRET_VERBS = ["get", "list", "watch", "patch", "delete"]
+
+
+def split_secret_names(objs, where, expected):
+    """Takes the ClusterRole granting Secrets by name (and its binding) out of `objs`, checks it
+    (Secrets only, by name, pullkeeper's verbs) and returns its names. `expected`: whether there
+    are names to grant (a chart without registries renders no such role)."""
+    names = None
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        keep, taken = [], []
+        for d in objs.get(kind, []):
+            (taken if d["metadata"]["name"].endswith("-secrets") else keep).append(d)
+        if kind in objs:
+            objs[kind] = keep
+        expect(len(taken) == int(expected), f"{where}: expected {int(expected)} {kind} for the Secret names, found {len(taken)}")
+        for d in taken:
+            if kind == "ClusterRole":
+                rules = d.get("rules", [])
+                expect(len(rules) == 1, f"{where}: the Secret names role has {len(rules)} rules")
+                for rule in rules:
+                    expect(rule.get("apiGroups") == [""] and rule.get("resources") == ["secrets"],
+                           f"{where}: the Secret names role grants more than Secrets")
+                    expect(rule.get("verbs") == SECRET_VERBS, f"{where}: the Secret names role's verbs are {rule.get('verbs')}")
+                    expect(bool(rule.get("resourceNames")), f"{where}: the Secret names role names no Secret")
+                    names = set(rule.get("resourceNames", []))
+    return names or set()
+
+
+def config_secret_names(objs, where):
+    """The secretName of every registry file in the mounted ConfigMap."""
+    names = set()
+    for key, text in (config_map(objs, where).get("data") or {}).items():
+        doc = yaml.safe_load(text) or {}
+        if key != "defaults.yaml" and doc.get("secretName"):
+            names.add(doc["secretName"])
+    return names
+
+
+def check_admission_policy(objs, where):
+    """The guardrails are bound to exactly the Deployment's ServiceAccount."""
+    policy = one(objs, "ValidatingAdmissionPolicy", where)
+    binding = one(objs, "ValidatingAdmissionPolicyBinding", where)
+    expect(binding.get("spec", {}).get("policyName") == policy.get("metadata", {}).get("name"),
+           f"{where}: the admission policy binding names another policy")
+    expect(binding.get("spec", {}).get("validationActions") == ["Deny"], f"{where}: the admission policy does not deny")
+    sa = one(objs, "ServiceAccount", where)["metadata"]
+    user = f"system:serviceaccount:{sa.get('namespace')}:{sa.get('name')}"
+    conditions = [c.get("expression", "") for c in policy.get("spec", {}).get("matchConditions", [])]
+    expect(conditions == [f"request.userInfo.username == '{user}'"],
+           f"{where}: the admission policy does not match exactly {user}: {conditions}")
+    expect(policy.get("spec", {}).get("failurePolicy") == "Fail", f"{where}: the admission policy does not fail closed")
 
 
 def check_deployment(dep, where, replicas=2):
@@ -135,9 +191,19 @@ def split_pod_recovery(objs, where):
     return taken
 
 
-def check_common(objs, where, replicas=2, with_monitoring=True):
+# The base's Secret names role lists a placeholder until an overlay replaces it with the names of
+# its registry files (the base and the overlays ship none: deploy/README.md).
+BASE_NAMES = ("ecr-pull",)
+
+
+def check_common(objs, where, replicas=2, with_monitoring=True, policy=True, extra_names=()):
     objs = dict(objs)
     split_pod_recovery(objs, where)
+    wanted = config_secret_names(objs, where) | set(extra_names)
+    names = split_secret_names(objs, where, bool(wanted))
+    expect(names == wanted, f"{where}: the role grants Secrets {sorted(names)}, the registry files name {sorted(wanted)}")
+    if policy:
+        check_admission_policy(objs, where)
     for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                  "Deployment", "Service", "PodDisruptionBudget"] + (["ServiceMonitor", "PrometheusRule"] if with_monitoring else []):
         one(objs, kind, where)
@@ -186,7 +252,7 @@ def sa_annotations(objs, where):
 
 def kustomize(base_path, monitored_path, overlays):
     base = by_kind(load(base_path))
-    check_common(base, "kustomize base", with_monitoring=False)
+    check_common(base, "kustomize base", with_monitoring=False, extra_names=BASE_NAMES)
     # No registry file runs unless the user wrote it: an overlay merging its own files into the
     # ConfigMap must not keep a sample running (deploy/README.md, "Your registry files").
     expect(not (config_map(base, "kustomize base").get("data") or {}),
@@ -195,7 +261,7 @@ def kustomize(base_path, monitored_path, overlays):
     # The component adds exactly the ServiceMonitor and the PrometheusRule, and changes nothing else.
     monitored = by_kind(load(monitored_path))
     where = "kustomize base + components/prometheus-operator"
-    check_common(monitored, where)
+    check_common(monitored, where, extra_names=BASE_NAMES)
     expect({k: v for k, v in monitored.items() if k not in OPERATOR_KINDS} == base,
            f"{where}: the component changes more than it adds")
     sm = one(monitored, "ServiceMonitor", where)
@@ -209,10 +275,14 @@ def kustomize(base_path, monitored_path, overlays):
     ns = one(base, "Namespace", "kustomize base")
     expect(ns.get("metadata", {}).get("labels", {}).get("pod-security.kubernetes.io/enforce") == "restricted",
            "kustomize base: namespace does not enforce the restricted Pod Security Standard")
-    # The base's RBAC is rbac.yaml verbatim.
+    # The base's RBAC is rbac.yaml verbatim, its guardrails admission-policy.yaml.
     rbac = by_kind(load(ROOT / "deploy/kustomize/base/rbac.yaml"))
     for kind in ("ClusterRole", "Role"):
-        expect(one(base, kind, "base")["rules"] == one(rbac, kind, "rbac.yaml")["rules"], f"kustomize base: {kind} rules changed")
+        rules = lambda objs: sorted((d["metadata"]["name"], json.dumps(d["rules"], sort_keys=True)) for d in objs.get(kind, []))
+        expect(rules(base) == rules(rbac), f"kustomize base: {kind} rules changed")
+    policy = by_kind(load(ROOT / "deploy/kustomize/base/admission-policy.yaml"))
+    for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+        expect(one(base, kind, "base") == one(policy, kind, "admission-policy.yaml"), f"kustomize base: {kind} changed")
     wanted = {
         "eks-irsa": ({"eks.amazonaws.com/role-arn"}, set()),
         "eks-pod-identity": (set(), set()),
@@ -223,7 +293,7 @@ def kustomize(base_path, monitored_path, overlays):
         name, path = spec.split("=", 1)
         objs = by_kind(load(path))
         where = f"overlay {name}"
-        check_common(objs, where, with_monitoring=False)
+        check_common(objs, where, with_monitoring=False, extra_names=BASE_NAMES)
         check_no_operator_kinds(objs, where)
         expect(not (config_map(objs, where).get("data") or {}),
                f"{where}: the ConfigMap ships a registry file; it must ship none")
@@ -242,9 +312,9 @@ def helm(default_path, full_path, kustomize_path):
     # The defaults must install on a cluster without the Prometheus Operator.
     check_no_operator_kinds(default, "helm defaults")
     full = by_kind(load(full_path))
-    check_common(full, "helm full values", replicas=3)
-    where = "helm full values"
     values = yaml.safe_load((ROOT / "deploy/helm/pullkeeper/ci/full-values.yaml").read_text())
+    check_common(full, "helm full values", replicas=3, extra_names=values["rbac"]["extraSecretNames"])
+    where = "helm full values"
     cm = config_map(full, where).get("data") or {}
     expect(set(cm) == {f"{n}.yaml" for n in values["registries"]}, f"{where}: ConfigMap keys {sorted(cm)}")
     for name, registry in values["registries"].items():
@@ -265,11 +335,17 @@ def helm(default_path, full_path, kustomize_path):
         expect(c["metadata"].get("labels", {}).get("grafana_dashboard") == "1", f"{where}: dashboard lacks the sidecar label")
         expect(json.loads(c["data"]["pullkeeper.json"]) == json.loads((ROOT / "dashboards/pullkeeper.json").read_text()),
                f"{where}: dashboard ConfigMap differs from dashboards/pullkeeper.json")
-    # Same permissions and the same pod as the kustomize base.
+    # Same permissions, guardrails and pod as the kustomize base.
     base = by_kind(load(kustomize_path))
-    for kind in ("ClusterRole", "Role"):
-        expect(one(default, kind, "helm")["rules"] == one(base, kind, "kustomize")["rules"],
-               f"helm: {kind} rules differ from deploy/kustomize/base/rbac.yaml")
+    main_role = lambda objs: [d for d in objs.get("ClusterRole", []) if not d["metadata"]["name"].endswith(("-secrets", "-pod-recovery"))]
+    expect([d["rules"] for d in main_role(default)] == [d["rules"] for d in main_role(base)],
+           "helm: ClusterRole rules differ from deploy/kustomize/base/rbac.yaml")
+    expect(one(default, "Role", "helm")["rules"] == one(base, "Role", "kustomize")["rules"],
+           "helm: Role rules differ from deploy/kustomize/base/rbac.yaml")
+    without_identity = lambda p: {k: v for k, v in p.get("spec", {}).items() if k != "matchConditions"}
+    expect(without_identity(one(default, "ValidatingAdmissionPolicy", "helm")) ==
+           without_identity(one(base, "ValidatingAdmissionPolicy", "kustomize")),
+           "helm: the admission policy differs from deploy/kustomize/base/admission-policy.yaml")
     hc = one(default, "Deployment", "helm")["spec"]["template"]["spec"]
     kc = one(base, "Deployment", "kustomize")["spec"]["template"]["spec"]
     expect(hc["securityContext"] == kc["securityContext"], "helm: pod securityContext differs from the kustomize base")
@@ -284,6 +360,11 @@ def main():
         kustomize(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif mode == "helm" and len(sys.argv) == 5:
         helm(*sys.argv[2:])
+    elif mode == "kustomize-user" and len(sys.argv) == 3:
+        # An overlay with its own registry files: the common checks, the role naming exactly them.
+        objs = by_kind(load(sys.argv[2]))
+        check_common(objs, "user overlay", with_monitoring=False)
+        expect(bool(config_secret_names(objs, "user overlay")), "user overlay: no registry file")
     elif mode == "config-dir" and len(sys.argv) == 4:
         out = Path(sys.argv[3])
         out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,6 @@
 //! The admin server on its own port: `/metrics`, `/livez`, `/readyz`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -14,11 +13,15 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 struct AdminState {
     metrics: Metrics,
-    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    ready: Readiness,
 }
 
+/// Whether the daemon is ready, with the text `/readyz` answers (the detail names what is not
+/// served).
+pub type Readiness = Arc<dyn Fn() -> (bool, String) + Send + Sync>;
+
 /// The admin routes. `ready` says whether the initial watches have synced.
-pub fn router(metrics: Metrics, ready: Arc<dyn Fn() -> bool + Send + Sync>) -> Router {
+pub fn router(metrics: Metrics, ready: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/livez", get(|| async { "ok\n" }))
@@ -34,16 +37,18 @@ async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if (state.ready)() {
-        (StatusCode::OK, "ready\n")
+    let (ready, text) = (state.ready)();
+    let code = if ready {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n")
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, text)
 }
 
 /// Serves the admin routes on a bound listener until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, ready: Arc<AtomicBool>) {
-    let app = router(metrics, Arc::new(move || ready.load(Ordering::SeqCst)));
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, ready: Readiness) {
+    let app = router(metrics, ready);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin server stopped");
     }
@@ -69,18 +74,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readyz_follows_the_cache_sync_flag() {
+    async fn readyz_follows_the_cache_sync_flag_and_says_what_is_not_served() {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let metrics = Metrics::new().expect("metrics");
         let flag = Arc::new(AtomicBool::new(false));
         let f = flag.clone();
-        let app = router(metrics, Arc::new(move || f.load(Ordering::SeqCst)));
+        let app = router(
+            metrics,
+            Arc::new(move || {
+                let ready = f.load(Ordering::SeqCst);
+                (ready, format!("ready={ready}\nregistry quay not served\n"))
+            }),
+        );
         assert_eq!(
             get_path(app.clone(), "/readyz").await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(get_path(app.clone(), "/livez").await.0, StatusCode::OK);
         flag.store(true, Ordering::SeqCst);
-        assert_eq!(get_path(app.clone(), "/readyz").await.0, StatusCode::OK);
+        let (status, body) = get_path(app.clone(), "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("registry quay not served"), "{body}");
         let (status, body) = get_path(app, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("pullkeeper_build_info"));

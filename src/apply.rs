@@ -8,14 +8,14 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{PatchOperation, RemoveOperation, TestOperation};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{WriteKind, WriteMetrics, WriteOp, WriteOutcome};
 use crate::ownership::Owner;
-use crate::plan::{AccountChange, DesiredSecret, account_patch};
+use crate::plan::{AccountChange, AccountState, DesiredSecret, account_patch};
 
 /// The field manager of every server-side apply pullkeeper makes.
 pub const FIELD_MANAGER: &str = "pullkeeper";
@@ -93,12 +93,13 @@ impl WriteLimiter {
     }
 }
 
-/// The result of asking to write a Secret.
-#[derive(Debug, PartialEq, Eq)]
+/// The result of asking to write a Secret, with the Secret as the API server returned or
+/// showed it (the caller keeps its planning form; nobody keeps the object).
+#[derive(Debug)]
 pub enum SecretOutcome {
-    Written,
+    Written(Box<Secret>),
     /// A Secret of that name exists and is not pullkeeper's: left untouched.
-    Foreign,
+    Foreign(Box<Secret>),
 }
 
 /// Writes Secrets and `ServiceAccount` patches.
@@ -137,24 +138,17 @@ impl Applier {
         }
     }
 
-    /// The client writes go through (shared with the recovery of stuck Pods).
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     fn count(&self, kind: WriteKind, op: WriteOp, outcome: WriteOutcome) {
         self.metrics.record(kind, op, outcome);
     }
 
-    /// Waits for the next write slot of the shared rate limit.
-    pub async fn write_slot(&self) {
-        self.limiter.wait().await;
-    }
-
-    /// Creates or updates a Secret by server-side apply. When the cache held no managed Secret of
-    /// that name, reads it first: a Secret pullkeeper does not own is never overwritten. Data
-    /// keys another field manager added (`stray_keys`) are removed first by a JSON patch guarded
-    /// by the observed `resource_version`: server-side apply alone cannot remove them.
+    /// Creates a Secret the cache has not seen (`known_managed: false`), or updates
+    /// pullkeeper's own by server-side apply. A create costs one request; when it conflicts, a
+    /// Secret of that name appeared since the cache was read: it is read once, and left
+    /// untouched unless it is this installation's (a Secret pullkeeper does not own is never
+    /// overwritten). Data keys another field manager added (`stray_keys`) are removed first by a
+    /// JSON patch guarded by the observed `resource_version`: server-side apply alone cannot
+    /// remove them.
     pub async fn apply_secret(
         &self,
         desired: &DesiredSecret,
@@ -173,11 +167,31 @@ impl Applier {
             source,
         };
         if !known_managed {
-            let current = api.get_opt(name).await.map_err(|e| err("get", e))?;
-            if let Some(current) = current
-                && !self.owner.owns(&current.metadata)
-            {
-                return Ok(SecretOutcome::Foreign);
+            self.limiter.wait().await;
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            match api.create(&params, &desired.to_secret()).await {
+                Ok(created) => {
+                    self.count(WriteKind::Secret, WriteOp::Create, WriteOutcome::Success);
+                    info!(namespace = %ns, secret = %name, "secret created");
+                    return Ok(SecretOutcome::Written(Box::new(created)));
+                }
+                Err(e) if is_status(&e, &[409]) => {
+                    self.count(WriteKind::Secret, WriteOp::Create, WriteOutcome::Conflict);
+                    let Some(current) = api.get_opt(name).await.map_err(|e| err("get", e))? else {
+                        // Created and deleted again meanwhile: the next sync creates it.
+                        return Err(err("create", e));
+                    };
+                    if !self.owner.owns(&current.metadata) {
+                        return Ok(SecretOutcome::Foreign(Box::new(current)));
+                    }
+                }
+                Err(e) => {
+                    self.count(WriteKind::Secret, WriteOp::Create, failed(&e));
+                    return Err(err("create", e));
+                }
             }
         }
         if !stray_keys.is_empty() {
@@ -191,10 +205,10 @@ impl Applier {
             .patch(name, &params, &Patch::Apply(desired.to_secret()))
             .await
         {
-            Ok(_) => {
+            Ok(applied) => {
                 self.count(WriteKind::Secret, WriteOp::Apply, WriteOutcome::Success);
                 info!(namespace = %ns, secret = %name, "secret applied");
-                Ok(SecretOutcome::Written)
+                Ok(SecretOutcome::Written(Box::new(applied)))
             }
             Err(e) => {
                 self.count(WriteKind::Secret, WriteOp::Apply, failed(&e));
@@ -321,12 +335,13 @@ impl Applier {
     }
 
     /// Applies a `ServiceAccount` change; when the guarded `test` fails because someone else
-    /// changed the list, re-reads the `ServiceAccount` and recomputes the patch.
+    /// changed the list, re-reads the `ServiceAccount` and recomputes the patch. Returns the
+    /// ServiceAccount as the last request left it (`None` when it is gone).
     pub async fn patch_account(
         &self,
         namespace: &str,
         change: &AccountChange,
-    ) -> Result<(), WriteError> {
+    ) -> Result<Option<ServiceAccount>, WriteError> {
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
         let err = |operation, source| WriteError::Api {
             kind: "serviceaccount",
@@ -346,16 +361,16 @@ impl Applier {
                 )
                 .await
             {
-                Ok(_) => {
+                Ok(patched) => {
                     self.count(
                         WriteKind::ServiceAccount,
                         WriteOp::Patch,
                         WriteOutcome::Success,
                     );
                     info!(namespace, serviceaccount = %change.name, wanted = ?change.wanted, "serviceaccount imagePullSecrets updated");
-                    return Ok(());
+                    return Ok(Some(patched));
                 }
-                Err(e) if is_status(&e, &[404]) => return Ok(()),
+                Err(e) if is_status(&e, &[404]) => return Ok(None),
                 // A failed `test` (422) or a write race (409): re-read and recompute.
                 Err(e) if is_status(&e, &[409, 422]) => {
                     self.count(
@@ -366,11 +381,15 @@ impl Applier {
                     debug!(namespace, serviceaccount = %change.name, attempt, "serviceaccount changed under us; retrying");
                     let Some(fresh) = api.get_opt(&change.name).await.map_err(|e| err("get", e))?
                     else {
-                        return Ok(());
+                        return Ok(None);
                     };
-                    match account_patch(&self.owner, &fresh, &change.wanted) {
+                    match account_patch(
+                        &self.owner,
+                        &AccountState::of(&fresh, &self.owner),
+                        &change.wanted,
+                    ) {
                         Some(p) => patch = p,
-                        None => return Ok(()),
+                        None => return Ok(Some(fresh)),
                     }
                 }
                 Err(e) => {

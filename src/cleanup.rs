@@ -12,22 +12,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams};
 use serde::Serialize;
 
+use crate::access;
 use crate::apply::{Applier, WriteError};
 use crate::leader;
 use crate::metrics::WriteMetrics;
 use crate::ownership::Owner;
-use crate::plan::{self, AccountChange};
-use crate::preview::{self, PreviewError};
+use crate::ownership::owned_entries;
+use crate::plan::{self, AccountChange, AccountState};
+use crate::preview::PreviewError;
 use crate::refresh::error_chain;
 
 /// The `apiVersion` and `kind` of the JSON document.
@@ -142,12 +141,13 @@ impl Removal {
         }
     }
 
-    /// The permission the removal needs: verb, API group, resource.
-    fn permission(&self) -> (&'static str, &'static str, &'static str) {
+    /// The permission the removal needs: verb, API group, resource, and the name when a role
+    /// may grant it by name (pullkeeper's grants Secrets only by name).
+    fn permission(&self) -> (&'static str, &'static str, &'static str, Option<&str>) {
         match self {
-            Self::Secret { .. } => ("delete", "", "secrets"),
-            Self::Account { .. } => ("patch", "", "serviceaccounts"),
-            Self::Lease { .. } => ("delete", "coordination.k8s.io", "leases"),
+            Self::Secret { name, .. } => ("delete", "", "secrets", Some(name)),
+            Self::Account { .. } => ("patch", "", "serviceaccounts", None),
+            Self::Lease { .. } => ("delete", "coordination.k8s.io", "leases", None),
         }
     }
 }
@@ -209,11 +209,12 @@ pub fn plan(
     };
     let mut account_removals: BTreeMap<(String, String), Removal> = BTreeMap::new();
     for sa in accounts {
-        let Some(patch) = plan::account_patch(owner, sa, &BTreeSet::new()) else {
+        let state = AccountState::of(sa, owner);
+        let Some(patch) = plan::account_patch(owner, &state, &BTreeSet::new()) else {
             continue;
         };
         let (namespace, name) = key(&sa.metadata);
-        let entries = plan::account_edits(sa, &patch).remove;
+        let entries = plan::account_edits(&state, &patch).remove;
         account_removals.insert(
             (namespace.clone(), name.clone()),
             Removal::Account {
@@ -498,13 +499,8 @@ pub async fn cleanup(
             observed_lease = read_lease().await?;
         }
     }
-    let cluster = preview::observe(client, owner).await?;
-    let removals = plan(
-        owner,
-        &cluster.secrets,
-        &cluster.accounts,
-        observed_lease.as_ref(),
-    );
+    let (secrets, accounts) = observe(client, owner).await?;
+    let removals = plan(owner, &secrets, &accounts, observed_lease.as_ref());
     let mut report = Report {
         instance: owner.instance.clone(),
         dry_run: options.dry_run,
@@ -533,6 +529,60 @@ pub async fn cleanup(
     Ok(report)
 }
 
+/// Lists every ServiceAccount and the installation's Secrets: by its labels when this identity
+/// may list every Secret (an admin, after an uninstall), otherwise by name — the names its
+/// ServiceAccount records hold and those the role grants by name — as `run` reads them.
+async fn observe(
+    client: &Client,
+    owner: &Owner,
+) -> Result<(Vec<Arc<Secret>>, Vec<Arc<ServiceAccount>>), CleanupError> {
+    let list_error = |resource| move |source| PreviewError::List { resource, source };
+    let accounts: Vec<Arc<ServiceAccount>> = Api::<ServiceAccount>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(list_error("serviceaccounts"))?
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let secrets_api = Api::<Secret>::all(client.clone());
+    let everything = access::allowed(client, "list", "", "secrets", None, None)
+        .await
+        .map_err(CleanupError::Review)?;
+    let secrets: Vec<Secret> = if everything {
+        secrets_api
+            .list(&ListParams::default().labels(&owner.selector()))
+            .await
+            .map_err(list_error("secrets"))?
+            .items
+    } else {
+        let mut names: BTreeSet<String> = accounts
+            .iter()
+            .flat_map(|sa| owned_entries(owner, sa))
+            .collect();
+        if let Ok(granted) = access::secret_access(client, "default").await {
+            names.extend(granted.covered_names());
+        }
+        let mut found = Vec::new();
+        for name in names {
+            let listed = secrets_api
+                .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+                .await
+                .map_err(|source| PreviewError::ListNamed { name, source })?;
+            found.extend(listed.items);
+        }
+        found
+    };
+    Ok((
+        secrets
+            .into_iter()
+            .filter(|s| owner.owns(&s.metadata))
+            .map(Arc::new)
+            .collect(),
+        accounts,
+    ))
+}
+
 async fn remove(applier: &Applier, client: &Client, removal: &Removal) -> Result<(), String> {
     let chain = |e: &WriteError| error_chain(e);
     match removal {
@@ -549,6 +599,7 @@ async fn remove(applier: &Applier, client: &Client, removal: &Removal) -> Result
         } => applier
             .patch_account(namespace, change)
             .await
+            .map(|_| ())
             .map_err(|e| chain(&e)),
         Removal::Lease {
             namespace,
@@ -578,7 +629,7 @@ async fn missing_permissions(
     client: &Client,
     removals: &[Removal],
 ) -> Result<Vec<String>, CleanupError> {
-    let mut needed: BTreeMap<(&str, &str, &str), BTreeSet<&str>> = BTreeMap::new();
+    let mut needed: BTreeMap<(&str, &str, &str, Option<&str>), BTreeSet<&str>> = BTreeMap::new();
     for removal in removals {
         needed
             .entry(removal.permission())
@@ -586,13 +637,13 @@ async fn missing_permissions(
             .insert(removal.namespace());
     }
     let mut missing = Vec::new();
-    for ((verb, group, resource), namespaces) in needed {
-        if allowed(client, verb, group, resource, None).await? {
+    for ((verb, group, resource, name), namespaces) in needed {
+        if allowed(client, verb, group, resource, None, name).await? {
             continue;
         }
         let mut denied = Vec::new();
         for ns in namespaces {
-            if !allowed(client, verb, group, resource, Some(ns)).await? {
+            if !allowed(client, verb, group, resource, Some(ns), name).await? {
                 denied.push(ns);
             }
         }
@@ -602,8 +653,9 @@ async fn missing_permissions(
             } else {
                 format!("{resource}.{group}")
             };
+            let named = name.map(|n| format!(" named {n}")).unwrap_or_default();
             missing.push(format!(
-                "{verb} {resource} in namespace {}",
+                "{verb} {resource}{named} in namespace {}",
                 denied.join(", ")
             ));
         }
@@ -611,33 +663,17 @@ async fn missing_permissions(
     Ok(missing)
 }
 
-/// Asks the API server whether this identity may `verb` the resource (in `namespace`, or in
-/// every namespace).
 async fn allowed(
     client: &Client,
     verb: &str,
     group: &str,
     resource: &str,
     namespace: Option<&str>,
+    name: Option<&str>,
 ) -> Result<bool, CleanupError> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                namespace: namespace.map(String::from),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
-    };
-    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
+    access::allowed(client, verb, group, resource, namespace, name)
         .await
-        .map_err(CleanupError::Review)?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
+        .map_err(CleanupError::Review)
 }
 
 #[cfg(test)]

@@ -164,6 +164,10 @@ pub struct CheckArgs {
     /// it would prune every Secret it manages).
     #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG")]
     pub allow_empty_config: bool,
+    /// Print, instead of the summary, the ClusterRole `pullkeeper-secrets` that grants
+    /// pullkeeper the Secret names of this directory (the base's list to replace).
+    #[arg(long)]
+    pub rbac: bool,
 }
 
 #[derive(Debug, Args)]
@@ -214,10 +218,6 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (the Pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// How long a same-named Secret pullkeeper does not own is left alone before it is looked
-    /// at again (so a removed one is replaced).
-    #[arg(long, env = "PULLKEEPER_FOREIGN_RECHECK", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub foreign_recheck: Duration,
     /// Accept a config directory without any registry file, at start and on reload. Without
     /// it such a directory (an emptied `ConfigMap`) is rejected and the running config stays:
     /// running with none would prune every Secret and `ServiceAccount` entry pullkeeper manages.
@@ -253,6 +253,10 @@ pub struct RunArgs {
     /// Time limit of one provider call.
     #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
+    /// How long `once` waits for its watches to list (an unreachable API server or a watch the
+    /// role forbids then ends it with exit 1, naming what did not list).
+    #[arg(long, env = "PULLKEEPER_SYNC_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub sync_timeout: Duration,
 }
 
 /// How a command prints its report.

@@ -46,9 +46,14 @@ pub enum StartError {
     Signals(#[source] std::io::Error),
 }
 
-/// `pullkeeper check`: prints every problem; 0 when valid, 2 when not.
-pub fn check(dir: &Path, options: LoadOptions) -> i32 {
+/// `pullkeeper check`: prints every problem; 0 when valid, 2 when not. With `rbac`, a valid
+/// directory prints the ClusterRole granting its Secret names instead of the summary.
+pub fn check(dir: &Path, options: LoadOptions, rbac: bool) -> i32 {
     match config::load(dir, options) {
+        Ok(c) if rbac => {
+            print!("{}", secret_names_role(&c));
+            0
+        }
         Ok(c) => {
             println!(
                 "{}: {} registr{} valid",
@@ -64,6 +69,10 @@ pub fn check(dir: &Path, options: LoadOptions) -> i32 {
                     r.secret_name
                 );
             }
+            println!(
+                "Secret names for the role's resourceNames (--rbac prints the ClusterRole): {}",
+                secret_names(&c).join(", ")
+            );
             0
         }
         Err(problems) => {
@@ -74,6 +83,36 @@ pub fn check(dir: &Path, options: LoadOptions) -> i32 {
             2
         }
     }
+}
+
+/// The Secret names of a config, sorted and once each.
+fn secret_names(config: &config::Config) -> Vec<String> {
+    let names: std::collections::BTreeSet<&str> = config
+        .registries
+        .iter()
+        .map(|r| r.secret_name.as_str())
+        .collect();
+    names.into_iter().map(String::from).collect()
+}
+
+/// The kustomize base's ClusterRole `pullkeeper-secrets` with a config's Secret names.
+pub fn secret_names_role(config: &config::Config) -> String {
+    let names = secret_names(config)
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\n\
+         kind: ClusterRole\n\
+         metadata:\n  name: pullkeeper-secrets\n  labels:\n    app.kubernetes.io/name: pullkeeper\n\
+         rules:\n  - apiGroups: [\"\"]\n    resources: [\"secrets\"]\n    resourceNames: [{names}]\n    verbs: [{verbs}]\n",
+        verbs = crate::access::SECRET_VERBS
+            .iter()
+            .map(|v| format!("\"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// A client from `--kubeconfig` (else `$KUBECONFIG` or `~/.kube/config`, else the in-cluster
@@ -131,8 +170,9 @@ fn settings(args: &RunArgs) -> Settings {
             name,
             namespace: args.lease_namespace.clone(),
         }),
+        home_namespace: args.lease_namespace.clone(),
         fetch_timeout: args.fetch_timeout,
-        foreign_recheck: args.foreign_recheck,
+        sync_timeout: args.sync_timeout,
         recovery: RecoverySettings {
             mode: args.pod_recovery,
             interval: args.recovery_interval,
@@ -147,31 +187,13 @@ fn settings(args: &RunArgs) -> Settings {
 
 /// Whether this identity may do what the recovery mode needs with Pods in every namespace.
 async fn may_recover(client: &Client, mode: RecoveryMode) -> Result<bool, kube::Error> {
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-    };
     let verbs: &[&str] = match mode {
         RecoveryMode::Off => return Ok(true),
         RecoveryMode::Observe => &["list", "watch"],
         RecoveryMode::On => &["list", "watch", "delete"],
     };
-    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(client.clone());
     for verb in verbs {
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some((*verb).to_string()),
-                    resource: Some("pods".into()),
-                    ..ResourceAttributes::default()
-                }),
-                ..SelfSubjectAccessReviewSpec::default()
-            },
-            ..SelfSubjectAccessReview::default()
-        };
-        let answer = api
-            .create(&kube::api::PostParams::default(), &review)
-            .await?;
-        if !answer.status.is_some_and(|s| s.allowed) {
+        if !crate::access::allowed(client, verb, "", "pods", None, None).await? {
             return Ok(false);
         }
     }
@@ -258,7 +280,8 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
         settings,
         generation,
         leader_rx.clone(),
-    );
+    )
+    .await;
     if once {
         return Ok(i32::from(!started.once().await));
     }
@@ -270,7 +293,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     let admin = tokio::spawn(crate::admin::serve(
         listener,
         metrics.clone(),
-        started.ready_flag(),
+        started.readiness(),
     ));
 
     // Stop on a signal, or when leadership once held is lost (a restart begins as follower).

@@ -1,32 +1,46 @@
-//! The daemon: watches Namespaces, `ServiceAccounts` and pullkeeper's own Secrets into caches,
-//! runs one refresh task per registry, and syncs namespaces — on their watch events (through a
-//! debounced controller), and in sweeps over every namespace after a rotation, a reload, on
-//! becoming leader and at each resync interval. Sweeps do not go through the debounced queue,
-//! so a namespace whose objects change all the time still gets every rotation.
+//! The daemon: watches Namespaces (metadata only), every ServiceAccount and — one watch per
+//! name, cluster-wide, with a `metadata.name` field selector — the Secrets of the names it
+//! manages, into the [`Index`]; runs one refresh task per registry; and syncs namespaces — when
+//! their objects change (through the [`WorkQueue`], at once: no debounce is needed, since every
+//! write's result is in the index before the next plan) and in sweeps over every namespace after
+//! a rotation, a reload, on becoming leader, after a watch re-listed and at each resync
+//! interval. Sweeps do not go through the queue, so a namespace whose objects change all the time
+//! still gets every rotation.
+//!
+//! The Secret names watched are the config's names that the role covers, and the names of
+//! removed registries this installation still has entries for (so their Secrets are pruned).
+//! A config name the role does not cover is not served; its registry is reported, and its
+//! Secrets and entries are left as they are.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, Utc};
+use chrono::Utc;
 use futures::{StreamExt, future};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store as Cache};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store as Cache};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::access::{self, SecretAccess};
 use crate::apply::Applier;
 use crate::cli::RecoveryMode;
 use crate::config::LoadOptions;
 use crate::events::{Events, PodIdentity, pod_reference};
-use crate::metrics::{Metrics, Outcome};
-use crate::ownership::{self, Owner};
-use crate::reconcile::{Caches, ReconcileError, Reconciler};
+use crate::index::Index;
+use crate::metrics::{Metrics, Outcome, WatchMetrics};
+use crate::ownership::Owner;
+use crate::plan::{AccountState, NamespaceState, SecretState};
+use crate::queue::WorkQueue;
+use crate::reconcile::{ReconcileError, Reconciler};
 use crate::recover;
 use crate::refresh::{Refresher, Refreshers, error_chain};
 use crate::reload::{Reload, Reloader};
@@ -45,10 +59,11 @@ pub struct Settings {
     pub writes_per_second: f64,
     /// pullkeeper's own Pod (Events about rotations land there), when the downward API says.
     pub pod: Option<PodIdentity>,
+    /// pullkeeper's own namespace: where the role's rules are reviewed.
+    pub home_namespace: String,
     pub fetch_timeout: Duration,
-    /// How long a Secret found to be someone else's is left alone before it is looked at again
-    /// (its deletion is not watched: only pullkeeper's own Secrets are).
-    pub foreign_recheck: Duration,
+    /// How long `once` waits for the watches' first listing.
+    pub sync_timeout: Duration,
     pub recovery: RecoverySettings,
 }
 
@@ -60,15 +75,304 @@ pub struct RecoverySettings {
     pub limits: recover::Limits,
 }
 
+/// A namespace as its watch delivers it: metadata only.
+type NamespaceMeta = PartialObjectMeta<Namespace>;
+
+/// How long a namespace whose sync failed waits before it is synced again.
+const RETRY_AFTER: Duration = Duration::from_secs(15);
+
+/// What every watch task shares.
+#[derive(Clone)]
+struct WatchContext {
+    owner: Owner,
+    client: Client,
+    index: Arc<Index>,
+    metrics: WatchMetrics,
+    /// Namespaces whose objects changed, to sync (only once ready: the first sweep covers
+    /// everything before).
+    queue: Arc<WorkQueue>,
+    ready: Arc<AtomicBool>,
+    /// Woken when every namespace must be looked at.
+    sweep: Arc<Notify>,
+    /// Woken when a Secret watch listed for the first time.
+    listed: Arc<Notify>,
+}
+
+impl WatchContext {
+    fn trigger(&self, namespace: &str) {
+        if self.ready.load(Ordering::SeqCst) {
+            self.queue.push(namespace);
+        }
+    }
+
+    fn failed(&self, watch: &'static str, error: &watcher::Error) {
+        let category = match error {
+            watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                if s.code == 403 =>
+            {
+                "forbidden"
+            }
+            watcher::Error::WatchError(_) => "rejected",
+            _ => "unreachable",
+        };
+        self.metrics.failed(
+            watch,
+            category,
+            &error_chain(error as &dyn std::error::Error),
+        );
+    }
+}
+
+/// The objects of one watch listing, gathered until it is complete.
+struct Listing<T>(Option<Vec<(String, T)>>);
+
+impl<T> Listing<T> {
+    fn start(&mut self) {
+        self.0 = Some(Vec::new());
+    }
+
+    fn push(&mut self, namespace: String, item: T) {
+        if let Some(items) = self.0.as_mut() {
+            items.push((namespace, item));
+        }
+    }
+
+    fn take(&mut self) -> Vec<(String, T)> {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+/// Feeds every namespace (its metadata) into the index.
+async fn watch_namespaces(ctx: WatchContext, synced: Arc<AtomicBool>) {
+    let stream = watcher(
+        Api::<NamespaceMeta>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff();
+    futures::pin_mut!(stream);
+    let mut listing: Listing<NamespaceState> = Listing(None);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing.start(),
+            Ok(watcher::Event::InitApply(ns)) => {
+                let state = NamespaceState::of_meta(&ns.metadata);
+                listing.push(state.name.clone(), state);
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed: Vec<NamespaceState> =
+                    listing.take().into_iter().map(|(_, s)| s).collect();
+                ctx.index.replace_namespaces(&listed);
+                if synced.swap(true, Ordering::SeqCst) {
+                    ctx.sweep.notify_one();
+                }
+                ctx.listed.notify_one();
+            }
+            Ok(watcher::Event::Apply(ns)) => {
+                let state = NamespaceState::of_meta(&ns.metadata);
+                if ctx.index.put_namespace(&state) {
+                    ctx.trigger(&state.name);
+                }
+            }
+            Ok(watcher::Event::Delete(ns)) => {
+                ctx.index.remove_namespace(&ns.name_any());
+            }
+            Err(e) => ctx.failed("namespaces", &e),
+        }
+    }
+}
+
+/// Feeds every ServiceAccount into the index. After the first listing, a re-listing (the watch
+/// lost its place) asks for a sweep: whatever changed meanwhile is then planned.
+async fn watch_accounts(ctx: WatchContext, synced: Arc<AtomicBool>) {
+    let stream = watcher(
+        Api::<ServiceAccount>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff();
+    futures::pin_mut!(stream);
+    let mut listing = Listing(None);
+    while let Some(event) = stream.next().await {
+        let state = |sa: &ServiceAccount| {
+            (
+                sa.namespace().unwrap_or_default(),
+                AccountState::of(sa, &ctx.owner),
+            )
+        };
+        match event {
+            Ok(watcher::Event::Init) => listing.start(),
+            Ok(watcher::Event::InitApply(sa)) => {
+                let (ns, account) = state(&sa);
+                listing.push(ns, account);
+            }
+            Ok(watcher::Event::InitDone) => {
+                ctx.index.replace_accounts(listing.take());
+                if synced.swap(true, Ordering::SeqCst) {
+                    ctx.sweep.notify_one();
+                }
+                ctx.listed.notify_one();
+            }
+            Ok(watcher::Event::Apply(sa)) => {
+                let (ns, account) = state(&sa);
+                if ctx.index.put_account(&ns, account) {
+                    ctx.trigger(&ns);
+                }
+            }
+            Ok(watcher::Event::Delete(sa)) => {
+                let ns = sa.namespace().unwrap_or_default();
+                if ctx.index.remove_account(&ns, &sa.name_any()) {
+                    ctx.trigger(&ns);
+                }
+            }
+            Err(e) => ctx.failed("serviceaccounts", &e),
+        }
+    }
+}
+
+/// Feeds the Secrets of one name, in every namespace, into the index (a field-selected watch:
+/// the role may grant it by name). A same-named Secret that is not pullkeeper's arrives on the
+/// same watch, so it is known before any write.
+async fn watch_secrets(ctx: WatchContext, name: String, synced: Arc<AtomicBool>) {
+    let stream = watcher(
+        Api::<Secret>::all(ctx.client.clone()),
+        watcher::Config::default()
+            .fields(&format!("metadata.name={name}"))
+            .any_semantic(),
+    )
+    .default_backoff();
+    futures::pin_mut!(stream);
+    let mut listing = Listing(None);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing.start(),
+            Ok(watcher::Event::InitApply(s)) => {
+                listing.push(
+                    s.namespace().unwrap_or_default(),
+                    SecretState::of(&s, &ctx.owner),
+                );
+            }
+            Ok(watcher::Event::InitDone) => {
+                ctx.index.replace_secrets_named(&name, listing.take());
+                if synced.swap(true, Ordering::SeqCst) {
+                    ctx.sweep.notify_one();
+                }
+                ctx.listed.notify_one();
+            }
+            Ok(watcher::Event::Apply(s)) => {
+                let ns = s.namespace().unwrap_or_default();
+                if ctx.index.put_secret(&ns, SecretState::of(&s, &ctx.owner)) {
+                    ctx.trigger(&ns);
+                }
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                let ns = s.namespace().unwrap_or_default();
+                if ctx
+                    .index
+                    .remove_secret(&ns, &name, s.metadata.uid.as_deref())
+                {
+                    ctx.trigger(&ns);
+                }
+            }
+            Err(e) => ctx.failed("secrets", &e),
+        }
+    }
+}
+
+/// One running Secret watch.
+struct SecretWatch {
+    task: JoinHandle<()>,
+    synced: Arc<AtomicBool>,
+}
+
+/// The running Secret watches, by name.
+#[derive(Default)]
+struct SecretWatches(BTreeMap<String, SecretWatch>);
+
+impl SecretWatches {
+    /// Starts a watch for every name not watched yet and stops (and forgets) the others.
+    fn set(&mut self, ctx: &WatchContext, names: &BTreeSet<String>) {
+        let gone: Vec<String> = self
+            .0
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(w) = self.0.remove(&name) {
+                w.task.abort();
+            }
+            ctx.index.forget_secrets_named(&name);
+            info!(secret = %name, "stopped watching secrets of this name");
+        }
+        for name in names {
+            if !self.0.contains_key(name) {
+                let synced = Arc::new(AtomicBool::new(false));
+                let task = tokio::spawn(watch_secrets(ctx.clone(), name.clone(), synced.clone()));
+                info!(secret = %name, "watching secrets of this name");
+                self.0.insert(name.clone(), SecretWatch { task, synced });
+            }
+        }
+    }
+
+    /// The watched names that have not listed yet.
+    fn unsynced(&self) -> BTreeSet<String> {
+        self.0
+            .iter()
+            .filter(|(_, w)| !w.synced.load(Ordering::SeqCst))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.0.keys().cloned().collect()
+    }
+
+    fn stop(&mut self) {
+        for w in self.0.values() {
+            w.task.abort();
+        }
+    }
+}
+
+/// What the role lets pullkeeper do, as last reviewed, and what that means for the config.
+#[derive(Default)]
+struct AccessState {
+    /// `None` until reviewed (or when the review failed: every name is then tried).
+    secrets: Option<SecretAccess>,
+    reviewed: Option<Instant>,
+    /// Registries whose Secret name the role does not cover, with the line that says so.
+    denied: BTreeMap<String, String>,
+    /// Denied registries already reported by an Event.
+    told: HashSet<String>,
+}
+
+impl AccessState {
+    fn covers(&self, name: &str) -> bool {
+        self.secrets.as_ref().is_none_or(|a| a.covers(name))
+    }
+}
+
 /// Everything the daemon's tasks share.
 struct Daemon {
     settings: Settings,
+    client: Client,
     metrics: Metrics,
     store: Arc<Store>,
-    caches: Caches,
+    index: Arc<Index>,
     reconciler: Reconciler,
     refresher: Arc<Refresher>,
-    /// Woken when every namespace must be looked at (rotation, reload, leadership).
+    watch: WatchContext,
+    secret_watches: Mutex<SecretWatches>,
+    /// The namespace and ServiceAccount watches.
+    watch_tasks: [JoinHandle<()>; 2],
+    accounts_synced: Arc<AtomicBool>,
+    namespaces_synced: Arc<AtomicBool>,
+    /// Set when the daemon stops: sweeps and workers start no new sync.
+    stopping: AtomicBool,
+    /// Held by a running sweep (stopping waits for it to end its syncs in flight).
+    sweeping: tokio::sync::Mutex<()>,
+    access: Mutex<AccessState>,
+    /// Woken when every namespace must be looked at (rotation, reload, leadership, re-list).
     sweep: Arc<Notify>,
     ready: Arc<AtomicBool>,
 }
@@ -76,7 +380,6 @@ struct Daemon {
 /// The watches and the state built on them; `run` or `once` drives them.
 pub struct Started {
     daemon: Arc<Daemon>,
-    controller: Controller<Namespace>,
     /// The watch of pending Pods, when recovery is not off.
     pods: Option<(Cache<Pod>, futures::stream::BoxStream<'static, ()>)>,
 }
@@ -90,59 +393,28 @@ fn slim<K: Resource>(object: &mut K) {
 }
 
 /// Starts the watches and builds the daemon's state. The generation must already be valid.
-pub fn start(
+pub async fn start(
     client: &Client,
     metrics: Metrics,
     settings: Settings,
     generation: Generation,
     leader: watch::Receiver<bool>,
 ) -> Started {
-    // The caches hold what planning reads and no more: managedFields and kubectl's
-    // last-applied copy are dropped as objects arrive (at 10,000 namespaces they are most of
-    // the memory).
-    let (namespaces, namespace_writer) = reflector::store();
-    let (secrets, secret_writer) = reflector::store();
-    let (accounts, account_writer) = reflector::store();
-    let namespace_stream = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(slim)
-    .reflect(namespace_writer)
-    .applied_objects();
-    let secret_stream = watcher(
-        Api::<Secret>::all(client.clone()),
-        watcher::Config::default().labels(&settings.owner.selector()),
-    )
-    .default_backoff()
-    .modify(slim)
-    .reflect(secret_writer)
-    .touched_objects();
-    let account_stream = watcher(
-        Api::<ServiceAccount>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(slim)
-    .reflect(account_writer)
-    .touched_objects();
-    let controller = Controller::for_stream(namespace_stream, namespaces.clone())
-        .with_config(
-            // The debounce lets the watch events of a namespace's own writes arrive before it
-            // is planned again; without it a re-plan from a cache that has not seen the last
-            // patch yet sends it again and gets a failed `test` (measured: 10-28 % extra
-            // write requests). Rotations do not wait for it: they sweep.
-            kube::runtime::controller::Config::default()
-                .concurrency(settings.concurrency)
-                .debounce(Duration::from_millis(500)),
-        )
-        .watches_stream(secret_stream, |s: Secret| {
-            s.metadata.namespace.map(|ns| ObjectRef::new(&ns))
-        })
-        .watches_stream(account_stream, |s: ServiceAccount| {
-            s.metadata.namespace.map(|ns| ObjectRef::new(&ns))
-        });
+    let queue = Arc::new(WorkQueue::default());
+    let sweep = Arc::new(Notify::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let index = Arc::new(Index::default());
+    let watch = WatchContext {
+        owner: settings.owner.clone(),
+        client: client.clone(),
+        index: index.clone(),
+        metrics: metrics.watches.clone(),
+        queue,
+        ready: ready.clone(),
+        sweep: sweep.clone(),
+        listed: Arc::new(Notify::new()),
+    };
+    let namespaces_synced = Arc::new(AtomicBool::new(false));
     // Only Pods not yet running can be stuck pulling: the field selector keeps the cache small.
     let pods = (settings.recovery.mode != RecoveryMode::Off).then(|| {
         let (pods, pod_writer) = reflector::store();
@@ -167,7 +439,6 @@ pub fn start(
     );
     metrics.config.accepted(generation.config.registries.len());
     let store = Arc::new(Store::new(generation));
-    let sweep = Arc::new(Notify::new());
     let refresher = Arc::new(Refresher {
         store: store.clone(),
         metrics: metrics.refresh.clone(),
@@ -176,74 +447,259 @@ pub fn start(
         leader: leader.clone(),
         rotated: sweep.clone(),
     });
+    let accounts_synced = Arc::new(AtomicBool::new(false));
+    let watch_tasks = [
+        tokio::spawn(watch_namespaces(watch.clone(), namespaces_synced.clone())),
+        tokio::spawn(watch_accounts(watch.clone(), accounts_synced.clone())),
+    ];
     let reconciler = Reconciler::new(
         settings.owner.clone(),
         applier,
         events,
-        settings.foreign_recheck,
+        index.clone(),
         leader,
+        usize::from(settings.concurrency),
     );
-    Started {
-        daemon: Arc::new(Daemon {
-            settings,
-            metrics,
-            store,
-            caches: Caches {
-                namespaces,
-                secrets,
-                accounts,
-            },
-            reconciler,
-            refresher,
-            sweep,
-            ready: Arc::new(AtomicBool::new(false)),
-        }),
-        controller,
-        pods,
-    }
-}
-
-/// Waits until all three caches have listed once. A store's readiness signal wakes only its
-/// most recent waiter (the controller also waits on the namespace store), so poll it.
-async fn caches_synced(caches: &Caches) -> bool {
-    async fn ready<K>(store: &Cache<K>) -> bool
-    where
-        K: kube::runtime::reflector::Lookup + Clone + 'static,
-        K::DynamicType: Eq + std::hash::Hash + Clone,
-    {
-        loop {
-            if let Ok(result) =
-                tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await
-            {
-                return result.is_ok();
-            }
-        }
-    }
-    ready(&caches.namespaces).await && ready(&caches.secrets).await && ready(&caches.accounts).await
+    let daemon = Arc::new(Daemon {
+        settings,
+        client: client.clone(),
+        metrics,
+        store,
+        index,
+        reconciler,
+        refresher,
+        watch,
+        secret_watches: Mutex::new(SecretWatches::default()),
+        watch_tasks,
+        accounts_synced,
+        namespaces_synced,
+        stopping: AtomicBool::new(false),
+        sweeping: tokio::sync::Mutex::new(()),
+        access: Mutex::new(AccessState::default()),
+        sweep,
+        ready,
+    });
+    daemon.review_access().await;
+    daemon.set_watches();
+    Started { daemon, pods }
 }
 
 impl Daemon {
-    /// Syncs one namespace with the current generation.
-    async fn sync(&self, ns: &Namespace) -> Result<bool, ReconcileError> {
-        let name = ns.name_any();
+    fn watches(&self) -> std::sync::MutexGuard<'_, SecretWatches> {
+        self.secret_watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn access_state(&self) -> std::sync::MutexGuard<'_, AccessState> {
+        self.access
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks which Secret names the role covers, and reports each registry it leaves out (log,
+    /// metric, an Event on pullkeeper's Pod, `/readyz`). A failed review keeps trying every
+    /// name (the watches then say what fails).
+    async fn review_access(&self) {
+        let reviewed = access::secret_access(&self.client, &self.settings.home_namespace).await;
+        let generation = self.store.current();
+        let mut newly_denied = Vec::new();
+        {
+            let mut state = self.access_state();
+            state.reviewed = Some(Instant::now());
+            match reviewed {
+                Ok(secrets) => {
+                    if !secrets.may_create() {
+                        warn!(
+                            "the role does not let pullkeeper create secrets: new namespaces cannot get their Secret"
+                        );
+                    }
+                    state.secrets = Some(secrets);
+                }
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "cannot review this identity's secret permissions; trying every configured name");
+                    state.secrets = None;
+                }
+            }
+            let mut denied = BTreeMap::new();
+            for reg in &generation.config.registries {
+                let missing = state
+                    .secrets
+                    .as_ref()
+                    .map(|a| a.missing(&reg.secret_name))
+                    .unwrap_or_default();
+                self.metrics.watches.access(&reg.name, missing.is_empty());
+                if !missing.is_empty() {
+                    denied.insert(
+                        reg.name.clone(),
+                        access::missing_line(&reg.secret_name, &missing),
+                    );
+                }
+            }
+            state.told.retain(|r| denied.contains_key(r));
+            for (registry, line) in &denied {
+                if state.told.insert(registry.clone()) {
+                    newly_denied.push((registry.clone(), line.clone()));
+                }
+            }
+            state.denied = denied;
+        }
+        for (registry, line) in newly_denied {
+            error!(registry = %registry, "registry not served: {line}");
+            self.reconciler
+                .events
+                .on_own_pod(
+                    kube::runtime::events::EventType::Warning,
+                    "SecretNotPermitted",
+                    "Watch",
+                    format!("registry {registry} is not served: {line}"),
+                )
+                .await;
+        }
+    }
+
+    /// Watches the Secret names to serve and to prune, and recomputes what is frozen.
+    fn set_watches(&self) {
+        let generation = self.store.current();
+        let configured: BTreeSet<String> = generation
+            .config
+            .registries
+            .iter()
+            .map(|r| r.secret_name.clone())
+            .collect();
+        let (wanted, unprunable) = {
+            let access = self.access_state();
+            let mut wanted: BTreeSet<String> = configured
+                .iter()
+                .filter(|n| access.covers(n))
+                .cloned()
+                .collect();
+            let mut unprunable = Vec::new();
+            if self.accounts_synced.load(Ordering::SeqCst) {
+                for name in self.index.recorded_names() {
+                    if configured.contains(&name) {
+                        continue;
+                    }
+                    if access.covers(&name) {
+                        wanted.insert(name);
+                    } else {
+                        unprunable.push(name);
+                    }
+                }
+            }
+            (wanted, unprunable)
+        };
+        let previous = {
+            let mut watches = self.watches();
+            let previous = watches.names();
+            watches.set(&self.watch, &wanted);
+            previous
+        };
+        for name in unprunable.iter().filter(|n| !previous.contains(*n)) {
+            warn!(secret = %name, "Secrets of a removed registry cannot be pruned: the role does not cover the name; their ServiceAccount entries are removed, `pullkeeper cleanup` removes the Secrets");
+        }
+        self.update_frozen();
+    }
+
+    /// Nothing is planned for a configured name the role does not cover, nor for a name whose
+    /// watch has not listed yet.
+    fn update_frozen(&self) {
+        let generation = self.store.current();
+        let mut frozen = self.watches().unsynced();
+        let access = self.access_state();
+        frozen.extend(
+            generation
+                .config
+                .registries
+                .iter()
+                .filter(|r| !access.covers(&r.secret_name))
+                .map(|r| r.secret_name.clone()),
+        );
+        self.reconciler.frozen.set(frozen);
+    }
+
+    /// `/readyz`: ready once the watches listed; the detail names each registry not served.
+    fn readiness(&self) -> (bool, String) {
+        let ready = self.ready.load(Ordering::SeqCst);
+        let mut text = if ready {
+            "ready\n".to_string()
+        } else {
+            "caches not synced yet\n".to_string()
+        };
+        for (registry, line) in &self.access_state().denied {
+            let _ = writeln!(text, "registry {registry} not served: {line}");
+        }
+        (ready, text)
+    }
+
+    /// What has not listed yet: empty once every watch has.
+    fn unsynced(&self) -> Vec<String> {
+        let mut waiting = Vec::new();
+        if !self.namespaces_synced.load(Ordering::SeqCst) {
+            waiting.push("namespaces".to_string());
+        }
+        if !self.accounts_synced.load(Ordering::SeqCst) {
+            waiting.push("serviceaccounts".to_string());
+        }
+        waiting.extend(
+            self.watches()
+                .unsynced()
+                .into_iter()
+                .map(|n| format!("secrets named {n}")),
+        );
+        waiting
+    }
+
+    /// Waits until every watch has listed once (or `deadline` passes: then returns what has
+    /// not).
+    async fn synced(&self, deadline: Option<Duration>) -> Result<(), Vec<String>> {
+        let started = Instant::now();
+        let mut retired_checked = false;
+        loop {
+            if self.accounts_synced.load(Ordering::SeqCst) && !retired_checked {
+                // Names of removed registries are known only from the ServiceAccounts.
+                self.set_watches();
+                retired_checked = true;
+            }
+            let waiting = self.unsynced();
+            if waiting.is_empty() && retired_checked {
+                self.update_frozen();
+                return Ok(());
+            }
+            if deadline.is_some_and(|d| started.elapsed() >= d) {
+                return Err(waiting);
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.watch.listed.notified())
+                .await;
+        }
+    }
+
+    /// Syncs one namespace with the current generation (nothing when it no longer exists).
+    async fn sync(&self, namespace: &str) -> Result<(), ReconcileError> {
+        let Some(ns) = self.index.namespace_state(namespace) else {
+            return Ok(());
+        };
         let generation = self.store.current();
         self.reconciler
-            .sync_namespace(&generation, &self.caches, ns)
-            .instrument(info_span!("sync", namespace = %name))
+            .sync_namespace(&generation, &ns)
+            .instrument(info_span!("sync", namespace = %ns.name))
             .await
     }
 
-    /// Syncs every cached namespace, a bounded number at once. Returns whether every write
-    /// succeeded.
+    /// Syncs every namespace, a bounded number at once. Returns whether every write succeeded.
     async fn sweep_all(&self) -> bool {
+        let _one_sweep = self.sweeping.lock().await;
         let started = Utc::now();
-        let namespaces = self.caches.namespaces.state();
+        let namespaces = self.index.namespace_names();
         let count = namespaces.len();
         let failures = std::sync::atomic::AtomicUsize::new(0);
         futures::stream::iter(namespaces)
             .for_each_concurrent(usize::from(self.settings.concurrency.max(1)), |ns| {
                 let failures = &failures;
                 async move {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
                     if let Err(e) = self.sync(&ns).await {
                         failures.fetch_add(1, Ordering::Relaxed);
                         error!(error = %error_chain(&e), "namespace sync failed");
@@ -264,40 +720,45 @@ impl Daemon {
         ok
     }
 
-    /// Recomputes the per-registry gauges from the caches.
+    /// Publishes the per-registry gauges from the index's counts.
     fn update_gauges(&self) {
-        let recheck = TimeDelta::from_std(self.settings.foreign_recheck).unwrap_or_default();
-        self.reconciler.foreign.prune(Utc::now() - recheck);
         let generation = self.store.current();
-        let owner = &self.settings.owner;
         for reg in &generation.config.registries {
-            let secrets = self.caches.secrets.state_filter(|s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(ownership::REGISTRY_LABEL))
-                    == Some(&reg.name)
-                    && s.metadata.name.as_deref() == Some(&reg.secret_name)
-            });
-            let accounts = self.caches.accounts.state_filter(|sa| {
-                ownership::owned_entries(owner, sa).contains(&reg.secret_name)
-                    && sa
-                        .image_pull_secrets
-                        .iter()
-                        .flatten()
-                        .any(|r| r.name == reg.secret_name)
-            });
-            self.metrics.inventory.set(
-                &reg.name,
-                secrets.len(),
-                accounts.len(),
-                self.reconciler.foreign.count(&reg.secret_name),
-            );
+            let counts = self.index.counts(&reg.secret_name);
+            self.metrics
+                .inventory
+                .set(&reg.name, counts.owned, counts.referencing, counts.foreign);
+        }
+    }
+
+    /// Reviews access again when the config changed, and otherwise at the resync interval
+    /// (every 30 s while a registry is not served, so a fixed role is picked up soon).
+    async fn maybe_review_access(&self, config_changed: bool) {
+        let due = {
+            let state = self.access_state();
+            let every = if state.denied.is_empty() {
+                self.settings.resync_interval
+            } else {
+                Duration::from_secs(30)
+            };
+            config_changed
+                || state
+                    .reviewed
+                    .is_none_or(|at| !every.is_zero() && at.elapsed() >= every)
+        };
+        if due {
+            let before = self.access_state().denied.clone();
+            self.review_access().await;
+            self.set_watches();
+            if self.access_state().denied != before && !config_changed {
+                self.sweep.notify_one();
+            }
         }
     }
 }
 
-/// Sweeps whenever asked to, and at each resync interval.
+/// Sweeps whenever asked to, and at each resync interval; after each sweep the Secret names of
+/// removed registries are looked at again (one whose entries are all gone stops being watched).
 async fn sweeper(daemon: Arc<Daemon>) {
     let resync = daemon.settings.resync_interval;
     loop {
@@ -308,24 +769,56 @@ async fn sweeper(daemon: Arc<Daemon>) {
         }
         if daemon.reconciler.is_leader() && daemon.ready.load(Ordering::SeqCst) {
             daemon.sweep_all().await;
+            daemon.set_watches();
         }
     }
 }
 
+/// Sweeps when a Secret watch listed for the first time after start (its names were frozen
+/// until then).
+async fn on_listed(daemon: Arc<Daemon>) {
+    loop {
+        daemon.watch.listed.notified().await;
+        if !daemon.ready.load(Ordering::SeqCst) {
+            continue;
+        }
+        let before = daemon.reconciler.frozen.get();
+        daemon.update_frozen();
+        if daemon.reconciler.frozen.get() != before {
+            daemon.sweep.notify_one();
+        }
+    }
+}
+
+/// Syncs the namespaces the queue hands out until it closes; a failed sync is queued again
+/// after [`RETRY_AFTER`].
+async fn worker(daemon: Arc<Daemon>) {
+    let queue = daemon.watch.queue.clone();
+    while let Some(ns) = queue.next().await {
+        if let Err(e) = daemon.sync(&ns).await {
+            error!(error = %error_chain(&e), "namespace sync failed; retrying in {}s", RETRY_AFTER.as_secs());
+            let queue = queue.clone();
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RETRY_AFTER).await;
+                queue.push(&ns);
+            });
+        }
+        queue.done(&ns);
+    }
+}
+
 impl Started {
-    /// Whether the initial watches have synced (for `/readyz`).
-    pub fn ready_flag(&self) -> Arc<AtomicBool> {
-        self.daemon.ready.clone()
+    /// `/readyz`: whether the initial watches have listed, with a detail text.
+    pub fn readiness(&self) -> Arc<dyn Fn() -> (bool, String) + Send + Sync> {
+        let daemon = self.daemon.clone();
+        Arc::new(move || daemon.readiness())
     }
 
     /// Runs the daemon until `stop` completes (a shutdown signal, or leadership lost). Writes
     /// stop before this returns: in-flight namespace syncs finish, no new one starts.
     pub async fn run(self, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-        let Started {
-            daemon,
-            controller,
-            pods,
-        } = self;
+        let Started { daemon, pods } = self;
         let recovery = pods.map(|(cache, stream)| {
             let daemon = daemon.clone();
             tokio::spawn(async move {
@@ -340,91 +833,79 @@ impl Started {
         let background = {
             let daemon = daemon.clone();
             tokio::spawn(async move {
-                // Readiness: all three caches have listed once; then the first sweep.
-                if caches_synced(&daemon.caches).await {
+                // Readiness: every watch has listed once; then the first sweep.
+                if daemon.synced(None).await.is_ok() {
                     daemon.ready.store(true, Ordering::SeqCst);
                     info!("caches synced; ready");
                     daemon.sweep.notify_one();
                 }
-                let sweeps = tokio::spawn(sweeper(daemon.clone()));
-                // A new leader sweeps every namespace once.
-                let on_leader = {
-                    let daemon = daemon.clone();
-                    let mut leader = daemon.refresher.leader.clone();
-                    tokio::spawn(async move {
-                        loop {
-                            if leader.wait_for(|l| *l).await.is_err() {
-                                return;
-                            }
-                            daemon.sweep.notify_one();
-                            if leader.wait_for(|l| !*l).await.is_err() {
-                                return;
+                let tasks = [
+                    tokio::spawn(sweeper(daemon.clone())),
+                    tokio::spawn(on_listed(daemon.clone())),
+                    // A new leader sweeps every namespace once.
+                    tokio::spawn({
+                        let daemon = daemon.clone();
+                        let mut leader = daemon.refresher.leader.clone();
+                        async move {
+                            loop {
+                                if leader.wait_for(|l| *l).await.is_err() {
+                                    return;
+                                }
+                                daemon.sweep.notify_one();
+                                if leader.wait_for(|l| !*l).await.is_err() {
+                                    return;
+                                }
                             }
                         }
-                    })
-                };
+                    }),
+                ];
+                let _stop_with = AbortOnDrop(tasks.into());
                 let mut reloader =
                     Reloader::new(daemon.settings.config_dir.clone(), daemon.settings.load);
                 let mut tick = tokio::time::interval(daemon.settings.reload_interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let _stop_with = scopeguard(sweeps, on_leader);
                 loop {
                     tick.tick().await;
-                    if let Reload::Loaded(generation) =
+                    let changed = if let Reload::Loaded(generation) =
                         reloader.reload(&daemon.store, &daemon.metrics).await
                     {
                         refreshers.sync(&daemon.refresher, &generation.config);
+                        true
+                    } else {
+                        false
+                    };
+                    daemon.maybe_review_access(changed).await;
+                    if changed {
                         daemon.sweep.notify_one();
                     }
                     daemon.update_gauges();
                 }
             })
         };
-        let ctx = daemon.clone();
-        controller
-            .graceful_shutdown_on(stop)
-            .run(
-                |ns: Arc<Namespace>, daemon: Arc<Daemon>| async move {
-                    // Planning from caches that have not listed yet would re-apply Secrets
-                    // that exist and miss ServiceAccounts entirely: wait for the first sync.
-                    if !daemon.ready.load(Ordering::SeqCst) {
-                        return Ok(Action::requeue(Duration::from_millis(500)));
-                    }
-                    let blocked = daemon.sync(&ns).await?;
-                    Ok::<_, ReconcileError>(if blocked {
-                        Action::requeue(daemon.settings.foreign_recheck + Duration::from_secs(1))
-                    } else {
-                        Action::await_change()
-                    })
-                },
-                |_ns, _err, _ctx| Action::requeue(Duration::from_secs(15)),
-                ctx,
-            )
-            .for_each(|_| future::ready(()))
-            .await;
+        let workers: Vec<JoinHandle<()>> = (0..daemon.settings.concurrency.max(1))
+            .map(|_| tokio::spawn(worker(daemon.clone())))
+            .collect();
+        stop.await;
+        // Stop writing: no new sync starts; those in flight (queue and sweep) finish.
+        daemon.stopping.store(true, Ordering::SeqCst);
+        daemon.watch.queue.close();
+        for w in workers {
+            let _ = w.await;
+        }
+        let _sweep_ended = daemon.sweeping.lock().await;
         background.abort();
         if let Some(recovery) = recovery {
             recovery.abort();
         }
+        daemon.stop_watches();
         info!("stopped writing");
     }
 
-    /// One full pass: fetch every registry once, wait for the caches, sync every namespace.
-    /// Returns whether every registry refreshed and every write succeeded.
+    /// One full pass: fetch every registry once, wait for the watches (at most the sync
+    /// timeout), sync every namespace. Returns whether every registry refreshed and every
+    /// write succeeded.
     pub async fn once(self) -> bool {
-        let Started {
-            daemon, controller, ..
-        } = self;
-        // Drive the watches (the controller owns their streams) while the pass runs.
-        let driver = tokio::spawn(
-            controller
-                .run(
-                    |_ns, _ctx: Arc<()>| async { Ok::<_, ReconcileError>(Action::await_change()) },
-                    |_, _, _| Action::await_change(),
-                    Arc::new(()),
-                )
-                .for_each(|_| future::ready(())),
-        );
+        let Started { daemon, .. } = self;
         let mut ok = true;
         for reg in daemon.store.current().config.registries.clone() {
             let span =
@@ -439,14 +920,41 @@ impl Started {
                 ok = false;
             }
         }
-        if !caches_synced(&daemon.caches).await {
-            error!("caches never synced");
-            driver.abort();
+        if let Err(waiting) = daemon.synced(Some(daemon.settings.sync_timeout)).await {
+            error!(
+                waiting = %waiting.join(", "),
+                timeout = ?daemon.settings.sync_timeout,
+                "the watches did not list in time (an unreachable API server, or a permission the role lacks: see the watch errors above)"
+            );
+            daemon.stop_watches();
             return false;
         }
+        // A registry the role leaves out was not served.
+        ok &= daemon.access_state().denied.is_empty();
         ok &= daemon.sweep_all().await;
-        driver.abort();
+        daemon.stop_watches();
         ok
+    }
+}
+
+impl Daemon {
+    fn stop_watches(&self) {
+        self.watches().stop();
+        for task in &self.watch_tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Aborts the tasks it holds when dropped (the reload loop that owns it is aborted on
+/// shutdown).
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -461,7 +969,7 @@ async fn recovery_loop(daemon: &Daemon, pods: &Cache<Pod>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // Ready means the three caches have listed once.
+        // Ready means the watches have listed once.
         if !daemon.ready.load(Ordering::SeqCst) {
             continue;
         }
@@ -571,20 +1079,15 @@ impl Daemon {
         }
         let mut stuck = Vec::new();
         for (ns, pods) in by_namespace {
-            let Some(namespace) = self.caches.namespaces.get(&ObjectRef::new(&ns)) else {
+            let Some(namespace) = self.index.namespace_state(&ns) else {
                 continue;
             };
-            let secrets: Vec<String> = self
-                .caches
-                .secrets
-                .state_filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
-                .iter()
-                .filter_map(|s| s.metadata.name.clone())
+            let (secrets, accounts) = self.index.namespace(&ns);
+            let secrets: Vec<String> = secrets
+                .into_iter()
+                .filter(|s| s.owned)
+                .map(|s| s.name)
                 .collect();
-            let accounts = self
-                .caches
-                .accounts
-                .state_filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()));
             let view = recover::NamespaceView {
                 namespace: &namespace,
                 secrets: &secrets,
@@ -599,17 +1102,4 @@ impl Daemon {
         }
         stuck
     }
-}
-
-/// Aborts the sweeper and the leadership watcher when the reload loop ends (it is aborted on
-/// shutdown).
-fn scopeguard(a: tokio::task::JoinHandle<()>, b: tokio::task::JoinHandle<()>) -> impl Drop {
-    struct Guard(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.abort();
-            self.1.abort();
-        }
-    }
-    Guard(a, b)
 }

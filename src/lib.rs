@@ -1,6 +1,7 @@
 //! pullkeeper keeps short-lived registry credentials fresh as `kubernetes.io/dockerconfigjson`
 //! Secrets in every target namespace, and keeps `ServiceAccounts` referencing them.
 
+pub mod access;
 pub mod admin;
 pub mod apply;
 pub mod cleanup;
@@ -11,6 +12,7 @@ pub mod credential;
 pub mod daemon;
 pub mod diagnose;
 pub mod events;
+pub mod index;
 pub mod leader;
 pub mod logging;
 pub mod metrics;
@@ -19,6 +21,7 @@ pub mod plan;
 pub mod preview;
 pub mod problems;
 pub mod providers;
+pub mod queue;
 pub mod reconcile;
 pub mod recover;
 pub mod refresh;

@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
                 check_files: !args.no_file_checks,
                 allow_empty: args.allow_empty_config,
             },
+            args.rbac,
         ),
         Command::Run(args) => pullkeeper::commands::run(args, false).await?,
         Command::Once(args) => pullkeeper::commands::run(args, true).await?,

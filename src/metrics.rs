@@ -23,6 +23,7 @@ pub struct Metrics {
     pub leader: LeaderMetrics,
     pub recovery: RecoveryMetrics,
     pub sweeps: SweepMetrics,
+    pub watches: WatchMetrics,
 }
 
 /// Unix seconds with sub-second precision (so a test or a query can order two moments in the
@@ -158,7 +159,37 @@ impl RefreshMetrics {
     }
 }
 
-/// What pullkeeper manages, recomputed from the caches.
+/// The watches, and whether the role lets pullkeeper serve each registry's Secret name.
+#[derive(Clone)]
+pub struct WatchMetrics {
+    errors: IntCounterVec,
+    access: IntGaugeVec,
+}
+
+impl WatchMetrics {
+    /// Counts a failed watch or list request (`watch` names the watched resource: a bounded
+    /// set) and logs it; the watch retries with backoff.
+    pub fn failed(&self, watch: &'static str, category: &'static str, error: &str) {
+        self.errors.with_label_values(&[watch, category]).inc();
+        warn!(
+            watch,
+            category, error, "watch request failed; retrying with backoff"
+        );
+    }
+
+    /// Whether the registry's Secret name is covered by the role (1) or not (0).
+    pub fn access(&self, registry: &str, permitted: bool) {
+        self.access
+            .with_label_values(&[registry])
+            .set(i64::from(permitted));
+    }
+
+    fn forget(&self, registry: &str) {
+        let _ = self.access.remove_label_values(&[registry]);
+    }
+}
+
+/// What pullkeeper manages, kept from the index.
 #[derive(Clone)]
 pub struct InventoryMetrics {
     secrets: IntGaugeVec,
@@ -194,6 +225,8 @@ pub enum WriteKind {
 /// The write operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOp {
+    /// A new Secret (one request; a conflict means one of that name appeared meanwhile).
+    Create,
     Apply,
     /// A guarded JSON patch (`ServiceAccounts`, and data keys another manager added to a Secret).
     Patch,
@@ -222,6 +255,7 @@ impl WriteKind {
 impl WriteOp {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Create => "create",
             Self::Apply => "apply",
             Self::Patch => "patch",
             Self::Delete => "delete",
@@ -586,6 +620,18 @@ impl Metrics {
             "Process start (unix seconds).",
         )?)?;
         start_time.set(Utc::now().timestamp() as f64);
+        let watches = WatchMetrics {
+            errors: b.counter(
+                "pullkeeper_watch_errors_total",
+                "Failed watch or list requests, by watched resource and error category; each watch retries with backoff.",
+                &["watch", "category"],
+            )?,
+            access: b.int_gauges(
+                "pullkeeper_registry_secret_access",
+                "1 when the role lets pullkeeper read and write the registry's Secret name, 0 when it does not (the registry is then not served).",
+                &["registry"],
+            )?,
+        };
         Ok(Self {
             registry: b.0,
             refresh,
@@ -595,6 +641,7 @@ impl Metrics {
             leader,
             recovery,
             sweeps,
+            watches,
         })
     }
 
@@ -603,6 +650,7 @@ impl Metrics {
         self.refresh.forget(name);
         self.inventory.forget(name);
         self.recovery.forget(name);
+        self.watches.forget(name);
     }
 
     /// The text exposition of every metric.

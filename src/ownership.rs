@@ -80,10 +80,18 @@ pub const SYSTEM_NAMESPACE_PREFIX: &str = "kube-";
 
 /// The entries pullkeeper recorded as its own on a `ServiceAccount`.
 pub fn owned_entries(owner: &Owner, sa: &ServiceAccount) -> BTreeSet<String> {
-    sa.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(&owner.account_annotation()))
+    parse_record(
+        sa.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(&owner.account_annotation()))
+            .map(String::as_str),
+    )
+}
+
+/// The entries a record annotation's value names (comma-separated).
+pub fn parse_record(value: Option<&str>) -> BTreeSet<String> {
+    value
         .map(|v| {
             v.split(',')
                 .map(str::trim)

@@ -8,16 +8,20 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, TestOperation};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{LocalObjectReference, Secret};
 use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 
 use crate::config::Registry;
 use crate::ownership::{
-    EXPIRES_ANNOTATION, HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-    OPT_OUT_ANNOTATION, Owner, REGISTRY_LABEL, owned_entries,
+    EXPIRES_ANNOTATION, HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Owner,
+    REGISTRY_LABEL, parse_record,
 };
-use crate::render::{DATA_KEY, Rendered, SECRET_TYPE, content_hash};
+use crate::render::{DATA_KEY, Rendered, SECRET_TYPE};
+
+pub mod state;
+
+pub use state::{AccountState, Digest, NamespaceState, SecretState};
 
 /// The current good credential of one registry, rendered once and shared by every namespace.
 /// `Debug` shows the content hash and hosts only ([`Rendered`] redacts its bytes).
@@ -29,12 +33,15 @@ pub struct Issued {
 
 /// What the cluster looks like in one namespace, from the caches.
 pub struct Observed<'a> {
-    pub namespace: &'a Namespace,
-    /// pullkeeper's own Secrets in this namespace (label-selected).
-    pub secrets: Vec<Arc<Secret>>,
-    pub service_accounts: Vec<Arc<ServiceAccount>>,
-    /// Names of Secrets here that exist but are not pullkeeper's (learnt when writing).
-    pub foreign: &'a HashSet<String>,
+    pub namespace: &'a NamespaceState,
+    /// The Secrets here whose name a registry uses (or used): pullkeeper's own and same-named
+    /// ones that are someone else's (`owned: false`).
+    pub secrets: &'a [SecretState],
+    pub service_accounts: &'a [Arc<AccountState>],
+    /// Secret names nothing is planned for now: the role does not let pullkeeper read them, or
+    /// their watch has not listed yet. Their Secrets are neither written nor pruned, and
+    /// entries naming them stay as they are.
+    pub frozen: &'a BTreeSet<String>,
     /// The moment the plan is made (an expiry annotation already in the past is rewritten).
     pub now: DateTime<Utc>,
 }
@@ -75,8 +82,8 @@ impl DesiredSecret {
 /// One change to a Secret.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SecretChange {
-    /// Create or update by server-side apply. `existing` is false when the cache has no
-    /// managed Secret of that name (the applier then checks for a foreign one first).
+    /// Create (`existing: false`: the cache has no Secret of that name here; a conflict shows
+    /// one that appeared since) or update by server-side apply.
     Apply {
         registry: String,
         secret: Box<DesiredSecret>,
@@ -114,9 +121,12 @@ pub struct NamespacePlan {
     pub accounts: Vec<AccountChange>,
     /// Registry names in scope here (for gauges).
     pub in_scope: Vec<String>,
+    /// Registries in scope whose Secret name is taken here by a Secret that is not this
+    /// installation's, as (Secret name, registry): never written, never referenced.
+    pub blocked: Vec<(String, String)>,
     /// Each observed `ServiceAccount` with the Secrets it should list; lets
     /// [`NamespacePlan::accounts_without`] answer without planning again.
-    targets: Vec<(Arc<ServiceAccount>, BTreeSet<String>)>,
+    targets: Vec<(Arc<AccountState>, BTreeSet<String>)>,
 }
 
 impl NamespacePlan {
@@ -137,7 +147,7 @@ impl NamespacePlan {
 
 fn account_changes(
     owner: &Owner,
-    targets: &[(Arc<ServiceAccount>, BTreeSet<String>)],
+    targets: &[(Arc<AccountState>, BTreeSet<String>)],
     blocked: &HashSet<String>,
 ) -> Vec<AccountChange> {
     targets
@@ -150,7 +160,7 @@ fn account_changes(
                 .collect();
             let patch = account_patch(owner, sa, &wanted)?;
             Some(AccountChange {
-                name: sa.metadata.name.clone().unwrap_or_default(),
+                name: sa.name.clone(),
                 wanted,
                 patch,
             })
@@ -158,35 +168,19 @@ fn account_changes(
         .collect()
 }
 
-/// Whether a namespace is being deleted (its objects are going away anyway).
-fn terminating(ns: &Namespace) -> bool {
-    ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
-}
-
-/// Whether a namespace opted out with the `pullkeeper.dev/ignore: "true"` annotation.
-fn opted_out(ns: &Namespace) -> bool {
-    ns.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(OPT_OUT_ANNOTATION))
-        .is_some_and(|v| v == "true")
-}
-
-/// The registries whose Secret belongs in this namespace.
+/// The registries whose Secret belongs in this namespace: none while it terminates or when it
+/// opted out, otherwise those whose namespace rules select it. The one scope rule of the
+/// daemon, `plan`, `diagnose` and pod recovery.
 pub fn registries_in_scope<'r>(
     registries: &'r [Arc<Registry>],
-    ns: &Namespace,
+    ns: &NamespaceState,
 ) -> Vec<&'r Arc<Registry>> {
-    if terminating(ns) || opted_out(ns) {
+    if ns.terminating || ns.opted_out {
         return Vec::new();
     }
-    let name = ns.metadata.name.as_deref().unwrap_or_default();
-    let empty = BTreeMap::new();
-    let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
     registries
         .iter()
-        .filter(|r| r.namespaces.matches(name, labels))
+        .filter(|r| r.namespaces.matches(&ns.name, &ns.labels))
         .collect()
 }
 
@@ -199,59 +193,66 @@ pub fn plan_namespace(
 ) -> NamespacePlan {
     let ns = observed.namespace;
     let mut plan = NamespacePlan::default();
-    if terminating(ns) {
+    if ns.terminating {
         return plan;
     }
-    let ns_name = ns.metadata.name.clone().unwrap_or_default();
     // An opted-out namespace has no registry in scope: pullkeeper's own objects there are pruned.
     let in_scope = registries_in_scope(registries, ns);
-    let managed: HashMap<&str, &Arc<Secret>> = observed
+    let managed: BTreeMap<&str, &SecretState> = observed
         .secrets
         .iter()
-        .filter_map(|s| s.metadata.name.as_deref().map(|n| (n, s)))
+        .filter(|s| s.owned)
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    let foreign: HashSet<&str> = observed
+        .secrets
+        .iter()
+        .filter(|s| !s.owned)
+        .map(|s| s.name.as_str())
         .collect();
 
     // Secrets that should exist here (secret name → registry).
     let mut present: BTreeMap<&str, &Arc<Registry>> = BTreeMap::new();
     for reg in &in_scope {
-        if observed.foreign.contains(&reg.secret_name) {
+        plan.in_scope.push(reg.name.clone());
+        let name = reg.secret_name.as_str();
+        if observed.frozen.contains(name) {
             continue;
         }
-        let existing = managed.get(reg.secret_name.as_str());
+        if foreign.contains(name) {
+            plan.blocked
+                .push((reg.secret_name.clone(), reg.name.clone()));
+            continue;
+        }
+        let existing = managed.get(name);
         match credentials.get(&reg.name) {
             Some(issued) => {
-                let desired = desired_secret(owner, reg, &ns_name, issued);
+                let desired = desired_secret(owner, reg, &ns.name, issued);
                 if existing.is_none_or(|s| !secret_up_to_date(s, &desired, observed.now)) {
                     plan.secrets.push(SecretChange::Apply {
                         registry: reg.name.clone(),
                         secret: Box::new(desired),
                         existing: existing.is_some(),
-                        stray_keys: existing.map(|s| stray_keys(s)).unwrap_or_default(),
-                        resource_version: existing
-                            .and_then(|s| s.metadata.resource_version.clone()),
+                        stray_keys: existing.map(|s| s.stray_keys.clone()).unwrap_or_default(),
+                        resource_version: existing.and_then(|s| s.resource_version.clone()),
                     });
                 }
-                present.insert(reg.secret_name.as_str(), reg);
+                present.insert(name, reg);
             }
             // No good credential yet (first fetch failing): keep what is there, write nothing.
             None if existing.is_some() => {
-                present.insert(reg.secret_name.as_str(), reg);
+                present.insert(name, reg);
             }
             None => {}
         }
-        plan.in_scope.push(reg.name.clone());
     }
 
     for (name, secret) in &managed {
-        if !present.contains_key(name) {
+        if !present.contains_key(name) && !observed.frozen.contains(*name) {
             plan.secrets.push(SecretChange::Delete {
                 name: (*name).to_string(),
-                registry: secret
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(REGISTRY_LABEL).cloned()),
-                uid: secret.metadata.uid.clone(),
+                registry: secret.registry().map(String::from),
+                uid: secret.uid.clone(),
             });
         }
     }
@@ -260,11 +261,19 @@ pub fn plan_namespace(
         .service_accounts
         .iter()
         .map(|sa| {
-            let sa_name = sa.metadata.name.as_deref().unwrap_or_default();
+            let owned = parse_record(sa.record.as_deref());
             let wanted: BTreeSet<String> = present
                 .iter()
-                .filter(|(_, reg)| reg.service_accounts.matches(sa_name))
+                .filter(|(_, reg)| reg.service_accounts.matches(&sa.name))
                 .map(|(secret, _)| (*secret).to_string())
+                // A frozen name pullkeeper listed stays listed (and recorded) as it is.
+                .chain(
+                    observed
+                        .frozen
+                        .iter()
+                        .filter(|f| owned.contains(*f) && sa.lists(f))
+                        .cloned(),
+                )
                 .collect();
             (sa.clone(), wanted)
         })
@@ -299,18 +308,6 @@ pub fn desired_secret(
         annotations,
         issued: issued.clone(),
     }
-}
-
-/// Data keys of an observed Secret that are not pullkeeper's.
-fn stray_keys(observed: &Secret) -> Vec<String> {
-    observed
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, _)| k)
-        .filter(|k| k.as_str() != DATA_KEY)
-        .cloned()
-        .collect()
 }
 
 /// One way an observed Secret differs from the one pullkeeper wants.
@@ -353,19 +350,17 @@ impl Drift {
 /// `expires_in` would otherwise rewrite every namespace on every refresh). One that is missing,
 /// unreadable or already past is rewritten, so the annotation never claims a working
 /// credential has expired. A content change always rewrites it.
-pub fn secret_drift(observed: &Secret, desired: &DesiredSecret, now: DateTime<Utc>) -> Vec<Drift> {
-    let data_hash = observed
-        .data
-        .as_ref()
-        .and_then(|d| d.get(DATA_KEY))
-        .map(|b| content_hash(&b.0));
-    let have = observed.metadata.annotations.as_ref();
-    let have_annotation = |k: &str| have.and_then(|h| h.get(k));
+pub fn secret_drift(
+    observed: &SecretState,
+    desired: &DesiredSecret,
+    now: DateTime<Utc>,
+) -> Vec<Drift> {
+    let want = Digest::from_hex(&desired.issued.rendered.hash);
     let expiry_ok = desired
         .annotations
         .get(EXPIRES_ANNOTATION)
         .is_none_or(|want| {
-            have_annotation(EXPIRES_ANNOTATION).is_some_and(|v| {
+            observed.expires_at.as_ref().is_some_and(|v| {
                 v == want
                     || DateTime::parse_from_rfc3339(v).is_ok_and(|t| t.with_timezone(&Utc) > now)
             })
@@ -373,21 +368,16 @@ pub fn secret_drift(observed: &Secret, desired: &DesiredSecret, now: DateTime<Ut
     let labels_ok = desired
         .labels
         .iter()
-        .all(|(k, v)| observed.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
-    let annotations_ok = desired
-        .annotations
-        .iter()
-        .filter(|(k, _)| k.as_str() != EXPIRES_ANNOTATION)
-        .all(|(k, v)| have_annotation(k) == Some(v));
+        .all(|(k, v)| observed.label(k) == Some(v.as_str()));
     [
-        (observed.type_.as_deref() == Some(SECRET_TYPE), Drift::Type),
-        (
-            data_hash.as_ref() == Some(&desired.issued.rendered.hash),
-            Drift::Content,
-        ),
-        (stray_keys(observed).is_empty(), Drift::StrayKeys),
+        (observed.typed, Drift::Type),
+        (want.is_some() && observed.data == want, Drift::Content),
+        (observed.stray_keys.is_empty(), Drift::StrayKeys),
         (labels_ok, Drift::Labels),
-        (annotations_ok, Drift::Annotations),
+        (
+            want.is_some() && observed.content_hash == want,
+            Drift::Annotations,
+        ),
         (expiry_ok, Drift::Expiry),
     ]
     .into_iter()
@@ -397,7 +387,7 @@ pub fn secret_drift(observed: &Secret, desired: &DesiredSecret, now: DateTime<Ut
 }
 
 /// Whether the observed Secret already is the desired one (see [`secret_drift`]).
-fn secret_up_to_date(observed: &Secret, desired: &DesiredSecret, now: DateTime<Utc>) -> bool {
+fn secret_up_to_date(observed: &SecretState, desired: &DesiredSecret, now: DateTime<Utc>) -> bool {
     secret_drift(observed, desired, now).is_empty()
 }
 
@@ -414,13 +404,8 @@ pub struct AccountEdits {
 
 /// Reads back the entries a patch from [`account_patch`] adds and removes on `sa` (the
 /// ServiceAccount it was computed from), for showing a plan without applying it.
-pub fn account_edits(sa: &ServiceAccount, patch: &Patch) -> AccountEdits {
-    let current: Vec<&str> = sa
-        .image_pull_secrets
-        .iter()
-        .flatten()
-        .map(|r| r.name.as_str())
-        .collect();
+pub fn account_edits(sa: &AccountState, patch: &Patch) -> AccountEdits {
+    let current: Vec<&str> = sa.listed().collect();
     let name_of = |v: &Value| v.get("name").and_then(Value::as_str).map(String::from);
     let mut edits = AccountEdits::default();
     for op in &patch.0 {
@@ -454,27 +439,18 @@ pub fn account_edits(sa: &ServiceAccount, patch: &Patch) -> AccountEdits {
 /// A JSON patch bringing the `ServiceAccount`'s `imagePullSecrets` to contain `wanted`, removing
 /// only entries pullkeeper itself added, guarded by a `test` of the list as observed (or of the
 /// resourceVersion when the list is absent). `None` when nothing must change.
-pub fn account_patch(
-    owner: &Owner,
-    sa: &ServiceAccount,
-    wanted: &BTreeSet<String>,
-) -> Option<Patch> {
-    let owned = owned_entries(owner, sa);
+pub fn account_patch(owner: &Owner, sa: &AccountState, wanted: &BTreeSet<String>) -> Option<Patch> {
+    let owned = parse_record(sa.record.as_deref());
     let key = owner.account_annotation();
-    let current: Vec<Option<String>> = sa
-        .image_pull_secrets
-        .iter()
-        .flatten()
-        .map(|r| Some(r.name.clone()).filter(|n| !n.is_empty()))
+    let current: Vec<Option<&str>> = sa
+        .listed()
+        .map(|n| Some(n).filter(|n| !n.is_empty()))
         .collect();
-    let present: BTreeSet<&str> = current.iter().flatten().map(String::as_str).collect();
+    let present: BTreeSet<&str> = current.iter().flatten().copied().collect();
     let remove: Vec<usize> = current
         .iter()
         .enumerate()
-        .filter(|(_, n)| {
-            n.as_ref()
-                .is_some_and(|n| owned.contains(n) && !wanted.contains(n))
-        })
+        .filter(|(_, n)| n.is_some_and(|n| owned.contains(n) && !wanted.contains(n)))
         .map(|(i, _)| i)
         .collect();
     let add: Vec<&String> = wanted
@@ -494,14 +470,20 @@ pub fn account_patch(
     }
 
     let mut ops = Vec::new();
-    match &sa.image_pull_secrets {
-        Some(list) => ops.push(test(
-            "/imagePullSecrets",
-            serde_json::to_value(list).unwrap_or(Value::Null),
-        )),
+    match &sa.pull_secrets {
+        Some(list) => {
+            let observed: Vec<LocalObjectReference> = list
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect();
+            ops.push(test(
+                "/imagePullSecrets",
+                serde_json::to_value(observed).unwrap_or(Value::Null),
+            ));
+        }
         None => ops.push(test(
             "/metadata/resourceVersion",
-            json!(sa.metadata.resource_version.clone().unwrap_or_default()),
+            json!(sa.resource_version.clone().unwrap_or_default()),
         )),
     }
     for i in remove.iter().rev() {
@@ -509,7 +491,7 @@ pub fn account_patch(
             path: pointer(&["imagePullSecrets", &i.to_string()]),
         }));
     }
-    if sa.image_pull_secrets.is_some() {
+    if sa.pull_secrets.is_some() {
         for name in &add {
             ops.push(add_op(&["imagePullSecrets", "-"], json!({ "name": name })));
         }
@@ -519,12 +501,11 @@ pub fn account_patch(
     }
     if new_owned != owned {
         let value = new_owned.iter().cloned().collect::<Vec<_>>().join(",");
-        let has_annotations = sa.metadata.annotations.is_some();
         if new_owned.is_empty() {
             ops.push(PatchOperation::Remove(RemoveOperation {
                 path: pointer(&["metadata", "annotations", &key]),
             }));
-        } else if has_annotations {
+        } else if sa.has_annotations {
             ops.push(add_op(&["metadata", "annotations", &key], json!(value)));
         } else {
             ops.push(add_op(

@@ -1,29 +1,31 @@
 //! `pullkeeper plan`: what `run` would change, read from the live cluster without writing.
 //!
-//! It lists Namespaces, ServiceAccounts and this installation's Secrets once, takes each
-//! registry's credential either as unchanged (the content its Secrets already hold) or from one
-//! provider call per registry (`--fetch`, the same call `run` makes), reads the Secrets it would
-//! create by name to find same-named ones that are not pullkeeper's (as the applier does before
-//! writing), and asks the planner `run` uses, [`plan::plan_namespace`], for every namespace.
-//! The only requests are `list` and `get`. [`report`] turns the plans into text or JSON.
+//! It lists Namespaces and ServiceAccounts once, and the Secrets of each configured name (a
+//! `metadata.name` field selector, as `run` watches them: the role may grant them by name; a
+//! same-named Secret that is not pullkeeper's shows up there too), takes each registry's
+//! credential either as unchanged (the content its Secrets already hold) or from one provider
+//! call per registry (`--fetch`, the same call `run` makes), and asks the planner `run` uses,
+//! [`plan::plan_namespace`], for every namespace. The only requests are `list`, and the
+//! access review that says which Secret names the identity may read. [`report`] turns the
+//! plans into text or JSON.
 
 pub mod report;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, ListParams};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
+use crate::access;
 use crate::config::Registry;
 use crate::metrics::RefreshMetrics;
 use crate::ownership::{EXPIRES_ANNOTATION, HASH_ANNOTATION, Owner, REGISTRY_LABEL};
-use crate::plan::{self, Issued, Observed, SecretChange};
+use crate::plan::{self, AccountState, Issued, NamespaceState, Observed, SecretState};
 use crate::refresh::{self, RefreshError, error_chain};
 use crate::render::{DATA_KEY, Rendered, content_hash};
 use crate::store::Generation;
@@ -32,8 +34,6 @@ pub use report::{CredentialSource, Planned, Report};
 
 /// Objects per page when listing.
 const PAGE: u32 = 500;
-/// Secrets read by name at once when looking for same-named ones pullkeeper does not own.
-const LOOKUPS: usize = 8;
 
 /// Errors of `plan`.
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +44,14 @@ pub enum PreviewError {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot read secret {namespace}/{name}")]
-    Get {
-        namespace: String,
+    #[error("cannot list secrets named {name}")]
+    ListNamed {
         name: String,
         #[source]
         source: kube::Error,
     },
+    #[error("{}", .lines.join("; "))]
+    NotPermitted { lines: Vec<String> },
     #[error("fetching credentials failed: {}", failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Fetch { failures: Vec<FetchFailure> },
 }
@@ -84,7 +85,7 @@ pub struct PlannedCredential {
 #[derive(Default)]
 pub struct Cluster {
     pub namespaces: Vec<Namespace>,
-    /// This installation's Secrets (label-selected, as `run` watches them).
+    /// The Secrets of the configured names, pullkeeper's and others' (as `run` watches them).
     pub secrets: Vec<Arc<Secret>>,
     pub accounts: Vec<Arc<ServiceAccount>>,
 }
@@ -125,19 +126,57 @@ where
     }
 }
 
-/// Lists what the planner reads, once: every Namespace and ServiceAccount, and this
-/// installation's Secrets.
-pub async fn observe(client: &Client, owner: &Owner) -> Result<Cluster, PreviewError> {
+/// Lists what the planner reads, once: every Namespace and ServiceAccount, and the Secrets of
+/// each configured name. A name the identity may not read is an error naming it and the role
+/// line it needs (the plan would be wrong without it).
+pub async fn observe(
+    client: &Client,
+    registries: &[Arc<Registry>],
+) -> Result<Cluster, PreviewError> {
+    let names: BTreeSet<&str> = registries.iter().map(|r| r.secret_name.as_str()).collect();
+    let lines: Vec<String> = match access::secret_access(client, "default").await {
+        Ok(access) => names
+            .iter()
+            .filter_map(|n| {
+                let missing: Vec<&str> = access
+                    .missing(n)
+                    .into_iter()
+                    .filter(|v| matches!(*v, "get" | "list" | "watch"))
+                    .collect();
+                (!missing.is_empty()).then(|| access::missing_line(n, &missing))
+            })
+            .collect(),
+        // Without a review, the listings below say what is refused.
+        Err(_) => Vec::new(),
+    };
+    if !lines.is_empty() {
+        return Err(PreviewError::NotPermitted { lines });
+    }
     let namespaces = list_all(
         Api::<Namespace>::all(client.clone()),
         ListParams::default(),
         "namespaces",
     );
-    let secrets = list_all(
-        Api::<Secret>::all(client.clone()),
-        ListParams::default().labels(&owner.selector()),
-        "secrets",
-    );
+    let secrets = async {
+        let mut all = Vec::new();
+        for name in &names {
+            let named = list_all(
+                Api::<Secret>::all(client.clone()),
+                ListParams::default().fields(&format!("metadata.name={name}")),
+                "secrets",
+            )
+            .await
+            .map_err(|e| match e {
+                PreviewError::List { source, .. } => PreviewError::ListNamed {
+                    name: (*name).to_string(),
+                    source,
+                },
+                other => other,
+            })?;
+            all.extend(named);
+        }
+        Ok::<_, PreviewError>(all)
+    };
     let accounts = list_all(
         Api::<ServiceAccount>::all(client.clone()),
         ListParams::default(),
@@ -155,13 +194,19 @@ pub async fn observe(client: &Client, owner: &Owner) -> Result<Cluster, PreviewE
 /// whose content still matches their hash annotation; ties go to the latest expiry), or, when
 /// it has no Secret yet, a placeholder of unknown content that is never written.
 pub fn assumed(
+    owner: &Owner,
     registries: &[Arc<Registry>],
     secrets: &[Arc<Secret>],
 ) -> HashMap<String, PlannedCredential> {
+    let ours: Vec<Arc<Secret>> = secrets
+        .iter()
+        .filter(|s| owner.owns(&s.metadata))
+        .cloned()
+        .collect();
     registries
         .iter()
         .map(|reg| {
-            let credential = current_content(reg, secrets).unwrap_or_else(|| PlannedCredential {
+            let credential = current_content(reg, &ours).unwrap_or_else(|| PlannedCredential {
                 source: CredentialSource::Unknown,
                 issued: Arc::new(Issued {
                     rendered: Rendered {
@@ -282,115 +327,74 @@ pub async fn fetch_all(
     }
 }
 
-/// Plans every namespace with the planner `run` uses. `foreign` names, per namespace, the
-/// Secrets found to be someone else's.
-pub fn plan_cluster<'c>(
+/// Plans every namespace with the planner `run` uses, from the planning form of what was
+/// listed.
+pub fn plan_cluster(
     owner: &Owner,
     registries: &[Arc<Registry>],
     credentials: &HashMap<String, Arc<Issued>>,
-    cluster: &'c Cluster,
-    foreign: &HashMap<String, HashSet<String>>,
+    cluster: &Cluster,
     now: DateTime<Utc>,
-) -> Vec<Planned<'c>> {
-    let mut secrets: HashMap<&str, Vec<Arc<Secret>>> = HashMap::new();
+) -> Vec<Planned> {
+    let mut secrets: HashMap<&str, Vec<SecretState>> = HashMap::new();
     for s in &cluster.secrets {
         if let Some(ns) = s.metadata.namespace.as_deref() {
-            secrets.entry(ns).or_default().push(s.clone());
+            secrets
+                .entry(ns)
+                .or_default()
+                .push(SecretState::of(s, owner));
         }
     }
-    let mut accounts: HashMap<&str, Vec<Arc<ServiceAccount>>> = HashMap::new();
+    let mut accounts: HashMap<&str, Vec<Arc<AccountState>>> = HashMap::new();
     for sa in &cluster.accounts {
         if let Some(ns) = sa.metadata.namespace.as_deref() {
-            accounts.entry(ns).or_default().push(sa.clone());
+            accounts
+                .entry(ns)
+                .or_default()
+                .push(Arc::new(AccountState::of(sa, owner)));
         }
     }
-    let none = HashSet::new();
+    let frozen = BTreeSet::new();
     cluster
         .namespaces
         .iter()
         .map(|namespace| {
-            let name = namespace.metadata.name.as_deref().unwrap_or_default();
-            let foreign = foreign.get(name).unwrap_or(&none);
-            let observed = Observed {
-                namespace,
-                secrets: secrets.get(name).cloned().unwrap_or_default(),
-                service_accounts: accounts.get(name).cloned().unwrap_or_default(),
-                foreign,
-                now,
-            };
-            let plan = plan::plan_namespace(owner, registries, credentials, &observed);
+            let namespace = NamespaceState::of(namespace);
+            let secrets = secrets.remove(namespace.name.as_str()).unwrap_or_default();
+            let accounts = accounts.remove(namespace.name.as_str()).unwrap_or_default();
+            let plan = plan::plan_namespace(
+                owner,
+                registries,
+                credentials,
+                &Observed {
+                    namespace: &namespace,
+                    secrets: &secrets,
+                    service_accounts: &accounts,
+                    frozen: &frozen,
+                    now,
+                },
+            );
             Planned {
                 namespace,
-                secrets: observed.secrets,
-                accounts: observed.service_accounts,
-                foreign: foreign.clone(),
+                secrets,
+                accounts,
                 plan,
             }
         })
         .collect()
 }
 
-/// The Secrets the plans would create, as `(namespace, name)`: the applier reads each first,
-/// since only pullkeeper's own Secrets are listed.
-fn to_create(plans: &[Planned<'_>]) -> Vec<(String, String)> {
-    plans
-        .iter()
-        .flat_map(|p| {
-            p.plan.secrets.iter().filter_map(|change| match change {
-                SecretChange::Apply {
-                    secret,
-                    existing: false,
-                    ..
-                } => Some((secret.namespace.clone(), secret.name.clone())),
-                _ => None,
-            })
-        })
-        .collect()
-}
-
-/// Reads each Secret the plans would create (metadata only) and returns, per namespace, the
-/// names of those that exist and are not this installation's: `run` never overwrites them.
-pub async fn find_foreign(
-    client: &Client,
-    owner: &Owner,
-    plans: &[Planned<'_>],
-) -> Result<HashMap<String, HashSet<String>>, PreviewError> {
-    let found: Vec<Option<(String, String)>> = futures::stream::iter(to_create(plans))
-        .map(|(namespace, name)| async move {
-            let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-            match api.get_metadata_opt(&name).await {
-                Ok(Some(existing)) if !owner.owns(&existing.metadata) => {
-                    Ok(Some((namespace, name)))
-                }
-                Ok(_) => Ok(None),
-                Err(source) => Err(PreviewError::Get {
-                    namespace,
-                    name,
-                    source,
-                }),
-            }
-        })
-        .buffer_unordered(LOOKUPS)
-        .try_collect()
-        .await?;
-    let mut foreign: HashMap<String, HashSet<String>> = HashMap::new();
-    for (namespace, name) in found.into_iter().flatten() {
-        foreign.entry(namespace).or_default().insert(name);
-    }
-    Ok(foreign)
-}
-
-/// Everything `plan` does after the config is loaded: list, obtain credentials, plan, look up
-/// the Secrets to create, plan again where some turned out to be someone else's, and report.
+/// Everything `plan` does after the config is loaded: list, obtain credentials, plan every
+/// namespace, and report.
 pub async fn preview(
     client: &Client,
     owner: &Owner,
     registries: &[Arc<Registry>],
     credentials: Credentials<'_>,
 ) -> Result<Report, PreviewError> {
-    let cluster = observe(client, owner).await?;
+    let cluster = observe(client, registries).await?;
     let (planned, fetched) = match credentials {
-        Credentials::Assumed => (assumed(registries, &cluster.secrets), false),
+        Credentials::Assumed => (assumed(owner, registries, &cluster.secrets), false),
         Credentials::Fetch {
             generation,
             metrics,
@@ -402,28 +406,7 @@ pub async fn preview(
         .map(|(name, c)| (name.clone(), c.issued.clone()))
         .collect();
     let now = Utc::now();
-    let mut plans = plan_cluster(owner, registries, &issued, &cluster, &HashMap::new(), now);
-    // Only the namespaces where a foreign Secret blocks are planned again, with it known.
-    let foreign = find_foreign(client, owner, &plans).await?;
-    for planned in &mut plans {
-        let name = planned
-            .namespace
-            .metadata
-            .name
-            .as_deref()
-            .unwrap_or_default();
-        if let Some(blocked) = foreign.get(name) {
-            let observed = Observed {
-                namespace: planned.namespace,
-                secrets: planned.secrets.clone(),
-                service_accounts: planned.accounts.clone(),
-                foreign: blocked,
-                now,
-            };
-            planned.plan = plan::plan_namespace(owner, registries, &issued, &observed);
-            planned.foreign.clone_from(blocked);
-        }
-    }
+    let plans = plan_cluster(owner, registries, &issued, &cluster, now);
     Ok(report::build(
         owner, registries, &planned, fetched, &plans, now,
     ))

@@ -1,23 +1,21 @@
-//! Reconciling one namespace: plan it once from the caches and the current generation, then
-//! let the applier write. Same-named Secrets found to be someone else's are remembered for a
-//! while (their deletion is not watched). One namespace is synced by one task at a time,
-//! whether the sync came from a watch event, a rotation sweep or `once`.
+//! Reconciling one namespace: plan it once from the index and the current generation, let the
+//! applier write, and keep what each write returned in the index (write-through), so the next
+//! plan of this namespace starts from its own writes. One namespace is synced by one task at a
+//! time, whether the sync came from a watch event, a rotation sweep or `once`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::RwLock;
-use std::time::Duration;
+use std::sync::{Arc, Mutex as SyncMutex, RwLock};
 
-use chrono::{DateTime, TimeDelta, Utc};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::runtime::reflector::Store as Cache;
+use chrono::Utc;
 use tokio::sync::{Mutex, watch};
 use tracing::{error, warn};
 
 use crate::apply::{Applier, SecretOutcome};
 use crate::events::{Events, core_reference};
+use crate::index::Index;
 use crate::ownership::Owner;
-use crate::plan::{self, Observed, SecretChange};
+use crate::plan::{self, AccountState, NamespaceState, Observed, SecretChange, SecretState};
 use crate::refresh::error_chain;
 use crate::store::Generation;
 
@@ -28,58 +26,8 @@ pub enum ReconcileError {
     Writes { namespace: String, failed: usize },
 }
 
-/// Same-named Secrets found to be someone else's, each with the time until which it is left
-/// alone. A mark expires and the Secret is looked at again; a namespace still blocked renews
-/// it on every look.
-#[derive(Default)]
-pub struct ForeignMarks(RwLock<HashMap<(String, String), DateTime<Utc>>>);
-
-impl ForeignMarks {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, String), DateTime<Utc>>> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), DateTime<Utc>>> {
-        self.0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The Secret names marked in a namespace and not expired at `now`.
-    pub fn in_namespace(&self, namespace: &str, now: DateTime<Utc>) -> HashSet<String> {
-        self.read()
-            .iter()
-            .filter(|((ns, _), until)| ns == namespace && **until > now)
-            .map(|((_, name), _)| name.clone())
-            .collect()
-    }
-
-    pub fn mark(&self, namespace: &str, name: &str, until: DateTime<Utc>) {
-        self.write()
-            .insert((namespace.to_string(), name.to_string()), until);
-    }
-
-    pub fn clear(&self, namespace: &str, name: &str) {
-        self.write()
-            .remove(&(namespace.to_string(), name.to_string()));
-    }
-
-    /// Drops marks that expired before `stale_before`: their namespace left scope or was
-    /// deleted.
-    pub fn prune(&self, stale_before: DateTime<Utc>) {
-        self.write().retain(|_, until| *until > stale_before);
-    }
-
-    /// How many marks name this Secret, across namespaces.
-    pub fn count(&self, name: &str) -> usize {
-        self.read().keys().filter(|(_, n)| n == name).count()
-    }
-}
-
 /// One lock per stripe of namespaces: two tasks never sync the same namespace at once (a
-/// second one would plan from a cache that has not seen the first one's writes).
+/// second one would plan without the first one's writes).
 pub struct NamespaceLocks(Vec<Mutex<()>>);
 
 impl NamespaceLocks {
@@ -95,12 +43,24 @@ impl NamespaceLocks {
     }
 }
 
-/// The watched objects a reconcile reads.
-#[derive(Clone)]
-pub struct Caches {
-    pub namespaces: Cache<Namespace>,
-    pub secrets: Cache<Secret>,
-    pub accounts: Cache<ServiceAccount>,
+/// Secret names nothing is planned for now (see [`Observed::frozen`]), swapped whole.
+#[derive(Default)]
+pub struct Frozen(RwLock<Arc<BTreeSet<String>>>);
+
+impl Frozen {
+    pub fn get(&self) -> Arc<BTreeSet<String>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set(&self, names: BTreeSet<String>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(names);
+    }
 }
 
 /// Syncs namespaces. Followers keep warm caches and write nothing.
@@ -108,9 +68,14 @@ pub struct Reconciler {
     pub owner: Owner,
     pub applier: Applier,
     pub events: Events,
-    pub foreign: ForeignMarks,
-    pub foreign_recheck: Duration,
+    pub index: Arc<Index>,
+    pub frozen: Frozen,
+    /// Same-named Secrets already reported (namespace, name, UID): one Event each.
+    told: SyncMutex<HashSet<(String, String, String)>>,
     locks: NamespaceLocks,
+    /// Namespace syncs in flight at once, whoever asks (the queue's workers and a sweep): each
+    /// makes one request at a time, so this bounds pullkeeper's requests at the API server.
+    in_flight: tokio::sync::Semaphore,
     leader: watch::Receiver<bool>,
 }
 
@@ -119,16 +84,19 @@ impl Reconciler {
         owner: Owner,
         applier: Applier,
         events: Events,
-        foreign_recheck: Duration,
+        index: Arc<Index>,
         leader: watch::Receiver<bool>,
+        concurrency: usize,
     ) -> Self {
         Self {
             owner,
             applier,
             events,
-            foreign: ForeignMarks::default(),
-            foreign_recheck,
+            index,
+            frozen: Frozen::default(),
+            told: SyncMutex::default(),
             locks: NamespaceLocks::new(64),
+            in_flight: tokio::sync::Semaphore::new(concurrency.max(1)),
             leader,
         }
     }
@@ -137,32 +105,28 @@ impl Reconciler {
         *self.leader.borrow()
     }
 
-    /// Plans and applies one namespace. Returns whether a Secret someone else owns blocks a
-    /// registry here (the caller looks again later).
+    /// Plans and applies one namespace.
     pub async fn sync_namespace(
         &self,
         generation: &Generation,
-        caches: &Caches,
-        ns: &Namespace,
-    ) -> Result<bool, ReconcileError> {
+        ns: &NamespaceState,
+    ) -> Result<(), ReconcileError> {
         if !self.is_leader() {
-            return Ok(false);
+            return Ok(());
         }
-        let name = ns.metadata.name.clone().unwrap_or_default();
-        let _one_at_a_time = self.locks.of(&name).lock().await;
-        let now = Utc::now();
-        let mut foreign = self.foreign.in_namespace(&name, now);
-        let in_ns = |namespace: Option<&str>| namespace == Some(name.as_str());
+        let name = ns.name.as_str();
+        let _one_at_a_time = self.locks.of(name).lock().await;
+        let Ok(_slot) = self.in_flight.acquire().await else {
+            return Ok(());
+        };
+        let (secrets, accounts) = self.index.namespace(name);
+        let frozen = self.frozen.get();
         let observed = Observed {
             namespace: ns,
-            secrets: caches
-                .secrets
-                .state_filter(|s| in_ns(s.metadata.namespace.as_deref())),
-            service_accounts: caches
-                .accounts
-                .state_filter(|s| in_ns(s.metadata.namespace.as_deref())),
-            foreign: &foreign,
-            now,
+            secrets: &secrets,
+            service_accounts: &accounts,
+            frozen: &frozen,
+            now: Utc::now(),
         };
         let plan = plan::plan_namespace(
             &self.owner,
@@ -170,6 +134,7 @@ impl Reconciler {
             &generation.credentials(),
             &observed,
         );
+        self.tell_blocked(name, &plan.blocked, &secrets).await;
         let mut failed = 0;
         let mut newly_foreign = HashSet::new();
         for change in &plan.secrets {
@@ -185,9 +150,19 @@ impl Reconciler {
                     .apply_secret(secret, *existing, stray_keys, resource_version.as_deref())
                     .await
                 {
-                    Ok(SecretOutcome::Written) => self.foreign.clear(&name, &secret.name),
-                    Ok(SecretOutcome::Foreign) => {
-                        self.found_foreign(&name, &secret.name, registry, now).await;
+                    Ok(SecretOutcome::Written(written)) => {
+                        self.index
+                            .put_secret(name, SecretState::of(&written, &self.owner));
+                    }
+                    Ok(SecretOutcome::Foreign(theirs)) => {
+                        let theirs = SecretState::of(&theirs, &self.owner);
+                        self.index.put_secret(name, theirs.clone());
+                        self.tell_blocked(
+                            name,
+                            &[(secret.name.clone(), registry.clone())],
+                            &[theirs],
+                        )
+                        .await;
                         newly_foreign.insert(secret.name.clone());
                     }
                     Err(e) => {
@@ -199,82 +174,89 @@ impl Reconciler {
                     name: secret_name,
                     registry,
                     uid,
-                } => {
-                    if let Err(e) = self
-                        .applier
-                        .delete_secret(&name, secret_name, uid.clone())
-                        .await
-                    {
+                } => match self
+                    .applier
+                    .delete_secret(name, secret_name, uid.clone())
+                    .await
+                {
+                    Ok(()) => {
+                        self.index.remove_secret(name, secret_name, uid.as_deref());
+                    }
+                    Err(e) => {
                         failed += 1;
                         error!(namespace = %name, registry = ?registry, category = e.category(), error = %error_chain(&e), "pruning secret failed");
                     }
-                }
+                },
             }
         }
         // ServiceAccounts must never reference a Secret someone else owns.
         for change in plan.accounts_without(&self.owner, &newly_foreign) {
-            if let Err(e) = self.applier.patch_account(&name, &change).await {
-                failed += 1;
-                error!(namespace = %name, serviceaccount = %change.name, category = e.category(), error = %error_chain(&e), "patching serviceaccount failed");
+            match self.applier.patch_account(name, &change).await {
+                Ok(Some(patched)) => {
+                    self.index
+                        .put_account(name, AccountState::of(&patched, &self.owner));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failed += 1;
+                    error!(namespace = %name, serviceaccount = %change.name, category = e.category(), error = %error_chain(&e), "patching serviceaccount failed");
+                }
             }
         }
         if failed > 0 {
             return Err(ReconcileError::Writes {
-                namespace: name,
+                namespace: name.to_string(),
                 failed,
             });
         }
-        foreign.extend(newly_foreign);
-        Ok(!foreign.is_empty())
+        Ok(())
     }
 
-    async fn found_foreign(
+    /// Reports, once per Secret, each same-named Secret that keeps a registry out of this
+    /// namespace (log and Event on that Secret).
+    async fn tell_blocked(
         &self,
         namespace: &str,
-        secret: &str,
-        registry: &str,
-        now: DateTime<Utc>,
+        blocked: &[(String, String)],
+        secrets: &[SecretState],
     ) {
-        warn!(
-            namespace,
-            secret,
-            registry,
-            "a Secret of that name exists and is not pullkeeper's; leaving it untouched"
-        );
-        let until = now + TimeDelta::from_std(self.foreign_recheck).unwrap_or_default();
-        self.foreign.mark(namespace, secret, until);
-        self.events
-            .warn(
-                &core_reference("Secret", namespace, secret),
-                "ForeignSecret",
-                "Skip",
-                format!(
-                    "Secret {secret} is not managed by pullkeeper (registry {registry}); it was left untouched"
-                ),
-            )
-            .await;
+        for (secret, registry) in blocked {
+            let uid = secrets
+                .iter()
+                .find(|s| &s.name == secret)
+                .and_then(|s| s.uid.clone())
+                .unwrap_or_default();
+            let first = self
+                .told
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((namespace.to_string(), secret.clone(), uid));
+            if !first {
+                continue;
+            }
+            warn!(
+                namespace,
+                secret,
+                registry,
+                "a Secret of that name exists and is not pullkeeper's; leaving it untouched"
+            );
+            self.events
+                .warn(
+                    &core_reference("Secret", namespace, secret),
+                    "ForeignSecret",
+                    "Skip",
+                    format!(
+                        "Secret {secret} is not managed by pullkeeper (registry {registry}); it was left untouched"
+                    ),
+                )
+                .await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn foreign_marks_expire_at_the_time_given_and_are_pruned_later() {
-        let marks = ForeignMarks::default();
-        let now = Utc::now();
-        let minute = TimeDelta::minutes(1);
-        marks.mark("team-a", "pull", now + minute);
-        assert!(marks.in_namespace("team-a", now).contains("pull"));
-        assert!(marks.in_namespace("team-b", now).is_empty());
-        assert!(marks.in_namespace("team-a", now + minute * 2).is_empty());
-        assert_eq!(marks.count("pull"), 1);
-        marks.prune(now);
-        assert_eq!(marks.count("pull"), 1);
-        marks.prune(now + minute * 2);
-        assert_eq!(marks.count("pull"), 0);
-    }
 
     #[test]
     fn a_namespace_always_maps_to_the_same_lock() {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::config::Registry;
-use crate::plan::{self, Issued};
+use crate::plan::{self, AccountState, Issued, NamespaceState};
 
 /// The kubelet's waiting reasons of a container whose image cannot be pulled.
 pub const PULL_REASONS: [&str; 2] = ["ErrImagePull", "ImagePullBackOff"];
@@ -63,10 +63,10 @@ pub fn image_host(image: &str) -> &str {
 
 /// What the planner and the caches know about one namespace, for the verdicts.
 pub struct NamespaceView<'a> {
-    pub namespace: &'a Namespace,
+    pub namespace: &'a NamespaceState,
     /// Names of pullkeeper's Secrets present in the namespace.
     pub secrets: &'a [String],
-    pub service_accounts: &'a [Arc<ServiceAccount>],
+    pub service_accounts: &'a [Arc<AccountState>],
 }
 
 /// The registries (with their Secret) whose hosts serve `host`.
@@ -111,7 +111,7 @@ pub fn stuck_pods(
     pods: &[Arc<Pod>],
 ) -> Vec<Stuck> {
     let in_scope = plan::registries_in_scope(registries, view.namespace);
-    let ns = view.namespace.metadata.name.clone().unwrap_or_default();
+    let ns = view.namespace.name.clone();
     let mut found = Vec::new();
     for pod in pods {
         if pod.metadata.deletion_timestamp.is_some() {
@@ -132,14 +132,10 @@ pub fn stuck_pods(
                 Verdict::HasReference
             } else if !reg.service_accounts.matches(sa_name)
                 || !view.secrets.contains(&reg.secret_name)
-                || !view.service_accounts.iter().any(|sa| {
-                    sa.metadata.name.as_deref() == Some(sa_name)
-                        && sa
-                            .image_pull_secrets
-                            .iter()
-                            .flatten()
-                            .any(|r| r.name == reg.secret_name)
-                })
+                || !view
+                    .service_accounts
+                    .iter()
+                    .any(|sa| sa.name == sa_name && sa.lists(&reg.secret_name))
             {
                 Verdict::NotReady
             } else {
@@ -285,13 +281,10 @@ mod tests {
 
     use crate::testing::registry;
 
-    fn ns(name: &str) -> Namespace {
-        Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
+    fn ns(name: &str) -> NamespaceState {
+        NamespaceState {
+            name: name.into(),
+            ..NamespaceState::default()
         }
     }
 
@@ -339,19 +332,11 @@ mod tests {
         })
     }
 
-    fn default_sa(lists: &[&str]) -> Arc<ServiceAccount> {
-        Arc::new(ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some("default".into()),
-                ..ObjectMeta::default()
-            },
-            image_pull_secrets: Some(
-                lists
-                    .iter()
-                    .map(|n| LocalObjectReference { name: (*n).into() })
-                    .collect(),
-            ),
-            ..ServiceAccount::default()
+    fn default_sa(lists: &[&str]) -> Arc<AccountState> {
+        Arc::new(AccountState {
+            name: "default".into(),
+            pull_secrets: Some(lists.iter().map(|n| (*n).to_string()).collect()),
+            ..AccountState::default()
         })
     }
 

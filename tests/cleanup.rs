@@ -472,6 +472,7 @@ async fn too_weak_rbac_stops_cleanup_before_it_removes_anything() {
     support::wait_account(&client, &ns, "default").await;
     // pullkeeper's namespace (for the Lease) and RBAC, as the installation had them.
     support::install_rbac(&client).await;
+    support::grant_secret_names(&client, &["left-pull".to_string()]).await;
     let instance = daemon::unique_instance();
     let lease_name = format!("{instance}-leader");
     // What a stopped daemon leaves: its Secret, its recorded entry, its released Lease.

@@ -937,6 +937,10 @@ async fn the_kustomize_base_installs_two_replicas_that_hand_over_and_uninstall_c
     let patch_config = json!([
         {"op": "replace", "path": "/data", "value": {"incluster.yaml": yaml(&registry_file(std::slice::from_ref(&first)))}},
     ]);
+    // The role grants Secrets by name: the registry file's, as every overlay sets it.
+    let patch_names = json!([
+        {"op": "replace", "path": "/rules/0/resourceNames", "value": [SECRET]},
+    ]);
     let kustomization = json!({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -945,6 +949,7 @@ async fn the_kustomize_base_installs_two_replicas_that_hand_over_and_uninstall_c
         "patches": [
             {"target": {"kind": "Deployment", "name": "pullkeeper"}, "patch": yaml(&patch_deployment)},
             {"target": {"kind": "ConfigMap", "name": "pullkeeper-config"}, "patch": yaml(&patch_config)},
+            {"target": {"kind": "ClusterRole", "name": "pullkeeper-secrets"}, "patch": yaml(&patch_names)},
         ],
     });
     std::fs::write(overlay.join("kustomization.yaml"), yaml(&kustomization)).expect("write");

@@ -38,6 +38,8 @@ impl Planned {
 }
 
 async fn plan(kubeconfig: &Path, config: &Path, instance: &str, extra: &[&str]) -> Planned {
+    // The role grants the names of the config planned, as the installation's would.
+    daemon::grant_config(config).await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
         .arg("plan")
         .arg("--config")
@@ -221,7 +223,7 @@ async fn idle_daemon(kubeconfig: &Path, instance: &str) -> daemon::Daemon {
 }
 
 /// Replaces the daemon's config with `files`, as a ConfigMap update would.
-fn deploy(d: &daemon::Daemon, files: &[&(String, String)]) {
+async fn deploy(d: &daemon::Daemon, files: &[&(String, String)]) {
     for entry in std::fs::read_dir(&d.config_dir).expect("config dir") {
         let path = entry.expect("entry").path();
         if !files
@@ -231,6 +233,13 @@ fn deploy(d: &daemon::Daemon, files: &[&(String, String)]) {
             std::fs::remove_file(&path).expect("remove config file");
         }
     }
+    // The role grants the new names before the config names them, as a Helm upgrade applies
+    // both at once.
+    let dir = config_dir();
+    for (name, text) in files {
+        write_config(&dir, name, text);
+    }
+    daemon::grant_config(&dir).await;
     for (name, text) in files {
         write_config(&d.config_dir, name, text);
     }
@@ -359,7 +368,7 @@ async fn after_a_config_change_plan_predicts_exactly_the_writes_run_makes() {
 
     // Converge on the first config.
     let first = registry_file(&main, "main", &support::test_selector(test), "");
-    deploy(&d, &[&first]);
+    deploy(&d, &[&first]).await;
     for ns in [&stay1, &stay2, &leave] {
         support::wait_password(&client, ns, "main-pull", "registry.main.test", "main-pw").await;
         support::wait_pull_secrets(&client, ns, "default", &["main-pull"]).await;
@@ -409,7 +418,7 @@ async fn after_a_config_change_plan_predicts_exactly_the_writes_run_makes() {
 
     let before = writes(&d.metrics().await);
     let at = unix_now();
-    deploy(&d, &[&narrowed]);
+    deploy(&d, &[&narrowed]).await;
     for ns in [&stay1, &stay2] {
         support::wait_pull_secrets(&client, ns, "builder", &["main-pull"]).await;
     }
@@ -485,7 +494,7 @@ async fn after_a_config_change_plan_predicts_exactly_the_writes_run_makes() {
 
     let before = writes(&d.metrics().await);
     let at = unix_now();
-    deploy(&d, &[&narrowed, &second]);
+    deploy(&d, &[&narrowed, &second]).await;
     for ns in [&stay1, &stay2, &leave] {
         support::wait_password(&client, ns, "extra-pull", "registry.extra.test", "extra-pw").await;
     }
@@ -550,7 +559,7 @@ async fn a_foreign_secret_is_reported_as_blocking_and_run_leaves_it_alone() {
 
     let before = writes(&d.metrics().await);
     let at = unix_now();
-    deploy(&d, &[&file]);
+    deploy(&d, &[&file]).await;
     support::wait_password(&client, &ours, "fgn-pull", "registry.fgn.test", "fgn-pw").await;
     support::wait_pull_secrets(&client, &ours, "default", &["fgn-pull"]).await;
     wait_settled(&d, "fgn", at).await;

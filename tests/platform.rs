@@ -145,13 +145,14 @@ async fn a_client_holding_only_the_pullkeeper_service_account_token_is_refused_w
         .list(&ListParams::default())
         .await
         .expect("the role grants listing ServiceAccounts");
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("pk-rbac-probe".to_string()),
-            ..ObjectMeta::default()
-        },
-        ..Secret::default()
-    };
+    // (Secrets only of pullkeeper's own kind: tests/least_privilege.rs tries the others.)
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "pk-rbac-probe", "labels": {
+            "app.kubernetes.io/managed-by": "pullkeeper", "pullkeeper.dev/instance": "probe"}},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "eyJhdXRocyI6e319"},
+    }))
+    .expect("secret");
     Api::<Secret>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &secret)
         .await

@@ -29,7 +29,7 @@ const RECOVERY_RBAC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/deploy/kustomize/components/pod-recovery/rbac.yaml"
 );
-const RECOVERY_SA: &str = "pullkeeper-recovery";
+const RECOVERY_SA: &str = support::RECOVERY_SERVICE_ACCOUNT;
 
 /// A config directory with one registry file for the htpasswd registry (static provider, the
 /// password from a file).
@@ -96,6 +96,8 @@ async fn recovery_kubeconfig(admin: &Client) -> PathBuf {
             .await
             .expect("apply a recovery binding");
     }
+    // The shipped guardrails, for this identity.
+    support::install_policy_for(admin, support::PULLKEEPER_NAMESPACE, RECOVERY_SA).await;
     let token = support::sa_token(admin, support::PULLKEEPER_NAMESPACE, RECOVERY_SA).await;
     let as_recovery = support::client_for_token(&token).await;
     for verb in ["list", "watch", "delete"] {

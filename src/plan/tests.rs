@@ -11,7 +11,8 @@ use serde_json::json;
 use super::*;
 use crate::config::ServiceAccountTargets;
 use crate::credential::{Credential, Login};
-use crate::ownership::SA_ANNOTATION;
+use crate::ownership::{OPT_OUT_ANNOTATION, SA_ANNOTATION, owned_entries};
+use crate::plan::state::{AccountState, NamespaceState, SecretState};
 use crate::render::render;
 use crate::sensitive::Sensitive;
 use crate::testing::registry;
@@ -80,14 +81,50 @@ fn plan_with(
     service_accounts: Vec<Arc<ServiceAccount>>,
     foreign: &HashSet<String>,
 ) -> NamespacePlan {
-    let observed = Observed {
+    #![allow(clippy::needless_pass_by_value)] // the tests build the lists in the call
+    plan_as(
+        &Owner::default(),
+        registries,
+        credentials,
         namespace,
-        secrets,
-        service_accounts,
+        &secrets,
+        &service_accounts,
         foreign,
+    )
+}
+
+/// Plans `namespace` for `owner` from API objects, in the planning form the caches hold; the
+/// names in `foreign` are same-named Secrets someone else owns.
+fn plan_as(
+    owner: &Owner,
+    registries: &[Arc<crate::config::Registry>],
+    credentials: &HashMap<String, Arc<Issued>>,
+    namespace: &Namespace,
+    secrets: &[Arc<Secret>],
+    service_accounts: &[Arc<ServiceAccount>],
+    foreign: &HashSet<String>,
+) -> NamespacePlan {
+    let namespace = NamespaceState::of(namespace);
+    let secrets: Vec<SecretState> = secrets
+        .iter()
+        .map(|s| SecretState::of(s, owner))
+        .chain(foreign.iter().map(|name| SecretState {
+            name: name.clone(),
+            ..SecretState::default()
+        }))
+        .collect();
+    let accounts: Vec<Arc<AccountState>> = service_accounts
+        .iter()
+        .map(|sa| Arc::new(AccountState::of(sa, owner)))
+        .collect();
+    let observed = Observed {
+        namespace: &namespace,
+        secrets: &secrets,
+        service_accounts: &accounts,
+        frozen: &BTreeSet::new(),
         now: chrono::Utc::now(),
     };
-    plan_namespace(&Owner::default(), registries, credentials, &observed)
+    plan_namespace(owner, registries, credentials, &observed)
 }
 
 /// The Secret as pullkeeper writes it, as the cache would hold it.
@@ -231,7 +268,12 @@ fn entries_pullkeeper_did_not_add_are_never_removed_or_reordered() {
         Some("harbor-pull,old-pull"),
     );
     // pullkeeper now wants nothing: only its two entries go, the user's keep their order.
-    let patch = account_patch(&Owner::default(), &account, &BTreeSet::new()).expect("a change");
+    let patch = account_patch(
+        &Owner::default(),
+        &AccountState::of(&account, &Owner::default()),
+        &BTreeSet::new(),
+    )
+    .expect("a change");
     let after = patched(&account, &patch);
     assert_eq!(pull_names(&after), ["user-a", "user-b"]);
     assert!(owned_entries(&Owner::default(), &after).is_empty());
@@ -255,12 +297,19 @@ fn an_entry_a_person_added_by_hand_stays_theirs() {
     assert!(
         account_patch(
             &Owner::default(),
-            &account,
+            &AccountState::of(&account, &Owner::default()),
             &BTreeSet::from(["harbor-pull".to_string()])
         )
         .is_none()
     );
-    assert!(account_patch(&Owner::default(), &account, &BTreeSet::new()).is_none());
+    assert!(
+        account_patch(
+            &Owner::default(),
+            &AccountState::of(&account, &Owner::default()),
+            &BTreeSet::new()
+        )
+        .is_none()
+    );
 }
 
 #[test]
@@ -268,7 +317,7 @@ fn a_dropped_reference_is_added_back() {
     let account = sa("default", &["user-a"], Some("harbor-pull"));
     let patch = account_patch(
         &Owner::default(),
-        &account,
+        &AccountState::of(&account, &Owner::default()),
         &BTreeSet::from(["harbor-pull".to_string()]),
     )
     .expect("a change");
@@ -281,7 +330,7 @@ fn a_guarded_patch_fails_when_the_list_changed_since_it_was_observed() {
     let observed = sa("default", &["user-a"], None);
     let patch = account_patch(
         &Owner::default(),
-        &observed,
+        &AccountState::of(&observed, &Owner::default()),
         &BTreeSet::from(["harbor-pull".to_string()]),
     )
     .expect("a change");
@@ -380,29 +429,14 @@ fn system_terminating_and_opted_out_namespaces_are_left_alone() {
     let c = creds(&[("harbor", issued(&reg, "pw"))]);
     let foreign = HashSet::new();
     let mut system = ns("kube-system");
-    let plan_for = |n: &Namespace| {
-        let observed = Observed {
-            namespace: n,
-            secrets: vec![],
-            service_accounts: vec![],
-            foreign: &foreign,
-            now: chrono::Utc::now(),
-        };
-        plan_namespace(&Owner::default(), std::slice::from_ref(&reg), &c, &observed)
-    };
+    let plan_for =
+        |n: &Namespace| plan_with(std::slice::from_ref(&reg), &c, n, vec![], vec![], &foreign);
     assert!(plan_for(&system).secrets.is_empty());
     let named = Arc::new(registry("harbor", |r| {
         r.namespaces.include = vec!["kube-system".into()];
     }));
-    let observed = Observed {
-        namespace: &system,
-        secrets: vec![],
-        service_accounts: vec![],
-        foreign: &foreign,
-        now: chrono::Utc::now(),
-    };
     assert_eq!(
-        plan_namespace(&Owner::default(), &[named], &c, &observed)
+        plan_with(&[named], &c, &system, vec![], vec![], &foreign)
             .secrets
             .len(),
         1
@@ -449,15 +483,8 @@ fn a_label_selector_limits_the_namespaces() {
     let c = creds(&[("harbor", issued(&reg, "pw"))]);
     let foreign = HashSet::new();
     let mut n = ns("team-a");
-    let observed = Observed {
-        namespace: &n,
-        secrets: vec![],
-        service_accounts: vec![],
-        foreign: &foreign,
-        now: chrono::Utc::now(),
-    };
     assert!(
-        plan_namespace(&Owner::default(), std::slice::from_ref(&reg), &c, &observed)
+        plan_with(std::slice::from_ref(&reg), &c, &n, vec![], vec![], &foreign)
             .secrets
             .is_empty()
     );
@@ -465,15 +492,8 @@ fn a_label_selector_limits_the_namespaces() {
         "team".to_string(),
         "payments".to_string(),
     )]));
-    let observed = Observed {
-        namespace: &n,
-        secrets: vec![],
-        service_accounts: vec![],
-        foreign: &foreign,
-        now: chrono::Utc::now(),
-    };
     assert_eq!(
-        plan_namespace(&Owner::default(), &[reg], &c, &observed)
+        plan_with(&[reg], &c, &n, vec![], vec![], &foreign)
             .secrets
             .len(),
         1
@@ -540,9 +560,13 @@ fn two_installations_never_touch_each_others_objects() {
     assert!(!blue.owns(&theirs.metadata));
     // An account carrying the default installation's entry: blue neither removes nor claims it.
     let account = sa("default", &["harbor-pull"], Some("harbor-pull"));
-    assert!(account_patch(&blue, &account, &BTreeSet::new()).is_none());
-    let patch =
-        account_patch(&blue, &account, &BTreeSet::from(["blue-pull".to_string()])).expect("change");
+    assert!(account_patch(&blue, &AccountState::of(&account, &blue), &BTreeSet::new()).is_none());
+    let patch = account_patch(
+        &blue,
+        &AccountState::of(&account, &blue),
+        &BTreeSet::from(["blue-pull".to_string()]),
+    )
+    .expect("change");
     let after = patched(&account, &patch);
     assert_eq!(pull_names(&after), ["harbor-pull", "blue-pull"]);
     assert_eq!(
@@ -559,8 +583,12 @@ fn two_installations_never_touch_each_others_objects() {
 fn a_named_installation_removes_its_own_entry() {
     let blue = Owner::new("t1234");
     let mut account = (*sa("default", &["team-own", "legacy"], None)).clone();
-    let patch =
-        account_patch(&blue, &account, &BTreeSet::from(["users-pull".to_string()])).expect("add");
+    let patch = account_patch(
+        &blue,
+        &AccountState::of(&account, &blue),
+        &BTreeSet::from(["users-pull".to_string()]),
+    )
+    .expect("add");
     account = patched(&account, &patch);
     account
         .image_pull_secrets
@@ -569,7 +597,8 @@ fn a_named_installation_removes_its_own_entry() {
         .push(LocalObjectReference {
             name: "late".into(),
         });
-    let patch = account_patch(&blue, &account, &BTreeSet::new()).expect("remove");
+    let patch =
+        account_patch(&blue, &AccountState::of(&account, &blue), &BTreeSet::new()).expect("remove");
     assert_eq!(
         pull_names(&patched(&account, &patch)),
         ["team-own", "legacy", "late"]
@@ -756,11 +785,22 @@ fn drift_names_each_way_a_secret_differs_and_nothing_when_it_is_current() {
     let now = chrono::Utc::now();
     let i = with_expiry(&issued(&reg, "pw"), now + chrono::TimeDelta::hours(1));
     let desired = desired_secret(&owner, &reg, "team-a", &i);
-    assert!(secret_drift(&desired.to_secret(), &desired, now).is_empty());
+    assert!(
+        secret_drift(
+            &SecretState::of(&desired.to_secret(), &Owner::default()),
+            &desired,
+            now
+        )
+        .is_empty()
+    );
 
     let rotated = desired_secret(&owner, &reg, "team-a", &issued(&reg, "pw2"));
     assert_eq!(
-        secret_drift(&desired.to_secret(), &rotated, now),
+        secret_drift(
+            &SecretState::of(&desired.to_secret(), &Owner::default()),
+            &rotated,
+            now
+        ),
         [Drift::Content, Drift::Annotations]
     );
 
@@ -784,7 +824,7 @@ fn drift_names_each_way_a_secret_differs_and_nothing_when_it_is_current() {
         .expect("annotations")
         .remove(EXPIRES_ANNOTATION);
     assert_eq!(
-        secret_drift(&edited, &desired, now),
+        secret_drift(&SecretState::of(&edited, &Owner::default()), &desired, now),
         [Drift::Type, Drift::StrayKeys, Drift::Labels, Drift::Expiry]
     );
 }
@@ -795,9 +835,14 @@ fn account_edits_read_back_what_the_patch_adds_removes_and_records() {
     let wanted = |names: &[&str]| names.iter().map(|n| (*n).to_string()).collect();
 
     let fresh = sa("default", &[], None);
-    let patch = account_patch(&owner, &fresh, &wanted(&["a-pull", "b-pull"])).expect("patch");
+    let patch = account_patch(
+        &owner,
+        &AccountState::of(&fresh, &owner),
+        &wanted(&["a-pull", "b-pull"]),
+    )
+    .expect("patch");
     assert_eq!(
-        account_edits(&fresh, &patch),
+        account_edits(&AccountState::of(&fresh, &owner), &patch),
         AccountEdits {
             add: vec!["a-pull".into(), "b-pull".into()],
             remove: vec![],
@@ -810,8 +855,13 @@ fn account_edits_read_back_what_the_patch_adds_removes_and_records() {
         &["user", "old-pull", "a-pull"],
         Some("old-pull,a-pull"),
     );
-    let patch = account_patch(&owner, &listed, &wanted(&["a-pull", "new-pull"])).expect("patch");
-    let edits = account_edits(&listed, &patch);
+    let patch = account_patch(
+        &owner,
+        &AccountState::of(&listed, &owner),
+        &wanted(&["a-pull", "new-pull"]),
+    )
+    .expect("patch");
+    let edits = account_edits(&AccountState::of(&listed, &owner), &patch);
     assert_eq!(edits.add, ["new-pull"]);
     assert_eq!(edits.remove, ["old-pull"]);
     assert!(edits.records);
@@ -823,9 +873,10 @@ fn account_edits_read_back_what_the_patch_adds_removes_and_records() {
 
     // An entry removed by hand: only the record of ownership is rewritten.
     let dropped = sa("default", &["user"], Some("a-pull"));
-    let patch = account_patch(&owner, &dropped, &wanted(&[])).expect("patch");
+    let patch =
+        account_patch(&owner, &AccountState::of(&dropped, &owner), &wanted(&[])).expect("patch");
     assert_eq!(
-        account_edits(&dropped, &patch),
+        account_edits(&AccountState::of(&dropped, &owner), &patch),
         AccountEdits {
             add: vec![],
             remove: vec![],

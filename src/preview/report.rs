@@ -3,18 +3,19 @@
 //! registries, hosts and at most a 12-digit prefix of a content hash; a credential value has no
 //! field to land in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use serde::Serialize;
 
 use super::PlannedCredential;
 use crate::config::Registry;
 use crate::ownership::Owner;
-use crate::plan::{self, Drift, NamespacePlan, SecretChange};
+use crate::plan::{
+    self, AccountState, Drift, NamespacePlan, NamespaceState, SecretChange, SecretState,
+};
 
 /// The `apiVersion` and `kind` of the JSON document.
 pub const API_VERSION: &str = "pullkeeper.dev/v1";
@@ -22,13 +23,11 @@ pub const KIND: &str = "Plan";
 /// Digits of a content hash shown.
 const HASH_PREFIX: usize = 12;
 
-/// One namespace as planned, with the objects it was planned from.
-pub struct Planned<'c> {
-    pub namespace: &'c Namespace,
-    pub secrets: Vec<Arc<Secret>>,
-    pub accounts: Vec<Arc<ServiceAccount>>,
-    /// Same-named Secrets that are not this installation's.
-    pub foreign: HashSet<String>,
+/// One namespace as planned, with what it was planned from.
+pub struct Planned {
+    pub namespace: NamespaceState,
+    pub secrets: Vec<SecretState>,
+    pub accounts: Vec<Arc<AccountState>>,
     pub plan: NamespacePlan,
 }
 
@@ -149,6 +148,9 @@ pub struct Summary {
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Writes {
+    /// New Secrets (one create each).
+    pub secret_create: usize,
+    /// Secrets updated in place (server-side apply).
     pub secret_apply: usize,
     pub secret_patch: usize,
     pub secret_delete: usize,
@@ -182,13 +184,12 @@ fn credential_report(credential: Option<&PlannedCredential>) -> CredentialReport
 }
 
 fn namespace_report(
-    planned: &Planned<'_>,
-    registries: &[Arc<Registry>],
+    planned: &Planned,
     credentials: &HashMap<String, PlannedCredential>,
     now: DateTime<Utc>,
     writes: &mut Writes,
 ) -> NamespaceReport {
-    let name = planned.namespace.metadata.name.clone().unwrap_or_default();
+    let name = planned.namespace.name.clone();
     let mut secrets = Vec::new();
     for change in &planned.plan.secrets {
         match change {
@@ -199,14 +200,18 @@ fn namespace_report(
                 stray_keys,
                 ..
             } => {
-                writes.secret_apply += 1;
+                if *existing {
+                    writes.secret_apply += 1;
+                } else {
+                    writes.secret_create += 1;
+                }
                 if !stray_keys.is_empty() {
                     writes.secret_patch += 1;
                 }
                 let observed = planned
                     .secrets
                     .iter()
-                    .find(|s| s.metadata.name.as_deref() == Some(secret.name.as_str()));
+                    .find(|s| s.owned && s.name == secret.name);
                 let source = credentials.get(registry).map(|c| c.source);
                 let (action, reasons) = match observed.filter(|_| *existing) {
                     Some(observed) => (
@@ -246,7 +251,7 @@ fn namespace_report(
             let edits = planned
                 .accounts
                 .iter()
-                .find(|sa| sa.metadata.name.as_deref() == Some(change.name.as_str()))
+                .find(|sa| sa.name == change.name)
                 .map(|sa| plan::account_edits(sa, &change.patch))
                 .unwrap_or_default();
             AccountReport {
@@ -258,16 +263,13 @@ fn namespace_report(
         })
         .collect();
     service_accounts.sort_by(|a, b| a.name.cmp(&b.name));
-    let in_scope = plan::registries_in_scope(registries, planned.namespace);
     let mut blocked: Vec<BlockedReport> = planned
-        .foreign
+        .plan
+        .blocked
         .iter()
-        .map(|secret| BlockedReport {
+        .map(|(secret, registry)| BlockedReport {
             secret: secret.clone(),
-            registry: in_scope
-                .iter()
-                .find(|r| &r.secret_name == secret)
-                .map(|r| r.name.clone()),
+            registry: Some(registry.clone()),
         })
         .collect();
     blocked.sort_by(|a, b| a.secret.cmp(&b.secret));
@@ -285,7 +287,7 @@ pub fn build(
     registries: &[Arc<Registry>],
     credentials: &HashMap<String, PlannedCredential>,
     fetched: bool,
-    plans: &[Planned<'_>],
+    plans: &[Planned],
     now: DateTime<Utc>,
 ) -> Report {
     let mut summary = Summary {
@@ -295,10 +297,10 @@ pub fn build(
     let mut in_scope: HashMap<&str, usize> = HashMap::new();
     let mut namespaces = Vec::new();
     for planned in plans {
-        for reg in plan::registries_in_scope(registries, planned.namespace) {
+        for reg in plan::registries_in_scope(registries, &planned.namespace) {
             *in_scope.entry(reg.name.as_str()).or_default() += 1;
         }
-        let ns = namespace_report(planned, registries, credentials, now, &mut summary.writes);
+        let ns = namespace_report(planned, credentials, now, &mut summary.writes);
         if !planned.plan.is_empty() {
             summary.namespaces_changed += 1;
         }
@@ -327,7 +329,11 @@ pub fn build(
     }
     namespaces.sort_by(|a, b| a.name.cmp(&b.name));
     let w = &mut summary.writes;
-    w.total = w.secret_apply + w.secret_patch + w.secret_delete + w.service_account_patch;
+    w.total = w.secret_create
+        + w.secret_apply
+        + w.secret_patch
+        + w.secret_delete
+        + w.service_account_patch;
     summary.changes = w.total > 0;
     Report {
         api_version: API_VERSION,

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -113,7 +113,11 @@ fn the_assumed_credential_is_what_most_intact_secrets_hold_and_unknown_without_a
         Arc::new(tampered.clone()),
         Arc::new(tampered),
     ];
-    let assumed = assumed(&[Arc::new(reg.clone()), Arc::new(other)], &secrets);
+    let assumed = assumed(
+        &Owner::default(),
+        &[Arc::new(reg.clone()), Arc::new(other)],
+        &secrets,
+    );
     let harbor = &assumed["harbor"];
     assert_eq!(harbor.source, CredentialSource::ExistingSecret);
     assert_eq!(harbor.issued.rendered.hash, current.rendered.hash);
@@ -179,20 +183,19 @@ fn the_report_lists_every_change_the_planner_makes_and_counts_its_writes() {
     let cluster = cluster(&reg, &current);
     let registries = vec![Arc::new(reg.clone())];
     let credentials = fetched(&[(&reg, &current)]);
-    let foreign = HashMap::from([(
-        "team-c".to_string(),
-        HashSet::from(["harbor-pull".to_string()]),
-    )]);
+    let mut cluster = cluster;
+    cluster.secrets.push(Arc::new(Secret {
+        metadata: ObjectMeta {
+            name: Some("harbor-pull".into()),
+            namespace: Some("team-c".into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }));
     let now = Utc::now();
     let owner = Owner::default();
-    let plans = plan_cluster(
-        &owner,
-        &registries,
-        &issued_of(&credentials),
-        &cluster,
-        &foreign,
-        now,
-    );
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
     let report = build(&owner, &registries, &credentials, true, &plans, now);
 
     let names: Vec<&str> = report.namespaces.iter().map(|n| n.name.as_str()).collect();
@@ -271,17 +274,10 @@ fn a_rotation_shows_as_a_content_update_and_unknown_content_as_creates() {
     };
     let quay = registry("quay", |_| {});
     let registries = vec![Arc::new(reg.clone()), Arc::new(quay)];
-    let mut credentials = assumed(&registries, &cluster.secrets);
+    let mut credentials = assumed(&Owner::default(), &registries, &cluster.secrets);
     let owner = Owner::default();
     let now = Utc::now();
-    let plans = plan_cluster(
-        &owner,
-        &registries,
-        &issued_of(&credentials),
-        &cluster,
-        &HashMap::new(),
-        now,
-    );
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
     let report = build(&owner, &registries, &credentials, false, &plans, now);
     let secrets = &report.namespaces[0].secrets;
     assert_eq!(secrets.len(), 1, "harbor unchanged; quay created");
@@ -307,14 +303,7 @@ fn a_rotation_shows_as_a_content_update_and_unknown_content_as_creates() {
             issued: new,
         },
     );
-    let plans = plan_cluster(
-        &owner,
-        &registries,
-        &issued_of(&credentials),
-        &cluster,
-        &HashMap::new(),
-        now,
-    );
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
     let report = build(&owner, &registries, &credentials, true, &plans, now);
     let harbor = report.namespaces[0]
         .secrets
@@ -340,17 +329,10 @@ fn a_converged_cluster_reports_no_change() {
         accounts: vec![sa("team-a", "default", &["harbor-pull"], "harbor-pull")],
     };
     let registries = vec![Arc::new(reg)];
-    let credentials = assumed(&registries, &cluster.secrets);
+    let credentials = assumed(&Owner::default(), &registries, &cluster.secrets);
     let owner = Owner::default();
     let now = Utc::now();
-    let plans = plan_cluster(
-        &owner,
-        &registries,
-        &issued_of(&credentials),
-        &cluster,
-        &HashMap::new(),
-        now,
-    );
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
     let report = build(&owner, &registries, &credentials, false, &plans, now);
     assert!(report.namespaces.is_empty());
     assert!(!report.summary.changes);
@@ -368,17 +350,10 @@ fn neither_output_carries_the_credential_in_any_form() {
     let current = issued(&reg, CANARY, None);
     let cluster = cluster(&reg, &current);
     let registries = vec![Arc::new(reg)];
-    let credentials = assumed(&registries, &cluster.secrets);
+    let credentials = assumed(&Owner::default(), &registries, &cluster.secrets);
     let owner = Owner::default();
     let now = Utc::now();
-    let plans = plan_cluster(
-        &owner,
-        &registries,
-        &issued_of(&credentials),
-        &cluster,
-        &HashMap::new(),
-        now,
-    );
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
     let report = build(&owner, &registries, &credentials, false, &plans, now);
     let b64 = base64::engine::general_purpose::STANDARD;
     let forms = [

@@ -63,6 +63,12 @@ for switch in serviceMonitor=ServiceMonitor prometheusRule=PrometheusRule; do
   [[ $got == "$kind " ]] || fail "$value.enabled=true renders [${got}] instead of one $kind"
 done
 
+# admissionPolicy.enabled=false (clusters older than 1.30) leaves out exactly the policy and its
+# binding.
+got="$("$helm" template pullkeeper "$chart" --namespace pullkeeper --set admissionPolicy.enabled=false \
+  | grep -cE '^kind: ValidatingAdmissionPolicy(Binding)?$')" || true
+[[ $got == 0 ]] || fail "admissionPolicy.enabled=false still renders $got admission policy objects"
+
 # The registry files rendered from values must pass `pullkeeper check`.
 cargo build --bin pullkeeper || fail "cargo build --bin pullkeeper failed"
 python3 deploy/check_rendered.py config-dir "$tmp/full.yaml" "$tmp/config" || fail "no ConfigMap rendered"

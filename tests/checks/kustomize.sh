@@ -69,9 +69,16 @@ configMapGenerator:
     namespace: pullkeeper
     behavior: merge
     files: [${example_of[$name]}]
+patches:
+  - target: {kind: ClusterRole, name: pullkeeper-secrets}
+    patch: |-
+      - op: replace
+        path: /rules/0/resourceNames
+        value: [$(awk '/^secretName:/ {print $2}' "config/examples/${example_of[$name]}")]
 YAML
   kubectl kustomize "$user" >"$user.yaml" || fail "kubectl kustomize of a user overlay of $name failed"
   python3 deploy/check_rendered.py config-dir "$user.yaml" "$user.config" || fail "no mounted ConfigMap in the user overlay of $name"
+  python3 deploy/check_rendered.py kustomize-user "$user.yaml" || fail "user overlay of $name: rendered manifests are not as expected"
   got=$(cd "$user.config" && ls)
   [[ $got == "${example_of[$name]}" ]] || fail "user overlay of $name: ConfigMap holds [$got], expected only ${example_of[$name]}"
   out="$("$bin" check --no-file-checks --config "$user.config" 2>&1)" \

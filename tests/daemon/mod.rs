@@ -57,6 +57,34 @@ pub async fn pullkeeper_kubeconfig(admin: &Client) -> PathBuf {
     support::kubeconfig_for_token(&token)
 }
 
+/// The Secret names the registry files in `dir` use (files that do not parse are skipped: some
+/// tests start from an invalid config on purpose).
+pub fn secret_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "yaml" || x == "yml")
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok())
+        .filter_map(|doc| doc.get("secretName")?.as_str().map(String::from))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Grants pullkeeper's ServiceAccount the Secret names of the registry files in `dir`, as a
+/// user adds them to the role (the shipped role grants Secrets only by name).
+pub async fn grant_config(dir: &Path) {
+    let admin = support::admin_client().await;
+    support::grant_secret_names(&admin, &secret_names(dir)).await;
+}
+
 /// Starts `pullkeeper run` on `config_dir` under pullkeeper's RBAC.
 pub async fn start(admin: &Client, config_dir: &Path, log_filter: &str) -> Daemon {
     let kubeconfig = pullkeeper_kubeconfig(admin).await;
@@ -103,6 +131,20 @@ pub async fn start_with(
 
 /// Like [`start_with`], with extra environment variables for the daemon (cloud identities).
 pub async fn start_with_env(
+    kubeconfig: &Path,
+    config_dir: &Path,
+    log_filter: &str,
+    instance: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Daemon {
+    grant_config(config_dir).await;
+    spawn(kubeconfig, config_dir, log_filter, instance, extra, envs).await
+}
+
+/// Like [`start_with_env`], without granting the config's Secret names first (the role stays
+/// as it is), and waits for `/readyz`.
+pub async fn spawn(
     kubeconfig: &Path,
     config_dir: &Path,
     log_filter: &str,

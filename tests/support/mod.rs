@@ -376,6 +376,12 @@ pub const RBAC_MANIFEST: &str = concat!(
     "/deploy/kustomize/base/rbac.yaml"
 );
 
+/// The admission guardrails the daemon ships with (bound to its ServiceAccount).
+pub const ADMISSION_POLICY_MANIFEST: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/kustomize/base/admission-policy.yaml"
+);
+
 /// Applies `deploy/kustomize/base/rbac.yaml` (creating namespace `pullkeeper` first) with
 /// server-side apply, idempotently (safe from parallel tests), and waits until the API server's
 /// authorizer has seen every binding in it (checked with `SubjectAccessReviews`), so a token minted
@@ -397,10 +403,58 @@ pub async fn install_rbac(client: &Client) {
         .await
         .unwrap_or_else(|e| panic!("applying namespace {PULLKEEPER_NAMESPACE} failed: {e}"));
 
-    let text = std::fs::read_to_string(RBAC_MANIFEST)
-        .unwrap_or_else(|e| panic!("cannot read {RBAC_MANIFEST}: {e}"));
-    let objects = parse_manifest(&text);
-    for obj in &objects {
+    let mut objects = Vec::new();
+    for manifest in [RBAC_MANIFEST, ADMISSION_POLICY_MANIFEST] {
+        let text = std::fs::read_to_string(manifest)
+            .unwrap_or_else(|e| panic!("cannot read {manifest}: {e}"));
+        objects.extend(parse_manifest(&text));
+    }
+    apply_objects(client, &objects).await;
+    wait_until_bindings_authorize(client, &objects).await;
+}
+
+/// The other identity tests run the daemon as (tests/recovery.rs: the base role plus the
+/// optional pod-recovery one).
+pub const RECOVERY_SERVICE_ACCOUNT: &str = "pullkeeper-recovery";
+
+/// Applies the shipped admission policy again for another of pullkeeper's identities (same
+/// validations, matched to `system:serviceaccount:NS:NAME`, named after it), as an installation
+/// under that name would have it.
+pub async fn install_policy_for(client: &Client, namespace: &str, name: &str) {
+    let text = std::fs::read_to_string(ADMISSION_POLICY_MANIFEST)
+        .unwrap_or_else(|e| panic!("cannot read {ADMISSION_POLICY_MANIFEST}: {e}"))
+        .replace(
+            "system:serviceaccount:pullkeeper:pullkeeper",
+            &format!("system:serviceaccount:{namespace}:{name}"),
+        )
+        .replace("pullkeeper-guardrails", &format!("{name}-guardrails"));
+    apply_objects(client, &parse_manifest(&text)).await;
+}
+
+/// Grants pullkeeper's ServiceAccounts the Secret verbs on these names, as a user adds them to
+/// the shipped role's `resourceNames`: a ClusterRole and binding per name (tests running in
+/// parallel share names, and each applies the same objects), then waits until the authorizer
+/// agrees.
+pub async fn grant_secret_names(client: &Client, names: &[String]) {
+    for name in names {
+        let object = format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: pullkeeper-test-secret-{name}\n\
+             rules:\n  - apiGroups: [\"\"]\n    resources: [\"secrets\"]\n    resourceNames: [\"{name}\"]\n    verbs: [\"get\", \"list\", \"watch\", \"patch\", \"delete\"]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: pullkeeper-test-secret-{name}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: pullkeeper-test-secret-{name}}}\n\
+             subjects: [{{kind: ServiceAccount, name: {PULLKEEPER_SERVICE_ACCOUNT}, namespace: {PULLKEEPER_NAMESPACE}}}, \
+             {{kind: ServiceAccount, name: {RECOVERY_SERVICE_ACCOUNT}, namespace: {PULLKEEPER_NAMESPACE}}}]\n"
+        );
+        let objects = parse_manifest(&object);
+        apply_objects(client, &objects).await;
+        wait_until_bindings_authorize(client, &objects).await;
+    }
+}
+
+/// Applies objects by server-side apply (cluster-scoped, or in their namespace).
+async fn apply_objects(client: &Client, objects: &[DynamicObject]) {
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    for obj in objects {
         let types = obj
             .types
             .as_ref()
@@ -429,7 +483,6 @@ pub async fn install_rbac(client: &Client) {
             .await
             .unwrap_or_else(|e| panic!("applying {} {name} failed: {e}", gvk.kind));
     }
-    wait_until_bindings_authorize(client, &objects).await;
 }
 
 fn parse_manifest(text: &str) -> Vec<DynamicObject> {
@@ -506,6 +559,8 @@ async fn wait_until_bindings_authorize(client: &Client, objects: &[DynamicObject
                     verb: Some(verb),
                     group: first("apiGroups"),
                     resource: Some(resource),
+                    // A rule by name grants nothing nameless.
+                    name: first("resourceNames"),
                     ..ResourceAttributes::default()
                 };
                 wait_for_allowed(client, &user, attrs).await;
