@@ -261,7 +261,8 @@ say "pods from the Deployments pass the enforced restricted Pod Security Standar
 # "restricted" (helm looks the namespace up in a server dry run as in a real install).
 bare_ns="$ns-bare"
 kubectl create namespace "$bare_ns" >/dev/null || fail "cannot create namespace $bare_ns"
-notes() { "$helm" install pullkeeper deploy/helm/pullkeeper --namespace "$bare_ns" --dry-run=server 2>&1; }
+# A release name of its own: cluster-scoped objects of other installs (the tests' RBAC) may exist.
+notes() { "$helm" install "notes-$ns" deploy/helm/pullkeeper --namespace "$bare_ns" --dry-run=server 2>&1; }
 out="$(notes)" || fail "helm install --dry-run=server failed: $out"
 [[ $out == *"kubectl label namespace $bare_ns pod-security.kubernetes.io/enforce=restricted"* ]] \
   || { kubectl delete namespace "$bare_ns" --wait=false >/dev/null; fail "the chart's notes do not tell to label an unlabelled namespace: $out"; }
