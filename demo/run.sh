@@ -36,12 +36,17 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-say "installing what is missing and building pullkeeper"
-tests/prereqs.sh
-cargo build --quiet --bin pullkeeper
+# The first run on a fresh machine is mostly compiling (figures in README.md, "Run it"): the
+# Debian packages and moto, pullkeeper with cargo, then the control plane from Kubernetes' Go
+# modules. Every step shows its progress; all of it is cached, so a second run starts at once.
+# `make test` reuses the same cargo build (same target directory and dependency features:
+# tests/checks/one-build.sh).
+say "installing what is missing and building pullkeeper (the first run takes a while: README.md, \"Run it\")"
+tests/prereqs.sh --demo
+pk_heartbeat "cargo build" cargo build --bin pullkeeper
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/pullkeeper
 
-say "starting a local control plane with a node, a token-auth registry and a credential broker"
+say "starting a local control plane with a node, a token-auth registry and a credential broker (the first run builds the control plane: 8 minutes or more)"
 tests/cluster/up "$dir" >/dev/null
 tests/peers/up "$dir" >/dev/null
 . "$dir/env"

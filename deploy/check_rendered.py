@@ -191,6 +191,11 @@ def split_pod_recovery(objs, where):
     return taken
 
 
+# The base's Secret names role lists a placeholder until an overlay replaces it with the names of
+# its registry files (the base and the overlays ship none: deploy/README.md).
+BASE_NAMES = ("ecr-pull",)
+
+
 def check_common(objs, where, replicas=2, with_monitoring=True, policy=True, extra_names=()):
     objs = dict(objs)
     split_pod_recovery(objs, where)
@@ -247,12 +252,16 @@ def sa_annotations(objs, where):
 
 def kustomize(base_path, monitored_path, overlays):
     base = by_kind(load(base_path))
-    check_common(base, "kustomize base", with_monitoring=False)
+    check_common(base, "kustomize base", with_monitoring=False, extra_names=BASE_NAMES)
+    # No registry file runs unless the user wrote it: an overlay merging its own files into the
+    # ConfigMap must not keep a sample running (deploy/README.md, "Your registry files").
+    expect(not (config_map(base, "kustomize base").get("data") or {}),
+           "kustomize base: the ConfigMap ships a registry file; it must ship none")
     check_no_operator_kinds(base, "kustomize base")
     # The component adds exactly the ServiceMonitor and the PrometheusRule, and changes nothing else.
     monitored = by_kind(load(monitored_path))
     where = "kustomize base + components/prometheus-operator"
-    check_common(monitored, where)
+    check_common(monitored, where, extra_names=BASE_NAMES)
     expect({k: v for k, v in monitored.items() if k not in OPERATOR_KINDS} == base,
            f"{where}: the component changes more than it adds")
     sm = one(monitored, "ServiceMonitor", where)
@@ -284,8 +293,10 @@ def kustomize(base_path, monitored_path, overlays):
         name, path = spec.split("=", 1)
         objs = by_kind(load(path))
         where = f"overlay {name}"
-        check_common(objs, where, with_monitoring=False)
+        check_common(objs, where, with_monitoring=False, extra_names=BASE_NAMES)
         check_no_operator_kinds(objs, where)
+        expect(not (config_map(objs, where).get("data") or {}),
+               f"{where}: the ConfigMap ships a registry file; it must ship none")
         annotations, labels = wanted[name]
         expect(set(sa_annotations(objs, where)) >= annotations, f"{where}: ServiceAccount lacks {annotations}")
         expect(set(pod_labels(objs, where)) >= labels, f"{where}: pod lacks labels {labels}")
@@ -349,6 +360,11 @@ def main():
         kustomize(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif mode == "helm" and len(sys.argv) == 5:
         helm(*sys.argv[2:])
+    elif mode == "kustomize-user" and len(sys.argv) == 3:
+        # An overlay with its own registry files: the common checks, the role naming exactly them.
+        objs = by_kind(load(sys.argv[2]))
+        check_common(objs, "user overlay", with_monitoring=False)
+        expect(bool(config_secret_names(objs, "user overlay")), "user overlay: no registry file")
     elif mode == "config-dir" and len(sys.argv) == 4:
         out = Path(sys.argv[3])
         out.mkdir(parents=True, exist_ok=True)

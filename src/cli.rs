@@ -1,11 +1,18 @@
 //! Command-line interface: `run`, `once`, `check`, `plan`, `diagnose` and `cleanup`, with
-//! environment equivalents.
+//! environment equivalents; `completions` and `man` generated from this definition. The flags
+//! several commands share (`--config`, `--kubeconfig`/`--context`, `--instance`, `-o`) are
+//! declared once, in the `#[command(flatten)]` structs at the end.
+//!
+//! Installed as `kubectl-pullkeeper` (a symlink or copy on PATH), the binary is a kubectl plugin:
+//! `kubectl pullkeeper diagnose -n NS --context CTX`; kubectl passes every argument through.
 
+use std::ffi::OsString;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,6 +29,71 @@ pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `pullkeeper=debug`.
     #[arg(long, env = "PULLKEEPER_LOG", default_value = "info", global = true)]
     pub log_filter: String,
+}
+
+/// The name kubectl looks for on PATH to run `kubectl pullkeeper …`.
+pub const KUBECTL_PLUGIN_NAME: &str = "kubectl-pullkeeper";
+
+impl Cli {
+    /// Parses the process's arguments; invoked as `kubectl-pullkeeper` (the kubectl plugin),
+    /// usage and help say `kubectl pullkeeper`.
+    pub fn parse_args() -> Self {
+        Self::parse_from_args(std::env::args_os())
+    }
+
+    /// As [`Cli::parse_args`], from the given arguments (the first is the program's name).
+    pub fn parse_from_args(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Self {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Self::command();
+        if args
+            .first()
+            .is_some_and(|program| is_kubectl_plugin(Path::new(program)))
+        {
+            command = command.bin_name("kubectl pullkeeper");
+        }
+        let matches = command.get_matches_from(args);
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// Whether the program was started under the kubectl plugin's name.
+fn is_kubectl_plugin(program: &Path) -> bool {
+    program
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name == KUBECTL_PLUGIN_NAME)
+}
+
+/// Writes the completion script for `shell` (for `pullkeeper`, and for `kubectl-pullkeeper`
+/// when `plugin`).
+pub fn write_completions(
+    shell: clap_complete::Shell,
+    plugin: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let name = if plugin {
+        KUBECTL_PLUGIN_NAME
+    } else {
+        "pullkeeper"
+    };
+    let mut command = Cli::command();
+    let mut buffer = Vec::new();
+    clap_complete::generate(shell, &mut command, name, &mut buffer);
+    out.write_all(&buffer)
+}
+
+/// Writes the man page `pullkeeper(1)` (with `dir`: one page per subcommand as well, named
+/// `pullkeeper-SUBCOMMAND.1`, into that directory).
+pub fn write_man(dir: Option<&Path>, out: &mut dyn Write) -> std::io::Result<()> {
+    let command = Cli::command();
+    match dir {
+        None => clap_mangen::Man::new(command).render(out),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(command, dir)?;
+            writeln!(out, "man pages written to {}", dir.display())
+        }
+    }
 }
 
 /// What pullkeeper does about Pods stuck before their credential existed.
@@ -46,22 +118,7 @@ pub enum Command {
     /// says whether everything succeeded.
     Once(RunArgs),
     /// Validate a config directory without touching a cluster; exit 2 when invalid.
-    Check {
-        #[arg(long, env = "PULLKEEPER_CONFIG")]
-        config: PathBuf,
-        /// Do not require the files the config names (mounted Secrets, token files, CAs) to
-        /// exist: for validating, outside the pod, a config meant for it.
-        #[arg(long)]
-        no_file_checks: bool,
-        /// Accept a directory without any registry file (by default an error: a daemon running
-        /// it would prune every Secret it manages).
-        #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG")]
-        allow_empty_config: bool,
-        /// Print, instead of the summary, the ClusterRole `pullkeeper-secrets` that grants
-        /// pullkeeper the Secret names of this directory (the base's list to replace).
-        #[arg(long)]
-        rbac: bool,
-    },
+    Check(CheckArgs),
     /// Show what `run` would change in the live cluster, without writing: per namespace the
     /// Secrets to create, update or prune, the imagePullSecrets entries to add or remove, and
     /// the same-named Secrets pullkeeper does not own that block a registry there.
@@ -86,16 +143,57 @@ pub enum Command {
     /// can tell that it still runs. Exit code: 0 nothing (left) to clean, 1 with --dry-run
     /// when something would be removed, 2 on an error or a refusal.
     Cleanup(CleanupArgs),
+    /// Print a shell completion script: `source <(pullkeeper completions bash)`, or save it
+    /// where the shell loads completions from (zsh: a `_pullkeeper` file on `$fpath`; fish:
+    /// `~/.config/fish/completions/pullkeeper.fish`).
+    Completions(CompletionsArgs),
+    /// Print the man page pullkeeper(1), generated from this command line: `pullkeeper man |
+    /// man -l -`; with --dir, write it and one page per subcommand into a directory.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigDir,
+    /// Do not require the files the config names (mounted Secrets, token files, CAs) to
+    /// exist: for validating, outside the pod, a config meant for it.
+    #[arg(long)]
+    pub no_file_checks: bool,
+    /// Accept a directory without any registry file (by default an error: a daemon running
+    /// it would prune every Secret it manages).
+    #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG")]
+    pub allow_empty_config: bool,
+    /// Print, instead of the summary, the ClusterRole `pullkeeper-secrets` that grants
+    /// pullkeeper the Secret names of this directory (the base's list to replace).
+    #[arg(long)]
+    pub rbac: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish (also elvish, powershell).
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+    /// Complete the kubectl plugin's name, `kubectl-pullkeeper`, instead of `pullkeeper`.
+    #[arg(long)]
+    pub kubectl_plugin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write pullkeeper.1 and one page per subcommand into this directory instead of printing
+    /// pullkeeper.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Directory with one YAML file per registry (and an optional defaults.yaml).
-    #[arg(long, env = "PULLKEEPER_CONFIG")]
-    pub config: PathBuf,
-    /// Kubeconfig file; in-cluster config (or $KUBECONFIG) when absent.
-    #[arg(long, env = "PULLKEEPER_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigDir,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Address of the admin server (`/metrics`, `/livez`, `/readyz`).
     #[arg(long, env = "PULLKEEPER_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
@@ -108,10 +206,8 @@ pub struct RunArgs {
     /// Upper bound on write requests per second to the API server (0: unlimited).
     #[arg(long, env = "PULLKEEPER_WRITES_PER_SECOND", default_value_t = 50.0)]
     pub writes_per_second: f64,
-    /// Name of this installation: it owns only Secrets and `ServiceAccount` entries labelled with
-    /// it, so several installations can share a cluster.
-    #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
-    pub instance: String,
+    #[command(flatten)]
+    pub instance: InstanceArg,
     /// Elect a leader among replicas through a Lease named after the instance; only the leader
     /// fetches and writes.
     #[arg(long, env = "PULLKEEPER_LEADER_ELECT", default_value_t = false)]
@@ -163,62 +259,45 @@ pub struct RunArgs {
     pub sync_timeout: Duration,
 }
 
-fn parse_instance(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 40
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err("an instance name is 1-40 lowercase letters, digits or '-'".into())
-    }
-}
-
+/// How a command prints its report.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum PlanOutput {
+pub enum OutputFormat {
     Text,
     Json,
 }
 
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
-    /// Directory with one YAML file per registry (and an optional defaults.yaml).
-    #[arg(long, env = "PULLKEEPER_CONFIG")]
-    pub config: PathBuf,
-    /// Kubeconfig file; in-cluster config (or $KUBECONFIG) when absent.
-    #[arg(long, env = "PULLKEEPER_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The installation whose Secrets count as pullkeeper's (the `--instance` of the daemon).
-    #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
-    pub instance: String,
+    #[command(flatten)]
+    pub config: ConfigDir,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub instance: InstanceArg,
     /// Only Pods of this namespace (with POD: the Pod's namespace).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    /// Every namespace (also the default without --namespace), as kubectl's -A.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
     /// One Pod to explain (every container that does not run); needs --namespace.
     #[arg(requires = "namespace")]
     pub pod: Option<String>,
     /// Do not require the files the config names to exist (from a laptop).
     #[arg(long)]
     pub no_file_checks: bool,
-    /// Output format: `text` for people, `json` for tools (schema in the README).
-    #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Text)]
-    pub output: PlanOutput,
+    #[command(flatten)]
+    pub output: OutputArg,
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Directory with one YAML file per registry (and an optional defaults.yaml).
-    #[arg(long, env = "PULLKEEPER_CONFIG")]
-    pub config: PathBuf,
-    /// Kubeconfig file; in-cluster config (or $KUBECONFIG) when absent.
-    #[arg(long, env = "PULLKEEPER_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The installation to plan for (the `--instance` of the daemon).
-    #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
-    pub instance: String,
+    #[command(flatten)]
+    pub config: ConfigDir,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub instance: InstanceArg,
     /// Accept a config directory without any registry file (then every Secret and entry the
     /// installation manages shows as pruned).
     #[arg(long, env = "PULLKEEPER_ALLOW_EMPTY_CONFIG", default_value_t = false)]
@@ -234,21 +313,25 @@ pub struct PlanArgs {
     /// config whose mounted files exist only inside it). Not with --fetch.
     #[arg(long, conflicts_with = "fetch")]
     pub no_file_checks: bool,
-    /// Output format: `text` for people, `json` for tools (schema in the README).
-    #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Text)]
-    pub output: PlanOutput,
+    #[command(flatten)]
+    pub output: OutputArg,
 }
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
-    /// Kubeconfig file; in-cluster config (or $KUBECONFIG) when absent.
-    #[arg(long, env = "PULLKEEPER_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The installation to clean up (the `--instance` of the daemon).
-    #[arg(long, env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance)]
-    pub instance: String,
-    /// Namespace of the installation's leader-election Lease (its `--lease-namespace`).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "pullkeeper")]
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub instance: InstanceArg,
+    /// Namespace of the installation's leader-election Lease (its `--lease-namespace`: the
+    /// namespace pullkeeper was installed in, hence `-n` as with kubectl).
+    #[arg(
+        short = 'n',
+        long,
+        visible_alias = "namespace",
+        env = "POD_NAMESPACE",
+        default_value = "pullkeeper"
+    )]
     pub lease_namespace: String,
     /// Say what would be removed, remove nothing.
     #[arg(long)]
@@ -260,7 +343,212 @@ pub struct CleanupArgs {
     /// after an uninstall the last leader's Lease can outlive its Pod by up to its duration).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+// --- The flags several commands share, declared once. ----------------------------------------
+
+/// `--config DIR`.
+#[derive(Clone, Debug, Args)]
+pub struct ConfigDir {
+    /// Directory with one YAML file per registry (and an optional defaults.yaml).
+    #[arg(long = "config", env = "PULLKEEPER_CONFIG", value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// How to reach the cluster, as kubectl does: `--kubeconfig FILE` and `--context NAME`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct KubeArgs {
+    /// Kubeconfig file; $KUBECONFIG (or ~/.kube/config), then the in-cluster config, when
+    /// absent.
+    #[arg(long, env = "PULLKEEPER_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use instead of its current-context, as kubectl's --context.
+    #[arg(long, env = "PULLKEEPER_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// `--instance NAME`.
+#[derive(Clone, Debug, Args)]
+pub struct InstanceArg {
+    /// Name of the installation (the daemon's --instance): it owns only Secrets and
+    /// `ServiceAccount` entries labelled with it, so several installations can share a cluster.
+    #[arg(long = "instance", env = "PULLKEEPER_INSTANCE", default_value = "pullkeeper", value_parser = parse_instance, value_name = "NAME")]
+    pub name: String,
+}
+
+/// `-o text|json`.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct OutputArg {
     /// Output format: `text` for people, `json` for tools (schema in the README).
-    #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Text)]
-    pub output: PlanOutput,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+fn parse_instance(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 40
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("an instance name is 1-40 lowercase letters, digits or '-'".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_generate_for_bash_zsh_and_fish() {
+        use clap_complete::Shell;
+        for (shell, marker) in [
+            (Shell::Bash, "complete -F _pullkeeper"),
+            (Shell::Zsh, "#compdef pullkeeper"),
+            (Shell::Fish, "complete -c pullkeeper"),
+        ] {
+            let mut out = Vec::new();
+            write_completions(shell, false, &mut out).expect("generates");
+            let text = String::from_utf8(out).expect("utf8");
+            assert!(text.contains(marker), "{shell}: no {marker:?}");
+            // Every subcommand and the shared flags are completed.
+            for word in [
+                "diagnose",
+                "plan",
+                "cleanup",
+                "completions",
+                "kubeconfig",
+                "context",
+                "instance",
+            ] {
+                assert!(text.contains(word), "{shell}: {word} missing");
+            }
+        }
+        let mut out = Vec::new();
+        write_completions(Shell::Bash, true, &mut out).expect("generates");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains("kubectl-pullkeeper"), "plugin name missing");
+    }
+
+    #[test]
+    fn the_man_page_generates_from_the_definition() {
+        let mut out = Vec::new();
+        write_man(None, &mut out).expect("renders");
+        let page = String::from_utf8(out).expect("utf8");
+        assert!(
+            page.starts_with(".ie \\n(.g .ds Aq"),
+            "roff preamble: {}",
+            &page[..40]
+        );
+        assert!(page.contains(".TH pullkeeper 1"), "title line");
+        for word in ["diagnose", "cleanup", "log\\-format"] {
+            assert!(page.contains(word), "{word} missing");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_man(Some(dir.path()), &mut Vec::new()).expect("writes");
+        for page in [
+            "pullkeeper.1",
+            "pullkeeper-diagnose.1",
+            "pullkeeper-plan.1",
+            "pullkeeper-cleanup.1",
+        ] {
+            let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+            assert!(text.contains(".TH"), "{page}");
+        }
+        let cleanup =
+            std::fs::read_to_string(dir.path().join("pullkeeper-cleanup.1")).expect("read");
+        assert!(
+            cleanup.contains("lease\\-namespace"),
+            "cleanup's own flags on its page"
+        );
+    }
+
+    #[test]
+    fn shared_flags_parse_the_same_on_every_command() {
+        let cli = Cli::parse_from_args([
+            "pullkeeper",
+            "diagnose",
+            "--config",
+            "/c",
+            "--kubeconfig",
+            "/k",
+            "--context",
+            "prod",
+            "--instance",
+            "blue",
+            "-n",
+            "shop",
+            "web-1",
+            "-o",
+            "json",
+        ]);
+        let Command::Diagnose(d) = cli.command else {
+            panic!("diagnose")
+        };
+        assert_eq!(d.config.dir, Path::new("/c"));
+        assert_eq!(d.kube.kubeconfig.as_deref(), Some(Path::new("/k")));
+        assert_eq!(d.kube.context.as_deref(), Some("prod"));
+        assert_eq!(d.instance.name, "blue");
+        assert_eq!(d.namespace.as_deref(), Some("shop"));
+        assert_eq!(d.pod.as_deref(), Some("web-1"));
+        assert_eq!(d.output.format, OutputFormat::Json);
+
+        let cli = Cli::parse_from_args([
+            "kubectl-pullkeeper",
+            "cleanup",
+            "--context=staging",
+            "-n",
+            "platform",
+            "--dry-run",
+        ]);
+        let Command::Cleanup(c) = cli.command else {
+            panic!("cleanup")
+        };
+        assert_eq!(c.kube.context.as_deref(), Some("staging"));
+        assert_eq!(c.lease_namespace, "platform");
+        assert_eq!(c.instance.name, "pullkeeper");
+
+        let cli = Cli::parse_from_args(["pullkeeper", "cleanup", "--namespace", "platform"]);
+        let Command::Cleanup(c) = cli.command else {
+            panic!("cleanup")
+        };
+        assert_eq!(c.lease_namespace, "platform");
+
+        let cli =
+            Cli::parse_from_args(["pullkeeper", "plan", "--config", "/c", "--context", "dev"]);
+        let Command::Plan(p) = cli.command else {
+            panic!("plan")
+        };
+        assert_eq!(p.kube.context.as_deref(), Some("dev"));
+        assert_eq!(p.output.format, OutputFormat::Text);
+    }
+
+    #[test]
+    fn the_plugin_name_is_recognized_from_argv0() {
+        assert!(is_kubectl_plugin(Path::new(
+            "/usr/local/bin/kubectl-pullkeeper"
+        )));
+        assert!(is_kubectl_plugin(Path::new("kubectl-pullkeeper")));
+        assert!(!is_kubectl_plugin(Path::new("/usr/bin/pullkeeper")));
+        let mut help = Vec::new();
+        Cli::command()
+            .bin_name("kubectl pullkeeper")
+            .write_help(&mut help)
+            .expect("help");
+        assert!(
+            String::from_utf8(help)
+                .expect("utf8")
+                .contains("kubectl pullkeeper")
+        );
+    }
 }

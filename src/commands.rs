@@ -10,7 +10,10 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cli::{PlanArgs, PlanOutput, RecoveryMode, RunArgs};
+use crate::cli::{
+    CleanupArgs, CompletionsArgs, DiagnoseArgs, KubeArgs, ManArgs, OutputFormat, PlanArgs,
+    RecoveryMode, RunArgs,
+};
 use crate::config::{self, LoadOptions};
 use crate::daemon::{self, RecoverySettings, Settings};
 use crate::events::PodIdentity;
@@ -112,19 +115,31 @@ pub fn secret_names_role(config: &config::Config) -> String {
     )
 }
 
-/// A client from `--kubeconfig`, or the in-cluster config / `$KUBECONFIG`, whose requests say
-/// `User-Agent: pullkeeper/VERSION (AGENT)`: audit logs and API server metrics then tell
-/// pullkeeper's replicas (`agent` is the Lease identity) and its commands apart.
-pub async fn client(kubeconfig: Option<&Path>, agent: &str) -> Result<Client, StartError> {
-    let mut cfg = match kubeconfig {
-        None => kube::Config::infer().await.map_err(StartError::Infer)?,
-        Some(path) => {
+/// A client from `--kubeconfig` (else `$KUBECONFIG` or `~/.kube/config`, else the in-cluster
+/// config) and `--context` (else the kubeconfig's current-context), as kubectl chooses, whose
+/// requests say `User-Agent: pullkeeper/VERSION (AGENT)`: audit logs and API server metrics then
+/// tell pullkeeper's replicas (`agent` is the Lease identity) and its commands apart.
+pub async fn client(cluster: &KubeArgs, agent: &str) -> Result<Client, StartError> {
+    let options = kube::config::KubeConfigOptions {
+        context: cluster.context.clone(),
+        ..kube::config::KubeConfigOptions::default()
+    };
+    let mut cfg = match (&cluster.kubeconfig, &cluster.context) {
+        (None, None) => kube::Config::infer().await.map_err(StartError::Infer)?,
+        // A context names a kubeconfig entry: only a kubeconfig can have it.
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|source| StartError::Kubeconfig {
+                path: "from $KUBECONFIG or ~/.kube/config".into(),
+                source,
+            })?,
+        (Some(path), _) => {
             let kubeconfig_error = |source| StartError::Kubeconfig {
                 path: path.display().to_string(),
                 source,
             };
             let kc = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .map_err(kubeconfig_error)?
         }
@@ -141,8 +156,8 @@ pub async fn client(kubeconfig: Option<&Path>, agent: &str) -> Result<Client, St
 /// The settings of `run`/`once`, from the command line.
 fn settings(args: &RunArgs) -> Settings {
     Settings {
-        owner: Owner::new(args.instance.clone()),
-        config_dir: args.config.clone(),
+        owner: Owner::new(args.instance.name.clone()),
+        config_dir: args.config.dir.clone(),
         load: LoadOptions {
             check_files: true,
             allow_empty: args.allow_empty_config,
@@ -211,7 +226,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
         }
     };
     let identity = leader::process_identity(args.identity.as_deref());
-    let client = client(args.kubeconfig.as_deref(), &identity).await?;
+    let client = client(&args.kube, &identity).await?;
     let mut settings = settings;
     if settings.recovery.mode != RecoveryMode::Off {
         match may_recover(&client, settings.recovery.mode).await {
@@ -238,7 +253,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     let (leader_tx, leader_rx) = watch::channel(!elect);
     let lease = LeaseConfig {
         namespace: args.lease_namespace.clone(),
-        name: format!("{}-leader", args.instance),
+        name: format!("{}-leader", args.instance.name),
         identity,
         duration: std::time::Duration::from_secs(15),
         renew_every: std::time::Duration::from_secs(5),
@@ -326,14 +341,14 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
 
 /// Writes a command's report to stdout: text for people, or one JSON document and a newline.
 fn print_report(
-    output: PlanOutput,
+    output: OutputFormat,
     text: impl FnOnce() -> String,
     json: impl FnOnce() -> Result<String, serde_json::Error>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::Write as _;
     let out = match output {
-        PlanOutput::Text => text(),
-        PlanOutput::Json => json()? + "\n",
+        OutputFormat::Text => text(),
+        OutputFormat::Json => json()? + "\n",
     };
     std::io::stdout().lock().write_all(out.as_bytes())?;
     Ok(())
@@ -346,7 +361,7 @@ pub async fn plan(args: PlanArgs) -> i32 {
         check_files: !args.no_file_checks,
         allow_empty: args.allow_empty_config,
     };
-    let generation = match reload::load_first(&args.config, options).await {
+    let generation = match reload::load_first(&args.config.dir, options).await {
         Ok(g) => g,
         Err(problems) => {
             for p in &problems {
@@ -360,7 +375,7 @@ pub async fn plan(args: PlanArgs) -> i32 {
         eprintln!("pullkeeper plan: {}", error_chain(e));
         2
     };
-    let client = match client(args.kubeconfig.as_deref(), "plan").await {
+    let client = match client(&args.kube, "plan").await {
         Ok(c) => c,
         Err(e) => return failed(&e),
     };
@@ -377,13 +392,13 @@ pub async fn plan(args: PlanArgs) -> i32 {
     } else {
         Credentials::Assumed
     };
-    let owner = Owner::new(args.instance.clone());
+    let owner = Owner::new(args.instance.name.clone());
     let report =
         match preview::preview(&client, &owner, &generation.config.registries, credentials).await {
             Ok(r) => r,
             Err(e) => return failed(&e),
         };
-    if let Err(e) = print_report(args.output, || report.to_text(), || report.to_json()) {
+    if let Err(e) = print_report(args.output.format, || report.to_text(), || report.to_json()) {
         return failed(e.as_ref());
     }
     i32::from(report.summary.changes)
@@ -391,12 +406,12 @@ pub async fn plan(args: PlanArgs) -> i32 {
 
 /// `pullkeeper diagnose`: prints the causes; 0 when nothing is wrong, 1 when a cause was found,
 /// 2 on config or cluster errors.
-pub async fn diagnose(args: crate::cli::DiagnoseArgs) -> i32 {
+pub async fn diagnose(args: DiagnoseArgs) -> i32 {
     let options = LoadOptions {
         check_files: !args.no_file_checks,
         allow_empty: true,
     };
-    let config = match config::load(&args.config, options) {
+    let config = match config::load(&args.config.dir, options) {
         Ok(c) => c,
         Err(problems) => {
             for p in &problems {
@@ -406,7 +421,7 @@ pub async fn diagnose(args: crate::cli::DiagnoseArgs) -> i32 {
             return 2;
         }
     };
-    let client = match client(args.kubeconfig.as_deref(), "diagnose").await {
+    let client = match client(&args.kube, "diagnose").await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pullkeeper diagnose: {}", error_chain(&e));
@@ -418,7 +433,7 @@ pub async fn diagnose(args: crate::cli::DiagnoseArgs) -> i32 {
         (Some(ns), None) => crate::diagnose::Target::Namespace(ns),
         (None, _) => crate::diagnose::Target::All,
     };
-    let owner = Owner::new(args.instance);
+    let owner = Owner::new(args.instance.name);
     let report = match crate::diagnose::diagnose(
         &client,
         &owner,
@@ -434,15 +449,15 @@ pub async fn diagnose(args: crate::cli::DiagnoseArgs) -> i32 {
             return 2;
         }
     };
-    let text = match args.output {
-        crate::cli::PlanOutput::Json => match report.to_json() {
+    let text = match args.output.format {
+        OutputFormat::Json => match report.to_json() {
             Ok(j) => j + "\n",
             Err(e) => {
                 eprintln!("pullkeeper diagnose: {e}");
                 return 2;
             }
         },
-        crate::cli::PlanOutput::Text => report.to_text(),
+        OutputFormat::Text => report.to_text(),
     };
     print!("{text}");
     i32::from(report.found())
@@ -450,13 +465,13 @@ pub async fn diagnose(args: crate::cli::DiagnoseArgs) -> i32 {
 
 /// `pullkeeper cleanup`: removes what the installation left behind; 0 when nothing is (left)
 /// to clean, 1 with `--dry-run` when something would be removed, 2 on an error or a refusal.
-pub async fn cleanup(args: crate::cli::CleanupArgs) -> i32 {
+pub async fn cleanup(args: CleanupArgs) -> i32 {
     use crate::cleanup::{self, LeaseRef, Options};
     let failed = |e: &dyn std::error::Error| {
         eprintln!("pullkeeper cleanup: {}", error_chain(e));
         2
     };
-    let client = match client(args.kubeconfig.as_deref(), "cleanup").await {
+    let client = match client(&args.kube, "cleanup").await {
         Ok(c) => c,
         Err(e) => return failed(&e),
     };
@@ -464,7 +479,7 @@ pub async fn cleanup(args: crate::cli::CleanupArgs) -> i32 {
         Ok(m) => m,
         Err(e) => return failed(&StartError::Metrics(e)),
     };
-    let owner = Owner::new(args.instance);
+    let owner = Owner::new(args.instance.name);
     let lease = LeaseRef::of(&owner, args.lease_namespace);
     let options = Options {
         dry_run: args.dry_run,
@@ -475,11 +490,36 @@ pub async fn cleanup(args: crate::cli::CleanupArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return failed(&e),
     };
-    if let Err(e) = print_report(args.output, || report.to_text(), || report.to_json()) {
+    if let Err(e) = print_report(args.output.format, || report.to_text(), || report.to_json()) {
         return failed(e.as_ref());
     }
     for line in report.errors() {
         eprintln!("pullkeeper cleanup: {line}");
     }
     report.exit_code()
+}
+
+/// `pullkeeper completions SHELL`: the completion script on stdout; 0, or 2 when it cannot be
+/// written.
+pub fn completions(args: &CompletionsArgs) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match crate::cli::write_completions(args.shell, args.kubectl_plugin, &mut out) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("pullkeeper completions: {e}");
+            2
+        }
+    }
+}
+
+/// `pullkeeper man [--dir DIR]`: the man page on stdout, or every page into DIR.
+pub fn man(args: &ManArgs) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match crate::cli::write_man(args.dir.as_deref(), &mut out) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("pullkeeper man: {e}");
+            2
+        }
+    }
 }

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Registry;
 use crate::credential::{Credential, CredentialError, Login};
+use crate::providers::ecr::ecr_host_region;
 
 /// The Secret type kubelet reads pull credentials from.
 pub const SECRET_TYPE: &str = "kubernetes.io/dockerconfigjson";
@@ -55,7 +56,8 @@ pub fn content_hash(bytes: &[u8]) -> String {
 /// Which login goes under which `auths` key. Logins that name their own server go under that
 /// key; the others under every server listed in the registry file. Listed servers no login
 /// covers get the first login, so `servers` can add aliases to a provider-named host (e.g. a
-/// pull-through cache name). Rendering and verification both read this one mapping.
+/// pull-through cache name) — except an ECR host in another form (dual-stack `on.aws`, FIPS),
+/// which gets the login of its own region. Rendering and verification both read this one mapping.
 pub fn logins_by_server<'a>(
     registry: &'a Registry,
     credential: &'a Credential,
@@ -71,10 +73,25 @@ pub fn logins_by_server<'a>(
     }
     if let Some(first) = credential.logins.first() {
         for server in &registry.servers {
-            by_server.entry(server.as_str()).or_insert(first);
+            by_server
+                .entry(server.as_str())
+                .or_insert_with(|| same_ecr_region(server, credential).unwrap_or(first));
         }
     }
     by_server
+}
+
+/// For a listed ECR host in another form than the one the provider named (dual-stack, FIPS):
+/// the login of the same region, since an ECR token opens the registries of its region only.
+fn same_ecr_region<'a>(server: &str, credential: &'a Credential) -> Option<&'a Login> {
+    let region = ecr_host_region(server)?;
+    credential.logins.iter().find(|login| {
+        login
+            .server
+            .as_deref()
+            .and_then(ecr_host_region)
+            .is_some_and(|r| r == region)
+    })
 }
 
 /// Renders the credential for a registry (see [`logins_by_server`]). Empty or partial
@@ -151,6 +168,52 @@ mod tests {
         assert_eq!(
             r.servers,
             ["1.dkr.ecr.eu-west-1.amazonaws.com", "alias.example"]
+        );
+    }
+
+    #[test]
+    fn listed_ecr_host_forms_get_the_login_of_their_own_region() {
+        let reg = registry("ecr", |r| {
+            r.servers = vec![
+                "123456789012.dkr-ecr.us-east-1.on.aws".into(),
+                "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com".into(),
+                "123456789012.dkr-ecr-fips.eu-west-1.on.aws".into(),
+                "mirror.example".into(),
+            ];
+        });
+        let login = |server: &str, password: &str| Login {
+            server: Some(server.into()),
+            username: "AWS".into(),
+            password: Sensitive::new(password),
+        };
+        let cred = Credential {
+            logins: vec![
+                login("123456789012.dkr.ecr.eu-west-1.amazonaws.com", "eu"),
+                login("123456789012.dkr.ecr.us-east-1.amazonaws.com", "us"),
+            ],
+            expires_at: None,
+        };
+        let by_server = logins_by_server(&reg, &cred);
+        let password = |server: &str| by_server[server].password.expose().to_string();
+        assert_eq!(password("123456789012.dkr-ecr.us-east-1.on.aws"), "us");
+        assert_eq!(
+            password("123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"),
+            "us"
+        );
+        assert_eq!(password("123456789012.dkr-ecr-fips.eu-west-1.on.aws"), "eu");
+        // Not an ECR host: an alias of the first login, as before.
+        assert_eq!(password("mirror.example"), "eu");
+        // Every form is written as its own `auths` key, as the kubelet matches image hosts.
+        assert_eq!(
+            render(&reg, &cred).expect("renders").servers,
+            [
+                "123456789012.dkr-ecr-fips.eu-west-1.on.aws",
+                "123456789012.dkr-ecr.us-east-1.on.aws",
+                "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com",
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                "mirror.example",
+            ]
         );
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use reqwest::header::{ACCEPT, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Client, RequestBuilder, StatusCode};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::problems::FieldProblems;
@@ -28,7 +29,7 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json";
 
 /// `verify:` of a registry file: optional proof of a new credential against the registry.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VerifySpec {
     /// A repository the credential must be able to pull from (`team/app`); without it only the

@@ -36,7 +36,8 @@ run() {
   shift
   step "$name"
   local t=$SECONDS
-  if "$@"; then
+  # In a log (not a terminal) a step that prints nothing for 20 s says it still runs.
+  if pk_heartbeat "$name" "$@"; then
     pk_log "ok: $name ($((SECONDS - t)) s)"
   else
     pk_log "FAILED: $name ($((SECONDS - t)) s)"
@@ -73,7 +74,7 @@ trap stop_platform EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-step "building the test control plane"
+step "building the test control plane (a cold build: about 8-10 minutes, with progress)"
 t=$SECONDS
 tests/cluster/build >/dev/null || pk_die "building the test control plane failed"
 pk_log "control-plane binary ready in $((SECONDS - t)) s"

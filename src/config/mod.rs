@@ -6,6 +6,7 @@
 
 mod cron_expr;
 pub mod raw;
+pub mod schema;
 mod selector;
 mod shape;
 

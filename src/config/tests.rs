@@ -3,10 +3,13 @@ use std::path::Path;
 
 use super::*;
 
+/// A config directory holding `files`. Every file a config test writes is also one case of the
+/// agreement between check and the JSON Schema (`schema::tests::assert_agrees`).
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, text) in files {
         fs::write(dir.path().join(name), text).expect("write");
+        super::schema::tests::assert_agrees(name, text);
     }
     dir
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::web::{is_host_port, is_http_url, is_loopback_host, is_safe_url};
@@ -21,7 +22,7 @@ pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 
 /// Where the Entra token comes from.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum AzureSource {
     /// AKS workload identity: a projected, federated `ServiceAccount` token.
@@ -33,7 +34,7 @@ pub enum AzureSource {
 }
 
 /// `provider:` of `type: azure`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AzureConfig {
     /// The registry host, e.g. `myregistry.azurecr.io`; the written Secret's server.

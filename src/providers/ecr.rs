@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::web::is_http_url;
@@ -20,7 +21,7 @@ pub const ECR_PUBLIC_HOST: &str = "public.ecr.aws";
 pub const ECR_PUBLIC_REGION: &str = "us-east-1";
 
 /// `provider:` of `type: ecr`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EcrConfig {
     /// AWS regions to fetch a token for (one `GetAuthorizationToken` call each); each token serves
@@ -39,7 +40,7 @@ pub struct EcrConfig {
 }
 
 /// `provider:` of `type: ecr-public`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EcrPublicConfig {
     /// Role to assume on top of the pod's identity.
@@ -137,6 +138,9 @@ impl EcrConfig {
     /// a region this provider fetches no token for (the Secret would carry a login that the
     /// registry refuses). Other hosts are aliases and fine.
     pub fn server_problem(&self, server: &str) -> Option<String> {
+        if let Some(port) = ecr_server_port_problem(server) {
+            return Some(port);
+        }
         let region = ecr_host_region(server)?;
         (!self.regions.iter().any(|r| r == region)).then(|| {
             format!(
@@ -248,8 +252,11 @@ fn without_feature() -> ProviderError {
     )
 }
 
-/// The geography codes that AWS region names start with.
-const REGION_GEOGRAPHIES: [&str; 10] = ["af", "ap", "ca", "cn", "eu", "il", "me", "mx", "sa", "us"];
+/// The geography codes that AWS region names start with (`eusc`: the AWS European Sovereign
+/// Cloud, `eusc-de-east-1`).
+const REGION_GEOGRAPHIES: [&str; 11] = [
+    "af", "ap", "ca", "cn", "eu", "eusc", "il", "me", "mx", "sa", "us",
+];
 
 /// `eu-west-1`, `us-gov-west-1`, `cn-north-1`: a known geography, one or more words, a number.
 fn is_region_name(region: &str) -> bool {
@@ -266,22 +273,101 @@ fn is_region_name(region: &str) -> bool {
         && last.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The region of a private ECR host: `123456789012.dkr.ecr.eu-west-1.amazonaws.com`,
-/// `…dkr.ecr-fips.us-east-1.amazonaws.com`, `…dkr.ecr.cn-north-1.amazonaws.com.cn`.
-fn ecr_host_region(server: &str) -> Option<&str> {
-    let host = server.split(':').next().unwrap_or(server);
-    let labels: Vec<&str> = host.split('.').collect();
-    match labels.as_slice() {
-        [account, "dkr", ecr, region, "amazonaws", "com", rest @ ..]
-            if account.len() == 12
-                && account.bytes().all(|b| b.is_ascii_digit())
-                && ecr.starts_with("ecr")
-                && rest.len() <= 1 =>
-        {
-            Some(region)
+/// The DNS suffix of each AWS partition's registry hosts, with the region prefix that partition's
+/// regions carry (the partition data the AWS SDKs ship: `dnsSuffix` and `regionRegex`). The
+/// commercial partition (`aws`) takes every region no other prefix claims. Longest prefix first.
+const PARTITION_SUFFIXES: [(&str, &str); 8] = [
+    ("us-isob-", "sc2s.sgov.gov"),
+    ("us-isof-", "csp.hci.ic.gov"),
+    ("eu-isoe-", "cloud.adc-e.uk"),
+    ("us-iso-", "c2s.ic.gov"),
+    ("us-gov-", "amazonaws.com"),
+    ("eusc-", "amazonaws.eu"),
+    ("cn-", "amazonaws.com.cn"),
+    ("", "amazonaws.com"),
+];
+
+/// The DNS suffix of the registry hosts of `region`'s partition.
+fn partition_suffix(region: &str) -> &'static str {
+    PARTITION_SUFFIXES
+        .iter()
+        .find(|(prefix, _)| region.starts_with(prefix))
+        .map_or("amazonaws.com", |(_, suffix)| suffix)
+}
+
+/// A private ECR registry host, in any of the forms AWS hands out (config/README.md lists them):
+///
+/// - `ACCOUNT.dkr.ecr.REGION.SUFFIX` and FIPS `ACCOUNT.dkr.ecr-fips.REGION.SUFFIX`, where SUFFIX
+///   is the region's partition's: `amazonaws.com` (commercial, GovCloud), `amazonaws.com.cn`
+///   (China), `amazonaws.eu` (European Sovereign Cloud), `c2s.ic.gov`, `sc2s.sgov.gov`,
+///   `cloud.adc-e.uk`, `csp.hci.ic.gov` (the isolated partitions);
+/// - dual-stack `ACCOUNT.dkr-ecr.REGION.on.aws` and `ACCOUNT.dkr-ecr-fips.REGION.on.aws`, for
+///   regions of the partitions whose suffix is `amazonaws.com`.
+///
+/// The region must be a region name of the suffix's partition: `…ecr.cn-north-1.amazonaws.com`
+/// is no ECR host. A port (`:443`) is allowed here; [`ecr_server_port_problem`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EcrHost<'a> {
+    pub account: &'a str,
+    pub region: &'a str,
+    pub fips: bool,
+    pub dual_stack: bool,
+}
+
+impl<'a> EcrHost<'a> {
+    /// Recognizes `server` (`host[:port]`) as a private ECR registry host.
+    pub fn parse(server: &'a str) -> Option<Self> {
+        let host = server.split(':').next().unwrap_or(server);
+        let (account, rest) = host.split_once('.')?;
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
         }
-        _ => None,
+        let (service, rest) = rest.split_once('.')?;
+        // (fips, dual_stack) and what follows the service labels.
+        let ((fips, dual_stack), rest) = match service {
+            "dkr" => match rest.split_once('.')? {
+                ("ecr", rest) => ((false, false), rest),
+                ("ecr-fips", rest) => ((true, false), rest),
+                _ => return None,
+            },
+            "dkr-ecr" => ((false, true), rest),
+            "dkr-ecr-fips" => ((true, true), rest),
+            _ => return None,
+        };
+        let (region, suffix) = rest.split_once('.')?;
+        if !is_region_name(region) {
+            return None;
+        }
+        let partition = partition_suffix(region);
+        let fits = if dual_stack {
+            suffix == "on.aws" && partition == "amazonaws.com"
+        } else {
+            suffix == partition
+        };
+        fits.then_some(Self {
+            account,
+            region,
+            fips,
+            dual_stack,
+        })
     }
+}
+
+/// The region of a private ECR host in any form ([`EcrHost`]).
+pub fn ecr_host_region(server: &str) -> Option<&str> {
+    EcrHost::parse(server).map(|h| h.region)
+}
+
+/// A port on an ECR host in `servers`: the kubelet matches an `auths` key with a port only
+/// against images named with that port, and ECR images never name one.
+fn ecr_server_port_problem(server: &str) -> Option<String> {
+    let (host, _) = server.split_once(':')?;
+    EcrHost::parse(host).map(|_| {
+        format!(
+            "`{server}`: write ECR hosts without a port; the kubelet would match this `auths` key \
+             only for images named with `:PORT`, and ECR images are named without one"
+        )
+    })
 }
 
 /// `arn:aws:iam::123456789012:role/path/name` (any partition).
@@ -337,6 +423,9 @@ mod client {
             aws_config::environment::EnvironmentVariableRegionProvider::new(),
         )
         .or_else(Region::new(fallback_region.to_string()));
+        // The SDK's default HTTP client honours HTTPS_PROXY/HTTP_PROXY/NO_PROXY (either case)
+        // from behavior version 2025-08-07 on; `latest()` keeps that (tests/proxy.rs proves every
+        // AWS call, STS included, goes through the proxy).
         aws_config::defaults(BehaviorVersion::latest())
             .region(region)
             .timeout_config(
@@ -744,6 +833,156 @@ mod tests {
                 .server_problem("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
                 .is_some()
         );
+    }
+
+    /// Every registry host form of every AWS partition (config/README.md, "ECR registry hosts").
+    #[test]
+    fn every_partitions_registry_host_forms_are_recognized() {
+        let host = |account, region, fips, dual_stack| EcrHost {
+            account,
+            region,
+            fips,
+            dual_stack,
+        };
+        let a = "123456789012";
+        for (server, want) in [
+            // commercial: IPv4, FIPS, dual-stack, dual-stack FIPS
+            (
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                host(a, "eu-west-1", false, false),
+            ),
+            (
+                "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com",
+                host(a, "us-east-1", true, false),
+            ),
+            (
+                "123456789012.dkr-ecr.us-east-2.on.aws",
+                host(a, "us-east-2", false, true),
+            ),
+            (
+                "123456789012.dkr-ecr-fips.us-east-2.on.aws",
+                host(a, "us-east-2", true, true),
+            ),
+            (
+                "123456789012.dkr.ecr.il-central-1.amazonaws.com",
+                host(a, "il-central-1", false, false),
+            ),
+            // GovCloud
+            (
+                "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com",
+                host(a, "us-gov-west-1", false, false),
+            ),
+            (
+                "123456789012.dkr.ecr-fips.us-gov-east-1.amazonaws.com",
+                host(a, "us-gov-east-1", true, false),
+            ),
+            (
+                "123456789012.dkr-ecr.us-gov-west-1.on.aws",
+                host(a, "us-gov-west-1", false, true),
+            ),
+            // China
+            (
+                "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+                host(a, "cn-north-1", false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.cn-northwest-1.amazonaws.com.cn",
+                host(a, "cn-northwest-1", false, false),
+            ),
+            // European Sovereign Cloud
+            (
+                "123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu",
+                host(a, "eusc-de-east-1", false, false),
+            ),
+            // the isolated partitions
+            (
+                "123456789012.dkr.ecr.us-iso-east-1.c2s.ic.gov",
+                host(a, "us-iso-east-1", false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-isob-east-1.sc2s.sgov.gov",
+                host(a, "us-isob-east-1", false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.eu-isoe-west-1.cloud.adc-e.uk",
+                host(a, "eu-isoe-west-1", false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-isof-south-1.csp.hci.ic.gov",
+                host(a, "us-isof-south-1", false, false),
+            ),
+            // with a port (reported separately in `servers`)
+            (
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com:443",
+                host(a, "eu-west-1", false, false),
+            ),
+        ] {
+            assert_eq!(EcrHost::parse(server), Some(want), "{server}");
+        }
+        for not_ecr in [
+            "public.ecr.aws",
+            "mirror.example.com",
+            "12345.dkr.ecr.eu-west-1.amazonaws.com", // account not 12 digits
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com.evil", // another domain
+            "123456789012.dkr.ecr.cn-north-1.amazonaws.com", // China region, commercial suffix
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com.cn", // commercial region, China suffix
+            "123456789012.dkr.ecr.us-iso-east-1.amazonaws.com", // isolated region, public suffix
+            "123456789012.dkr.ecr.us-east-1.c2s.ic.gov", // public region, isolated suffix
+            "123456789012.dkr-ecr.cn-north-1.on.aws", // no documented China dual-stack form
+            "123456789012.dkr-ecr.us-iso-east-1.on.aws",
+            "123456789012.dkr.ecr-dualstack.us-east-1.amazonaws.com",
+            "123456789012.api.ecr.us-east-1.amazonaws.com", // the API, not the registry
+            "123456789012.dkr.ecr.euwest1.amazonaws.com",
+        ] {
+            assert_eq!(EcrHost::parse(not_ecr), None, "{not_ecr}");
+        }
+    }
+
+    #[test]
+    fn listed_ecr_hosts_of_every_form_are_checked_against_the_regions() {
+        let c: EcrConfig =
+            serde_yaml_ng::from_str("regions: [us-east-2, us-gov-west-1, eusc-de-east-1]")
+                .expect("parses");
+        for fetched in [
+            "123456789012.dkr-ecr.us-east-2.on.aws",
+            "123456789012.dkr-ecr-fips.us-east-2.on.aws",
+            "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
+            "123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu",
+        ] {
+            assert_eq!(c.server_problem(fetched), None, "{fetched}");
+        }
+        assert_eq!(
+            c.server_problem("123456789012.dkr-ecr.eu-west-1.on.aws")
+                .as_deref(),
+            Some(
+                "`123456789012.dkr-ecr.eu-west-1.on.aws` is an ECR registry in eu-west-1, \
+                 which `provider.regions` does not list"
+            )
+        );
+        assert!(
+            c.server_problem("123456789012.dkr.ecr.us-isob-east-1.sc2s.sgov.gov")
+                .is_some_and(|p| p.contains("us-isob-east-1"))
+        );
+        let port = c
+            .server_problem("123456789012.dkr-ecr.us-east-2.on.aws:443")
+            .expect("a port is a problem");
+        assert!(port.contains("without a port"), "{port}");
+        // ECR Public refuses every private form.
+        let public = EcrPublicConfig::default();
+        for private in [
+            "123456789012.dkr-ecr.us-east-1.on.aws",
+            "123456789012.dkr.ecr.us-iso-east-1.c2s.ic.gov",
+        ] {
+            assert!(public.server_problem(private).is_some(), "{private}");
+        }
+        // The partitions' regions are region names.
+        let c: EcrConfig = serde_yaml_ng::from_str(
+            "regions: [eusc-de-east-1, us-iso-east-1, us-isob-east-1, eu-isoe-west-1, us-isof-south-1]",
+        )
+        .expect("parses");
+        let mut p = FieldProblems::new(Path::new("r.yaml"));
+        c.validate(&mut p);
+        assert!(p.is_empty(), "{:?}", p.into_vec());
     }
 
     #[test]

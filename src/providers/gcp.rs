@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::web::is_host_port;
@@ -22,7 +23,7 @@ pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
 /// Where the access token comes from.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum GcpSource {
     /// The metadata server of the node or of GKE Workload Identity.
@@ -32,7 +33,7 @@ pub enum GcpSource {
 }
 
 /// `provider:` of `type: gcp`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GcpConfig {
     pub source: GcpSource,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::credential::Credential;
@@ -92,7 +93,7 @@ impl ProviderError {
 
 /// Where a piece of text comes from. Exactly one of the fields is set; `value` is only accepted
 /// where the text is not secret (a username, a client id).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextSource {
     /// A file, re-read on every fetch (mounted Secrets and projected tokens rotate in place).
@@ -164,7 +165,7 @@ impl TextSource {
 }
 
 /// One provider's settings, as written in a registry file under `provider:`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ProviderSpec {
     Static(static_::StaticConfig),

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{Provider, ProviderError, TextSource};
@@ -14,7 +15,7 @@ use crate::credential::{Credential, Login};
 use crate::problems::FieldProblems;
 
 /// Settings of `provider: {type: static, …}`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StaticConfig {
     /// The registry username: `file`, `env` or `value`.

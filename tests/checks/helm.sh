@@ -31,8 +31,12 @@ if ! "$helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VER
   for p in pkg/lint/rules pkg/chartutil; do
     ldflags+=" -X $pkg/$p.k8sVersionMajor=$HELM_K8S_MAJOR -X $pkg/$p.k8sVersionMinor=$HELM_K8S_MINOR"
   done
-  GOBIN="$bindir" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "$ldflags" "$pkg/cmd/helm@$HELM_VERSION" \
-    || fail "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION failed"
+  . tests/cluster/lib.sh
+  log="$(mktemp)"
+  install_helm() { GOBIN="$bindir" CGO_ENABLED=0 GOFLAGS=-trimpath go install -v -ldflags "$ldflags" "$pkg/cmd/helm@$HELM_VERSION"; }
+  pk_with_progress "go install helm (a few minutes cold)" "" "$log" install_helm \
+    || { tail -n 40 "$log" >&2; fail "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION failed"; }
+  rm -f "$log"
 fi
 echo "helm.sh: $("$helm" version --short)"
 
@@ -66,7 +70,7 @@ got="$("$helm" template pullkeeper "$chart" --namespace pullkeeper --set admissi
 [[ $got == 0 ]] || fail "admissionPolicy.enabled=false still renders $got admission policy objects"
 
 # The registry files rendered from values must pass `pullkeeper check`.
-cargo build --quiet --bin pullkeeper || fail "cargo build --bin pullkeeper failed"
+cargo build --bin pullkeeper || fail "cargo build --bin pullkeeper failed"
 python3 deploy/check_rendered.py config-dir "$tmp/full.yaml" "$tmp/config" || fail "no ConfigMap rendered"
 out="$("${CARGO_TARGET_DIR:-target}/debug/pullkeeper" check --config "$tmp/config" 2>&1)" \
   || fail "registry files rendered from ci/full-values.yaml do not pass pullkeeper check: $out"

@@ -52,7 +52,7 @@ trap 'exit 143' TERM
 pk_use_or_start_cluster "$work"
 
 # --- pullkeeper binary ---------------------------------------------------------------------------
-cargo build --quiet --bin pullkeeper || fail "cargo build --bin pullkeeper failed"
+cargo build --bin pullkeeper || fail "cargo build --bin pullkeeper failed"
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/pullkeeper"
 [[ -x $bin ]] || fail "no pullkeeper binary at $bin"
 

@@ -10,7 +10,8 @@
 # (written here: a structural schema of the fields pullkeeper's manifests use, not the Operator's
 # own, which is not vendored; promtool.sh and prometheus-proof.sh check the rules themselves), and
 # the base with components/prometheus-operator and the chart with both monitoring values on must
-# apply whole too, with strict field validation. The CRDs are removed again at the end.
+# apply whole too, with strict field validation. The CRDs are removed again at the end. Last, the
+# chart's notes ask to label a namespace without the restricted Pod Security label, and only then.
 #
 # Uses the control plane of the current test run ($KUBECONFIG from tests/cluster/up's env file, as
 # tests/run-all.sh exports it); without one it starts its own (tests/cluster/up) and stops it again.
@@ -254,6 +255,22 @@ kubectl -n "$ns" create serviceaccount pullkeeper >/dev/null || fail "cannot cre
 out="$(kubectl apply --dry-run=server -f "$work/pods.yaml" 2>&1)" \
   || fail "the API server rejects pods made from the Deployments (restricted Pod Security Standard?): $out"
 say "pods from the Deployments pass the enforced restricted Pod Security Standard"
+
+# `helm install --create-namespace` makes the namespace without the Pod Security label the
+# kustomize base sets: the chart's notes say so, with the one-liner, until the namespace enforces
+# "restricted" (helm looks the namespace up in a server dry run as in a real install).
+bare_ns="$ns-bare"
+kubectl create namespace "$bare_ns" >/dev/null || fail "cannot create namespace $bare_ns"
+# A release name of its own: cluster-scoped objects of other installs (the tests' RBAC) may exist.
+notes() { "$helm" install "notes-$ns" deploy/helm/pullkeeper --namespace "$bare_ns" --dry-run=server 2>&1; }
+out="$(notes)" || fail "helm install --dry-run=server failed: $out"
+[[ $out == *"kubectl label namespace $bare_ns pod-security.kubernetes.io/enforce=restricted"* ]] \
+  || { kubectl delete namespace "$bare_ns" --wait=false >/dev/null; fail "the chart's notes do not tell to label an unlabelled namespace: $out"; }
+kubectl label namespace "$bare_ns" pod-security.kubernetes.io/enforce=restricted >/dev/null
+out="$(notes)" || fail "helm install --dry-run=server failed: $out"
+kubectl delete namespace "$bare_ns" --wait=false >/dev/null
+[[ $out != *"kubectl label namespace"* ]] || fail "the chart's notes ask to label a namespace that enforces restricted: $out"
+say "helm's notes name the Pod Security label one-liner for an unlabelled namespace, and only then"
 
 # The Namespace object itself (restricted Pod Security labels) in a dry run of its own.
 kubectl apply --dry-run=server -f deploy/kustomize/base/namespace.yaml >/dev/null \

@@ -4,6 +4,63 @@
 pk_log() { printf '%s %s\n' "[$(date -u +%H:%M:%S)]" "$*" >&2; }
 pk_die() { pk_log "error: $*"; exit 1; }
 
+# pk_with_progress LABEL TOTAL LOG CMD...: runs CMD with its output in LOG and, every
+# ${PK_PROGRESS_EVERY:-10} s while it runs, says how long it has run and how many lines it printed
+# so far (`go build -v` prints one per package compiled: "412 of about 1890 packages"; TOTAL may be
+# empty). A long build is then never silent. Returns CMD's status; on failure the caller shows LOG.
+pk_with_progress() {
+  local label=$1 total=$2 log=$3 start=$SECONDS pid rc=0 i
+  shift 3
+  "$@" >"$log" 2>&1 &
+  pid=$!
+  while pk_running "$pid"; do
+    for ((i = 0; i < ${PK_PROGRESS_EVERY:-10}; i++)); do
+      pk_running "$pid" || break
+      sleep 1
+    done
+    pk_running "$pid" || break
+    pk_log "$label: $((SECONDS - start)) s so far, $(wc -l <"$log") ${total:+of about $total }packages compiled"
+  done
+  wait "$pid" || rc=$?
+  return "$rc"
+}
+
+# pk_heartbeat LABEL CMD...: runs CMD; when its output is not a terminal (a CI log, a pipe), says
+# "LABEL: still running" with the time so far and CMD's last line whenever CMD has printed nothing
+# for ${PK_HEARTBEAT_AFTER:-10} s (cargo prints one line per crate it starts, and nothing while
+# the last big ones compile). On a terminal the tools show their own progress bars: no change.
+pk_heartbeat() {
+  local label=$1 stamp ticker rc start=$SECONDS
+  shift
+  if [[ -t 1 && -t 2 ]]; then
+    "$@"
+    return
+  fi
+  stamp=$(mktemp "${TMPDIR:-/tmp}/pk-heartbeat.XXXXXX")
+  (
+    while sleep 2; do
+      if (($(date +%s) - $(stat -c %Y "$stamp") >= ${PK_HEARTBEAT_AFTER:-10})); then
+        pk_log "$label: still running, $((SECONDS - start)) s so far (last: $(tail -c 160 "$stamp"))"
+        touch "$stamp"
+      fi
+    done
+  ) &
+  ticker=$!
+  # The status travels through a file: the pipeline's own would stop a `set -e` caller here.
+  {
+    if "$@" 2>&1; then rc=0; else rc=$?; fi
+    echo "$rc" >"$stamp.rc"
+  } | while IFS= read -r line; do
+    printf '%s\n' "$line"
+    printf '%s' "$line" >"$stamp"
+  done
+  rc=$(cat "$stamp.rc" 2>/dev/null || echo 1)
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  rm -f "$stamp" "$stamp.rc"
+  return "$rc"
+}
+
 # The cache for the control-plane binary (outside any clone, so a fresh clone reuses it).
 pk_cache_dir() { printf '%s\n' "${PK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pullkeeper}"; }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use url::Url;
@@ -24,29 +25,34 @@ use crate::providers::web::{describe_url, is_http_url};
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of `provider: {type: http, …}`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpConfig {
     /// The endpoint, `http://` or `https://`.
     #[serde(deserialize_with = "url")]
+    #[schemars(with = "String")]
     pub url: Parsed<Url>,
     /// `GET` (default), `POST`, `PUT` or `PATCH` (Harbor's robot secret refresh), any letter case.
     #[serde(default = "default_method", deserialize_with = "method")]
+    #[schemars(with = "String")]
     pub method: Parsed<Method>,
     /// Extra request headers with literal values (credentials go under `auth`).
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub headers: Headers,
     /// Request body, sent as is (`Content-Type: application/json` unless a header says otherwise).
     pub body: Option<String>,
     /// Whole-request timeout as a duration (`"10s"`, `"1m"`); 10 s when unset.
     #[serde(default = "default_timeout", deserialize_with = "timeout")]
+    #[schemars(with = "String")]
     pub timeout: Parsed<Duration>,
     /// PEM file with extra root certificates trusted for an `https` endpoint.
     pub ca_file: Option<PathBuf>,
     /// How pullkeeper authenticates to the endpoint.
     #[serde(default)]
     pub auth: EndpointAuth,
-    /// Where the credential is found in the JSON response (boxed: it is most of the size).
+    /// Where the credential is found in the JSON response.
+    // Boxed: it is most of the size.
     pub response: Box<ResponseMapping>,
 }
 
@@ -199,13 +205,6 @@ impl<'de> Deserialize<'de> for EndpointAuth {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct AuthVisitor;
 
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct AuthMap {
-            basic: Option<BasicAuth>,
-            bearer: Option<TextSource>,
-        }
-
         impl<'de> Visitor<'de> for AuthVisitor {
             type Value = EndpointAuth;
 
@@ -234,8 +233,34 @@ impl<'de> Deserialize<'de> for EndpointAuth {
     }
 }
 
+/// The map form of `auth`: exactly one of the two.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct AuthMap {
+    /// HTTP basic authentication; both parts read on every call.
+    basic: Option<BasicAuth>,
+    /// `Authorization: Bearer …`, the token read on every call: `file` or `env`.
+    bearer: Option<TextSource>,
+}
+
+// The file format is `none` or the map above (see the `Deserialize` impl).
+impl JsonSchema for EndpointAuth {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EndpointAuth".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let map = generator.subschema_for::<AuthMap>();
+        json_schema!({
+            "description": "How pullkeeper authenticates to the endpoint: `none` (the default), \
+                {basic: {username, password}} or {bearer: {file|env}}.",
+            "anyOf": [{"const": "none"}, map]
+        })
+    }
+}
+
 /// `auth: {basic: {username: …, password: …}}`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     /// `file`, `env` or `value`.

@@ -8,6 +8,7 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use chrono::{DateTime, TimeDelta, Utc};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -19,7 +20,7 @@ use crate::providers::{ErrorCategory, ProviderError};
 use crate::sensitive::Sensitive;
 
 /// Where each part of the credential is found in the endpoint's JSON response.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResponseMapping {
     /// The registry username (with `password`; or use `auth`).
@@ -65,12 +66,6 @@ impl<'de> Deserialize<'de> for Mapped {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct MappedVisitor;
 
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Literal {
-            value: Value,
-        }
-
         impl<'de> Visitor<'de> for MappedVisitor {
             type Value = Mapped;
 
@@ -89,6 +84,31 @@ impl<'de> Deserialize<'de> for Mapped {
         }
 
         deserializer.deserialize_any(MappedVisitor)
+    }
+}
+
+/// The map form of a mapped value.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Literal {
+    /// A fixed value, for a part that is not secret.
+    value: Value,
+}
+
+// The file format is a pointer string or `{value: LITERAL}` (see the `Deserialize` impl).
+impl JsonSchema for Mapped {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Mapped".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let pointer = generator.subschema_for::<String>();
+        let literal = generator.subschema_for::<Literal>();
+        json_schema!({
+            "description": "A JSON pointer into the response (\"/data/token\"), or {value: LITERAL} \
+                for a part that is not secret.",
+            "anyOf": [pointer, literal]
+        })
     }
 }
 
