@@ -444,11 +444,13 @@ impl Builder {
         kind: &'static str,
         c: C,
     ) -> prometheus::Result<C> {
-        self.1.borrow_mut().extend(c.desc().iter().map(|d| Exported {
-            name: d.fq_name.clone(),
-            kind,
-            labels: d.variable_labels.clone(),
-        }));
+        self.1
+            .borrow_mut()
+            .extend(c.desc().iter().map(|d| Exported {
+                name: d.fq_name.clone(),
+                kind,
+                labels: d.variable_labels.clone(),
+            }));
         self.0.register(Box::new(c.clone()))?;
         Ok(c)
     }
@@ -459,7 +461,10 @@ impl Builder {
         help: &str,
         labels: &[&str],
     ) -> prometheus::Result<IntCounterVec> {
-        self.register("counter", IntCounterVec::new(Opts::new(name, help), labels)?)
+        self.register(
+            "counter",
+            IntCounterVec::new(Opts::new(name, help), labels)?,
+        )
     }
 
     fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
@@ -488,10 +493,7 @@ impl Builder {
         let buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         self.register(
             "histogram",
-            HistogramVec::new(
-            HistogramOpts::new(name, help).buckets(buckets),
-            labels,
-        )?,
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?,
         )
     }
 }
@@ -604,19 +606,25 @@ impl Metrics {
                 "Completed sweeps over every namespace, by result.",
                 &["result"],
             )?,
-            last_start: b.register("gauge", Gauge::new(
-                "pullkeeper_last_sweep_timestamp_seconds",
-                "When the last completed sweep over every namespace started (unix seconds).",
-            )?)?,
-            duration: b.register("histogram", Histogram::with_opts(
-                HistogramOpts::new(
-                    "pullkeeper_sweep_duration_seconds",
-                    "Time to sync every namespace once.",
-                )
-                .buckets(vec![
-                    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-                ]),
-            )?)?,
+            last_start: b.register(
+                "gauge",
+                Gauge::new(
+                    "pullkeeper_last_sweep_timestamp_seconds",
+                    "When the last completed sweep over every namespace started (unix seconds).",
+                )?,
+            )?,
+            duration: b.register(
+                "histogram",
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pullkeeper_sweep_duration_seconds",
+                        "Time to sync every namespace once.",
+                    )
+                    .buckets(vec![
+                        0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                    ]),
+                )?,
+            )?,
         };
         let recovery = RecoveryMetrics {
             recovered: b.counter(
@@ -634,10 +642,13 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
-        let start_time = b.register("gauge", Gauge::new(
-            "pullkeeper_start_time_seconds",
-            "Process start (unix seconds).",
-        )?)?;
+        let start_time = b.register(
+            "gauge",
+            Gauge::new(
+                "pullkeeper_start_time_seconds",
+                "Process start (unix seconds).",
+            )?,
+        )?;
         start_time.set(Utc::now().timestamp() as f64);
         let watches = WatchMetrics {
             errors: b.counter(
