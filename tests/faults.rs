@@ -231,3 +231,188 @@ async fn a_truncated_or_dangling_registry_file_keeps_the_old_config_and_prunes_n
     d.stop().await;
     namespaces.cleanup().await;
 }
+
+/// A control plane of this test's own (`PK_NO_NODE=1 tests/cluster/up`), so that killing its
+/// API server or etcd disturbs no other test; stopped (`tests/cluster/down`) when dropped.
+struct OwnPlane {
+    dir: std::path::PathBuf,
+}
+
+impl OwnPlane {
+    fn start(name: &str) -> Self {
+        let dir = support::scratch_path(name, "");
+        let status = std::process::Command::new(script("up"))
+            .arg(&dir)
+            .env("PK_NO_NODE", "1")
+            .status()
+            .expect("run tests/cluster/up");
+        assert!(status.success(), "tests/cluster/up {} failed", dir.display());
+        Self { dir }
+    }
+
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        kube::Client::try_from(cfg).expect("client")
+    }
+
+    /// `tests/cluster/fault DIR COMPONENT ACTION`.
+    fn fault(&self, component: &str, action: &str) {
+        let status = std::process::Command::new(script("fault"))
+            .arg(&self.dir)
+            .args([component, action])
+            .status()
+            .expect("run tests/cluster/fault");
+        assert!(status.success(), "fault {component} {action} failed");
+    }
+}
+
+impl Drop for OwnPlane {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(script("down"))
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cluster")
+        .join(name)
+}
+
+/// Every namespace's Secret holds `password` and its `default` ServiceAccount lists exactly the
+/// hand-made entry and then pullkeeper's (nothing lost, nothing twice).
+async fn converged(client: &kube::Client, namespaces: &[String], password: &str) -> bool {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    for ns in namespaces {
+        let Ok(Some(secret)) = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt("wave-pull")
+            .await
+        else {
+            return false;
+        };
+        if support::password_in(&secret, "registry.wave.test").as_deref() != Some(password) {
+            return false;
+        }
+        let Ok(Some(sa)) = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .get_opt("default")
+            .await
+        else {
+            return false;
+        };
+        if support::account_pull_secrets(&sa) != ["hand-made", "wave-pull"] {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits for [`converged`] and returns how long it took.
+async fn time_to_converge(client: &kube::Client, namespaces: &[String], password: &str) -> f64 {
+    let started = std::time::Instant::now();
+    support::wait_for_named(
+        &format!("every namespace converged on {password}"),
+        Duration::from_secs(300),
+        || async { converged(client, namespaces, password).await },
+    )
+    .await;
+    started.elapsed().as_secs_f64()
+}
+
+#[tokio::test]
+async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_nothing() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Patch, PatchParams};
+    const NAMESPACES: usize = 200;
+    let test = "faults-plane";
+    let plane = OwnPlane::start("faults-plane");
+    let client = plane.client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let mut names = Vec::new();
+    for _ in 0..NAMESPACES {
+        names.push(namespaces.create().await);
+    }
+    // A hand-made entry in every default ServiceAccount, before pullkeeper starts.
+    for ns in &names {
+        support::wait_account(&client, ns, "default").await;
+        Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .patch(
+                "default",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"imagePullSecrets": [{"name": "hand-made"}]})),
+            )
+            .await
+            .expect("hand-made entry");
+    }
+    let endpoint = TokenEndpoint::start(token("wave-1")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "wave.yaml",
+        &endpoint.registry_file(
+            "registry.wave.test",
+            "wave-pull",
+            &support::test_selector(test),
+            "refresh:\n  minInterval: 1s\n  maxInterval: 3s\n  backoffInitial: 1s\n  backoffMax: 2s\n",
+        ),
+    );
+    // The admin's identity on this plane (RBAC is the least-privilege tests' subject, not this
+    // one's); the default write rate (50/s) makes a wave of 400 writes last about 8 s.
+    let d = daemon::spawn(
+        &plane.kubeconfig(),
+        &dir,
+        "info",
+        &daemon::unique_instance(),
+        &["--reload-interval", "1s"],
+        &[],
+    )
+    .await;
+    let first = time_to_converge(&client, &names, "wave-1").await;
+    eprintln!("first pass over {NAMESPACES} namespaces: {first:.1} s");
+
+    // 1. kube-apiserver SIGKILLed in the middle of a rotation wave, restarted 3 s later.
+    endpoint.set(token("wave-2"));
+    support::wait_for_named("the wave began", Duration::from_secs(60), || async {
+        for ns in &names {
+            if let Ok(Some(s)) = Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt("wave-pull")
+                .await
+                && support::password_in(&s, "registry.wave.test").as_deref() == Some("wave-2")
+            {
+                return Some(ns.clone());
+            }
+        }
+        None
+    })
+    .await;
+    plane.fault("apiserver", "kill");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    plane.fault("apiserver", "start");
+    let after_apiserver = time_to_converge(&client, &names, "wave-2").await;
+    eprintln!("API server killed mid-wave: every namespace current {after_apiserver:.1} s after it served again");
+
+    // 2. etcd SIGKILLed, the credential rotated while it is down, etcd restarted 6 s later.
+    plane.fault("etcd", "kill");
+    endpoint.set(token("wave-3"));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    plane.fault("etcd", "start");
+    let after_etcd = time_to_converge(&client, &names, "wave-3").await;
+    eprintln!("etcd down for 6 s during a rotation: every namespace current {after_etcd:.1} s after it served again");
+
+    // The daemon lived through both, and says it is ready.
+    let ready = reqwest::get(format!("http://{}/readyz", d.admin))
+        .await
+        .expect("readyz");
+    assert!(ready.status().is_success(), "the daemon is ready again");
+    let logs = d.stop().await;
+    assert!(!logs.contains("wave-2") && !logs.contains("wave-3"), "no credential in the log");
+    namespaces.cleanup().await;
+    drop(plane);
+}
