@@ -251,14 +251,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
 
     let elect = args.leader_elect && !once;
     let (leader_tx, leader_rx) = watch::channel(!elect);
-    let lease = LeaseConfig {
-        namespace: args.lease_namespace.clone(),
-        name: format!("{}-leader", args.instance.name),
-        identity,
-        duration: std::time::Duration::from_secs(15),
-        renew_every: std::time::Duration::from_secs(5),
-        retry_every: std::time::Duration::from_secs(2),
-    };
+    let lease = LeaseConfig::of(&args.instance.name, args.lease_namespace.clone(), identity);
     let lost = Arc::new(AtomicBool::new(false));
     let campaign = if elect {
         info!(lease = %lease.name, identity = %lease.identity, "campaigning for leadership");

@@ -102,7 +102,14 @@ fn read_only_commands_give_up_on_a_silent_api_server_after_their_deadline() {
         (
             "diagnose",
             "2s",
-            vec!["diagnose", "--config", config, "-A", "--request-timeout", "2s"],
+            vec![
+                "diagnose",
+                "--config",
+                config,
+                "-A",
+                "--request-timeout",
+                "2s",
+            ],
         ),
         (
             "cleanup",
@@ -150,11 +157,7 @@ fn once_gives_up_after_its_sync_timeout_and_exits_2_naming_what_did_not_list() {
         ],
         &kc,
     );
-    let err = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
+    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     eprintln!("once: exit {:?}\n{err}", out.status.code());
     assert_eq!(out.status.code(), Some(2), "once exits 2: {err}");
     assert!(silent.connections() > 0, "once reached the silent server");
@@ -162,7 +165,11 @@ fn once_gives_up_after_its_sync_timeout_and_exits_2_naming_what_did_not_list() {
         .lines()
         .find(|l| l.contains("the watches did not list in time"))
         .unwrap_or_else(|| panic!("once names the deadline: {err}"));
-    for watch in ["namespaces", "serviceaccounts", "secrets named example-pull"] {
+    for watch in [
+        "namespaces",
+        "serviceaccounts",
+        "secrets named example-pull",
+    ] {
         assert!(line.contains(watch), "once names the {watch} watch: {line}");
     }
     assert!(!err.contains("not-a-secret"), "{err}");

@@ -105,13 +105,15 @@ async fn a_hung_or_dripping_provider_times_out_while_other_registries_are_served
 
     // Each bad provider's fetch times out, and is retried: at least three failed attempts each.
     for registry in ["hang", "drip"] {
-        let series =
-            format!("pullkeeper_refresh_failures_total{{registry=\"{registry}\",category=\"unreachable\"}}");
-        let failures = support::wait_for_named(&format!("{registry}: three timeouts"), WAIT, || async {
-            let n = d.sample(&series).await;
-            (n >= 3.0).then_some(n)
-        })
-        .await;
+        let series = format!(
+            "pullkeeper_refresh_failures_total{{registry=\"{registry}\",category=\"unreachable\"}}"
+        );
+        let failures =
+            support::wait_for_named(&format!("{registry}: three timeouts"), WAIT, || async {
+                let n = d.sample(&series).await;
+                (n >= 3.0).then_some(n)
+            })
+            .await;
         eprintln!("{registry}: {failures} failed fetches (unreachable) so far");
     }
     // After those attempts: neither wrote anything, the healthy one is still exactly what the
@@ -161,7 +163,8 @@ async fn a_truncated_or_dangling_registry_file_keeps_the_old_config_and_prunes_n
     support::wait_password(&client, &ns, "cfg-pull", "registry.cfg.test", "cfg-pw").await;
     support::wait_pull_secrets(&client, &ns, "default", &["cfg-pull"]).await;
 
-    let broken: [(&str, Box<dyn Fn()>); 2] = [
+    type Breakage = (&'static str, Box<dyn Fn()>);
+    let broken: [Breakage; 2] = [
         (
             "truncated mid-write",
             Box::new({
@@ -211,11 +214,15 @@ async fn a_truncated_or_dangling_registry_file_keeps_the_old_config_and_prunes_n
             .delete("cfg-pull", &DeleteParams::default())
             .await
             .expect("delete cfg-pull");
-        support::wait_for_named(&format!("{how}: repaired by the old config"), WAIT, || async {
-            support::get_secret(&client, &ns, "cfg-pull")
-                .await
-                .filter(|s| s.metadata.uid != old.metadata.uid)
-        })
+        support::wait_for_named(
+            &format!("{how}: repaired by the old config"),
+            WAIT,
+            || async {
+                support::get_secret(&client, &ns, "cfg-pull")
+                    .await
+                    .filter(|s| s.metadata.uid != old.metadata.uid)
+            },
+        )
         .await;
         // Put right again: taken.
         let _ = std::fs::remove_file(dir.join("cfg.yaml"));
@@ -246,7 +253,11 @@ impl OwnPlane {
             .env("PK_NO_NODE", "1")
             .status()
             .expect("run tests/cluster/up");
-        assert!(status.success(), "tests/cluster/up {} failed", dir.display());
+        assert!(
+            status.success(),
+            "tests/cluster/up {} failed",
+            dir.display()
+        );
         Self { dir }
     }
 
@@ -256,9 +267,10 @@ impl OwnPlane {
 
     async fn client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("config");
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("config");
         kube::Client::try_from(cfg).expect("client")
     }
 
@@ -319,7 +331,7 @@ async fn time_to_converge(client: &kube::Client, namespaces: &[String], password
     let started = std::time::Instant::now();
     support::wait_for_named(
         &format!("every namespace converged on {password}"),
-        Duration::from_secs(300),
+        Duration::from_mins(5),
         || async { converged(client, namespaces, password).await },
     )
     .await;
@@ -379,7 +391,7 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
 
     // 1. kube-apiserver SIGKILLed in the middle of a rotation wave, restarted 3 s later.
     endpoint.set(token("wave-2"));
-    support::wait_for_named("the wave began", Duration::from_secs(60), || async {
+    support::wait_for_named("the wave began", Duration::from_mins(1), || async {
         for ns in &names {
             if let Ok(Some(s)) = Api::<Secret>::namespaced(client.clone(), ns)
                 .get_opt("wave-pull")
@@ -396,7 +408,9 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
     tokio::time::sleep(Duration::from_secs(3)).await;
     plane.fault("apiserver", "start");
     let after_apiserver = time_to_converge(&client, &names, "wave-2").await;
-    eprintln!("API server killed mid-wave: every namespace current {after_apiserver:.1} s after it served again");
+    eprintln!(
+        "API server killed mid-wave: every namespace current {after_apiserver:.1} s after it served again"
+    );
 
     // 2. etcd SIGKILLed, the credential rotated while it is down, etcd restarted 6 s later.
     plane.fault("etcd", "kill");
@@ -404,7 +418,9 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
     tokio::time::sleep(Duration::from_secs(6)).await;
     plane.fault("etcd", "start");
     let after_etcd = time_to_converge(&client, &names, "wave-3").await;
-    eprintln!("etcd down for 6 s during a rotation: every namespace current {after_etcd:.1} s after it served again");
+    eprintln!(
+        "etcd down for 6 s during a rotation: every namespace current {after_etcd:.1} s after it served again"
+    );
 
     // The daemon lived through both, and says it is ready.
     let ready = reqwest::get(format!("http://{}/readyz", d.admin))
@@ -412,7 +428,10 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
         .expect("readyz");
     assert!(ready.status().is_success(), "the daemon is ready again");
     let logs = d.stop().await;
-    assert!(!logs.contains("wave-2") && !logs.contains("wave-3"), "no credential in the log");
+    assert!(
+        !logs.contains("wave-2") && !logs.contains("wave-3"),
+        "no credential in the log"
+    );
     namespaces.cleanup().await;
     drop(plane);
 }
