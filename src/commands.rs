@@ -213,6 +213,74 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, StartError
     })
 }
 
+/// The recovery mode `run` may use: `mode` when this identity may do what it needs with Pods,
+/// else off (said in the log).
+async fn permitted_recovery(client: &Client, mode: RecoveryMode) -> RecoveryMode {
+    if mode == RecoveryMode::Off {
+        return mode;
+    }
+    match may_recover(client, mode).await {
+        Ok(true) => {
+            info!(mode = ?mode, "pod recovery enabled");
+            mode
+        }
+        Ok(false) => {
+            error!(mode = ?mode,
+                "pod recovery is enabled but not permitted: pullkeeper may not list, watch and (for `on`) delete pods in every namespace; install the optional pod-recovery RBAC (see deploy/README.md). Recovery stays off");
+            RecoveryMode::Off
+        }
+        Err(e) => {
+            error!(error = %e, "cannot check the pod-recovery permissions; recovery stays off");
+            RecoveryMode::Off
+        }
+    }
+}
+
+/// Completes on a signal, or when leadership once held is lost (then `lost` is set: a restart
+/// begins as follower).
+async fn stop_when(
+    signal: impl std::future::Future<Output = ()>,
+    mut leader: watch::Receiver<bool>,
+    elect: bool,
+    lost: Arc<AtomicBool>,
+) {
+    let leadership_lost = async {
+        if !elect {
+            return std::future::pending().await;
+        }
+        let _ = leader.wait_for(|l| *l).await;
+        let _ = leader.wait_for(|l| !*l).await;
+    };
+    tokio::select! {
+        () = signal => {}
+        () = leadership_lost => {
+            lost.store(true, Ordering::SeqCst);
+            error!("leadership lost; stopping so a restart begins as a follower");
+        }
+    }
+}
+
+/// Ends the campaign and, unless leadership was lost, releases the Lease.
+async fn hand_over(
+    campaign: tokio::task::JoinHandle<()>,
+    client: &Client,
+    lease: &LeaseConfig,
+    lost: bool,
+) {
+    campaign.abort();
+    let _ = campaign.await;
+    if lost {
+        return;
+    }
+    match leader::release(client, lease).await {
+        Ok(true) => info!(lease = %lease.name, "lease released"),
+        Ok(false) => {}
+        Err(e) => {
+            warn!(lease = %lease.name, error = %e, "could not release the lease; it expires by itself");
+        }
+    }
+}
+
 /// `pullkeeper run` (and `once`): returns the exit code.
 pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     let settings = settings(&args);
@@ -228,20 +296,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     let identity = leader::process_identity(args.identity.as_deref());
     let client = client(&args.kube, &identity).await?;
     let mut settings = settings;
-    if settings.recovery.mode != RecoveryMode::Off {
-        match may_recover(&client, settings.recovery.mode).await {
-            Ok(true) => info!(mode = ?settings.recovery.mode, "pod recovery enabled"),
-            Ok(false) => {
-                error!(mode = ?settings.recovery.mode,
-                    "pod recovery is enabled but not permitted: pullkeeper may not list, watch and (for `on`) delete pods in every namespace; install the optional pod-recovery RBAC (see deploy/README.md). Recovery stays off");
-                settings.recovery.mode = RecoveryMode::Off;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot check the pod-recovery permissions; recovery stays off");
-                settings.recovery.mode = RecoveryMode::Off;
-            }
-        }
-    }
+    settings.recovery.mode = permitted_recovery(&client, settings.recovery.mode).await;
     let metrics = Metrics::new().map_err(StartError::Metrics)?;
     let stop_signal = shutdown_signal()?;
     info!(
@@ -289,42 +344,12 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
         started.readiness(),
     ));
 
-    // Stop on a signal, or when leadership once held is lost (a restart begins as follower).
-    let stop = {
-        let lost = lost.clone();
-        let mut leader = leader_rx;
-        async move {
-            let leadership_lost = async {
-                if !elect {
-                    return std::future::pending().await;
-                }
-                let _ = leader.wait_for(|l| *l).await;
-                let _ = leader.wait_for(|l| !*l).await;
-            };
-            tokio::select! {
-                () = stop_signal => {}
-                () = leadership_lost => {
-                    lost.store(true, Ordering::SeqCst);
-                    error!("leadership lost; stopping so a restart begins as a follower");
-                }
-            }
-        }
-    };
+    let stop = stop_when(stop_signal, leader_rx, elect, lost.clone());
     started.run(stop).await;
 
     // Writes have stopped: give the Lease up so another replica takes over at once.
     if let Some(campaign) = campaign {
-        campaign.abort();
-        let _ = campaign.await;
-        if !lost.load(Ordering::SeqCst) {
-            match leader::release(&client, &lease).await {
-                Ok(true) => info!(lease = %lease.name, "lease released"),
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(lease = %lease.name, error = %e, "could not release the lease; it expires by itself");
-                }
-            }
-        }
+        hand_over(campaign, &client, &lease, lost.load(Ordering::SeqCst)).await;
         metrics.leader.set(false);
     }
     admin.abort();

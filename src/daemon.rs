@@ -997,6 +997,8 @@ impl Drop for AbortOnDrop {
 /// Looks for stuck Pods every recovery interval: publishes the stuck-Pods gauge, tells once
 /// about each Pod that cannot recover by itself, and (mode `on`, leader only) deletes what the
 /// limits allow.
+// Still to be split with pod recovery moving into its own room (issue 18 item 1).
+#[allow(clippy::too_many_lines)]
 async fn recovery_loop(daemon: &Daemon, pods: &Cache<Pod>) {
     let settings = &daemon.settings.recovery;
     let mut budget = recover::Budget::default();
