@@ -159,9 +159,21 @@ async fn a_truncated_or_dangling_registry_file_keeps_the_old_config_and_prunes_n
         SLOW,
     );
     write_config(&dir, "cfg.yaml", &text);
+    // A second registry keeps the directory valid without cfg.yaml: a broken cfg.yaml read as
+    // "no such registry" would then prune cfg-pull everywhere.
+    write_config(
+        &dir,
+        "other.yaml",
+        &endpoint.registry_file(
+            "registry.other.test",
+            "other-pull",
+            &support::test_selector(test),
+            SLOW,
+        ),
+    );
     let d = daemon::start(&client, &dir, "info").await;
     support::wait_password(&client, &ns, "cfg-pull", "registry.cfg.test", "cfg-pw").await;
-    support::wait_pull_secrets(&client, &ns, "default", &["cfg-pull"]).await;
+    support::wait_pull_secrets(&client, &ns, "default", &["cfg-pull", "other-pull"]).await;
 
     type Breakage = (&'static str, Box<dyn Fn()>);
     let broken: [Breakage; 2] = [
@@ -204,7 +216,7 @@ async fn a_truncated_or_dangling_registry_file_keeps_the_old_config_and_prunes_n
         // Nothing pruned, and the old config still repairs its Secret.
         assert_eq!(
             support::pull_secrets(&client, &ns, "default").await,
-            vec!["cfg-pull".to_string()],
+            vec!["cfg-pull".to_string(), "other-pull".to_string()],
             "{how}"
         );
         let old = support::get_secret(&client, &ns, "cfg-pull")
