@@ -447,3 +447,192 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
     namespaces.cleanup().await;
     drop(plane);
 }
+
+/// The fault-injecting proxy (tests/faults/apiproxy.py) in front of the platform's API server;
+/// killed when dropped.
+struct FaultProxy {
+    child: std::process::Child,
+    state: std::path::PathBuf,
+    log: std::path::PathBuf,
+    port: u16,
+}
+
+impl FaultProxy {
+    async fn start(fail_share: f64) -> Self {
+        let state = support::scratch_path("apiproxy-state", ".json");
+        let log = support::scratch_path("apiproxy", ".log");
+        let port_file = support::scratch_path("apiproxy-port", "");
+        std::fs::write(&log, "").expect("proxy log");
+        let mut proxy = Self {
+            child: std::process::Command::new("python3")
+                .arg(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/faults/apiproxy.py"),
+                )
+                .args([
+                    support::env("PK_KUBE_SERVER"),
+                    support::env("PK_KUBE_CA_FILE"),
+                ])
+                .args([&state, &log, &port_file])
+                .spawn()
+                .expect("start apiproxy.py"),
+            state,
+            log,
+            port: 0,
+        };
+        proxy.set(fail_share);
+        proxy.port = support::wait_for_named("apiproxy.py listening", WAIT, || async {
+            std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u16>().ok())
+        })
+        .await;
+        proxy
+    }
+
+    fn set(&self, fail_share: f64) {
+        std::fs::write(&self.state, format!("{{\"fail_share\": {fail_share}}}")).expect("state");
+    }
+
+    /// (injected, forwarded) write requests to Secrets and ServiceAccounts so far.
+    fn writes(&self) -> (usize, usize) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let writes = |kind: &str| {
+            log.lines()
+                .filter(|l| l.starts_with(kind))
+                .filter(|l| {
+                    let mut words = l.split(' ');
+                    let method = words.nth(1).unwrap_or_default();
+                    let path = words.next().unwrap_or_default();
+                    matches!(method, "POST" | "PUT" | "PATCH")
+                        && (path.contains("/secrets") || path.contains("/serviceaccounts"))
+                })
+                .count()
+        };
+        (writes("INJECT"), writes("FWD"))
+    }
+
+    /// A kubeconfig of `kubeconfig`'s identity that goes through the proxy.
+    fn kubeconfig(&self, kubeconfig: &std::path::Path) -> std::path::PathBuf {
+        let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+        let mut doc: serde_json::Value = serde_yaml_ng::from_str(&text).expect("yaml");
+        let cluster = &mut doc["clusters"][0]["cluster"];
+        cluster["server"] = serde_json::json!(format!("https://127.0.0.1:{}", self.port));
+        cluster["insecure-skip-tls-verify"] = serde_json::json!(true);
+        if let Some(c) = cluster.as_object_mut() {
+            c.remove("certificate-authority-data");
+        }
+        support::write_scratch_file(
+            "kubeconfigs",
+            ".yaml",
+            &serde_yaml_ng::to_string(&doc).expect("yaml"),
+        )
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn writes_refused_with_429_and_503_are_retried_with_backoff_and_nothing_is_lost() {
+    const NAMESPACES: usize = 30;
+    let test = "faults-throttle";
+    let client = support::admin_client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let mut names = Vec::new();
+    for _ in 0..NAMESPACES {
+        names.push(namespaces.create().await);
+    }
+    let endpoint = TokenEndpoint::start(token("busy-1")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "busy.yaml",
+        &endpoint.registry_file(
+            "registry.busy.test",
+            "busy-pull",
+            &support::test_selector(test),
+            "refresh:\n  minInterval: 1s\n  maxInterval: 3s\n  backoffInitial: 1s\n  backoffMax: 2s\n",
+        ),
+    );
+    // 30 % of pullkeeper's writes to Secrets and ServiceAccounts are refused, half 429, half 503.
+    let proxy = FaultProxy::start(0.3).await;
+    daemon::grant_config(&dir).await;
+    let kubeconfig = proxy.kubeconfig(&daemon::pullkeeper_kubeconfig(&client).await);
+    let d = daemon::spawn(
+        &kubeconfig,
+        &dir,
+        "info",
+        &daemon::unique_instance(),
+        &["--reload-interval", "1s"],
+        &[],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    for ns in &names {
+        support::wait_password(&client, ns, "busy-pull", "registry.busy.test", "busy-1").await;
+        support::wait_pull_secrets(&client, ns, "default", &["busy-pull"]).await;
+    }
+    let (injected, forwarded) = proxy.writes();
+    eprintln!(
+        "30 % refused: {NAMESPACES} namespaces in place after {:.1} s; {injected} writes refused, {forwarded} passed (needed: {})",
+        started.elapsed().as_secs_f64(),
+        2 * NAMESPACES
+    );
+    assert!(injected >= 3, "the proxy refused writes: {injected}");
+    assert!(
+        forwarded >= 2 * NAMESPACES,
+        "every Secret and ServiceAccount write got through once: {forwarded}"
+    );
+    assert!(
+        injected + forwarded <= 6 * NAMESPACES,
+        "retries stay bounded: {injected} + {forwarded}"
+    );
+
+    // Every write refused for 20 s while a new credential arrives: retried with backoff (1, 2,
+    // 4, 8 s…), not in a loop; then everything converges once the API server accepts again.
+    proxy.set(1.0);
+    let (before, _) = proxy.writes();
+    endpoint.set(token("busy-2"));
+    let refused = std::time::Instant::now();
+    support::wait_for_named("the rotation's first refused write", WAIT, || async {
+        (proxy.writes().0 > before).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (during, _) = proxy.writes();
+    let attempts = during - before;
+    eprintln!(
+        "all refused for {:.0} s: {attempts} write attempts for {NAMESPACES} namespaces",
+        refused.elapsed().as_secs_f64()
+    );
+    assert!(
+        attempts <= 8 * NAMESPACES,
+        "no hot loop: {attempts} attempts in about 20 s"
+    );
+    proxy.set(0.0);
+    let healed = std::time::Instant::now();
+    for ns in &names {
+        support::wait_password(&client, ns, "busy-pull", "registry.busy.test", "busy-2").await;
+    }
+    eprintln!(
+        "accepted again: every namespace current {:.1} s later",
+        healed.elapsed().as_secs_f64()
+    );
+    for ns in &names {
+        assert_eq!(
+            support::pull_secrets(&client, ns, "default").await,
+            vec!["busy-pull".to_string()]
+        );
+    }
+    let logs = d.stop().await;
+    assert!(
+        !logs.contains("busy-1") && !logs.contains("busy-2"),
+        "no credential in the log"
+    );
+    namespaces.cleanup().await;
+}
