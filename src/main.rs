@@ -6,7 +6,13 @@ use pullkeeper::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_args();
-    pullkeeper::logging::init(cli.log_format, &cli.log_filter)
+    // The kubelet shows a plugin's stderr only when it fails: there, only warnings and errors
+    // unless a filter was asked for.
+    let filter = match (&cli.command, cli.log_filter.as_str()) {
+        (Command::CredentialProvider(_), "info") => "warn",
+        (_, filter) => filter,
+    };
+    pullkeeper::logging::init(cli.log_format, filter)
         .map_err(|e| anyhow::anyhow!("invalid log filter: {e}"))?;
     let code = match cli.command {
         Command::Check(args) => pullkeeper::commands::check(
@@ -22,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Plan(args) => pullkeeper::commands::plan(args).await,
         Command::Diagnose(args) => pullkeeper::commands::diagnose(args).await,
         Command::Cleanup(args) => pullkeeper::commands::cleanup(args).await,
+        Command::CredentialProvider(args) => pullkeeper::commands::credential_provider(args).await,
         Command::Completions(args) => pullkeeper::commands::completions(&args),
         Command::Man(args) => pullkeeper::commands::man(&args),
     };
