@@ -322,6 +322,8 @@ providers:
     # audience (the http provider's `auth: podServiceAccountToken` presents it to a broker).
     tokenAttributes:
       serviceAccountTokenAudience: $PK_CREDENTIAL_PROVIDER_AUDIENCE
+      # Answers depend on the ServiceAccount only: cached per ServiceAccount, not per Pod token.
+      cacheType: ServiceAccount
       requireServiceAccount: false
     env:
       - name: PULLKEEPER_CREDENTIAL_PROVIDER_LOG
