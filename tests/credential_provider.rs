@@ -486,3 +486,108 @@ async fn with_the_pods_own_service_account_token_the_broker_serves_one_workload_
     namespaces.cleanup().await;
     host.remove();
 }
+
+/// Runs the built binary as the kubelet does: `request` on stdin; returns (exit code, stdout,
+/// stderr).
+fn invoke_plugin(config: &Path, request: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
+        .args(["credential-provider", "--config"])
+        .arg(config)
+        .env_remove("PULLKEEPER_CREDENTIAL_PROVIDER_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(request.as_bytes())
+        .expect("write the request");
+    let out = child.wait_with_output().expect("the plugin ends");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// Multi-threaded: the broker answers on the runtime while the test waits for the plugin process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_provider_presents_the_token_the_kubelet_passed_and_without_one_says_why_in_one_line()
+ {
+    use axum::http::HeaderMap;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/pull",
+        axum::routing::get(move |headers: HeaderMap| {
+            let record = record.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("(none)")
+                    .to_string();
+                record.lock().expect("lock").push(auth);
+                json_reply(&serde_json::json!({"username": "robot", "password": "broker-pw", "expires_in": 60}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let url = format!("http://{}/pull", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("broker serves");
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("broker.yaml"),
+        format!(
+            "provider:\n  type: http\n  url: {url}\n  auth: podServiceAccountToken\n  response: {{username: /username, password: /password, expiresIn: /expires_in}}\n\
+             servers: [registry.example]\nsecretName: broker-pull\n"
+        ),
+    )
+    .expect("registry file");
+    let request = |token: Option<&str>| {
+        let mut r = serde_json::json!({
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+            "kind": "CredentialProviderRequest",
+            "image": "registry.example/team/app:v1",
+        });
+        if let Some(t) = token {
+            r["serviceAccountToken"] = Value::from(t);
+        }
+        r.to_string()
+    };
+
+    let (code, stdout, stderr) = invoke_plugin(dir.path(), &request(Some("pod-token-1")));
+    assert_eq!(code, 0, "{stderr}");
+    let answer: Value = serde_json::from_str(&stdout).expect("one JSON response");
+    assert_eq!(answer["auth"]["registry.example"]["password"], "broker-pw");
+    // expires_in 60 s × renewAt 2/3, rounded down (the answer's age makes it 39 s at times).
+    assert!(
+        ["39s", "40s"].contains(&answer["cacheDuration"].as_str().unwrap_or_default()),
+        "{answer}"
+    );
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        vec!["Bearer pod-token-1".to_string()]
+    );
+
+    let (code, stdout, stderr) = invoke_plugin(dir.path(), &request(None));
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "no response on an error: {stdout}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("podServiceAccountToken"), "{stderr}");
+    assert!(!stderr.contains("broker-pw"));
+    println!("without a token: {}", stderr.trim_end());
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        1,
+        "no broker call without a token"
+    );
+}
