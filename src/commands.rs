@@ -519,6 +519,7 @@ pub async fn credential_provider(args: CredentialProviderArgs) -> i32 {
         registry: None,
         provider: None,
         outcome: "",
+        login_server: None,
         cache_duration_seconds: None,
         elapsed_ms: 0,
     };

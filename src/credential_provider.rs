@@ -59,6 +59,9 @@ pub struct Response {
     pub cache_duration: Duration,
     /// Server pattern → login; empty when pullkeeper has nothing for the image.
     pub auth: BTreeMap<String, (String, Sensitive)>,
+    /// The host the provider itself named for the login served (ECR's proxy endpoint), if any:
+    /// for the invocation log, never sent to the kubelet.
+    pub login_server: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -85,6 +88,7 @@ impl Response {
             cache_key_type: CacheKeyType::Registry,
             cache_duration: Duration::ZERO,
             auth: BTreeMap::new(),
+            login_server: None,
         }
     }
 
@@ -235,6 +239,7 @@ pub fn respond(
             m.server.clone(),
             (login.username.clone(), login.password.clone()),
         )]),
+        login_server: login.server.clone(),
     })
 }
 
@@ -265,7 +270,7 @@ pub fn route_note(registry: &Registry) -> Option<String> {
     }
     if registry.provider.needs_pod_token() {
         return Some(format!(
-            "{}: `provider.auth: podServiceAccountToken` works on the credential-provider route only (the Secret route has no Pod token)",
+            "{}: `provider.auth: podServiceAccountToken` / `provider.podRoleAnnotation` work on the credential-provider route only (the Secret route has no Pod token)",
             registry.name
         ));
     }
@@ -300,6 +305,8 @@ pub struct Invocation {
     pub provider: Option<&'static str>,
     /// `served`, `no_match`, or the error's category.
     pub outcome: &'static str,
+    /// The host the provider named for the login served (ECR: the account's registry).
+    pub login_server: Option<String>,
     pub cache_duration_seconds: Option<u64>,
     pub elapsed_ms: u128,
 }
@@ -345,7 +352,10 @@ pub async fn serve(
             record.provider = Some(provider);
             let built = registry
                 .provider
-                .build_for_pod(request.service_account_token.clone())
+                .build_for_pod(
+                    request.service_account_token.clone(),
+                    &request.service_account_annotations,
+                )
                 .await
                 .map_err(|source| PluginError::Build {
                     registry: registry.name.clone(),
@@ -370,6 +380,7 @@ pub async fn serve(
         }
     };
     record.cache_duration_seconds = Some(response.cache_duration.as_secs());
+    record.login_server.clone_from(&response.login_server);
     let json = response
         .to_json()
         .map_err(|e| PluginError::Write(std::io::Error::other(e)))?;

@@ -489,11 +489,12 @@ async fn with_the_pods_own_service_account_token_the_broker_serves_one_workload_
 
 /// Runs the built binary as the kubelet does: `request` on stdin; returns (exit code, stdout,
 /// stderr).
-fn invoke_plugin(config: &Path, request: &str) -> (i32, String, String) {
+fn invoke_plugin(config: &Path, request: &str, extra: &[&str]) -> (i32, String, String) {
     use std::io::Write as _;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
         .args(["credential-provider", "--config"])
         .arg(config)
+        .args(extra)
         .env_remove("PULLKEEPER_CREDENTIAL_PROVIDER_LOG")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -564,7 +565,7 @@ async fn the_http_provider_presents_the_token_the_kubelet_passed_and_without_one
         r.to_string()
     };
 
-    let (code, stdout, stderr) = invoke_plugin(dir.path(), &request(Some("pod-token-1")));
+    let (code, stdout, stderr) = invoke_plugin(dir.path(), &request(Some("pod-token-1")), &[]);
     assert_eq!(code, 0, "{stderr}");
     let answer: Value = serde_json::from_str(&stdout).expect("one JSON response");
     assert_eq!(answer["auth"]["registry.example"]["password"], "broker-pw");
@@ -578,7 +579,7 @@ async fn the_http_provider_presents_the_token_the_kubelet_passed_and_without_one
         vec!["Bearer pod-token-1".to_string()]
     );
 
-    let (code, stdout, stderr) = invoke_plugin(dir.path(), &request(None));
+    let (code, stdout, stderr) = invoke_plugin(dir.path(), &request(None), &[]);
     assert_eq!(code, 1);
     assert!(stdout.is_empty(), "no response on an error: {stdout}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
@@ -590,4 +591,84 @@ async fn the_http_provider_presents_the_token_the_kubelet_passed_and_without_one
         1,
         "no broker call without a token"
     );
+}
+
+#[test]
+fn ecr_assumes_the_role_named_in_the_pods_service_account_annotation_with_the_pods_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).expect("config dir");
+    std::fs::write(
+        config.join("ecr.yaml"),
+        format!(
+            "provider:\n  type: ecr\n  regions: [us-east-1]\n  endpointUrl: {}\n  podRoleAnnotation: eks.amazonaws.com/role-arn\n\
+             secretName: ecr-pull\n",
+            support::moto_url()
+        ),
+    )
+    .expect("registry file");
+    let log = dir.path().join("invocations.log");
+    let log_arg = log.to_str().expect("utf-8 path");
+    let host = "666666666666.dkr.ecr.us-east-1.amazonaws.com";
+    let request = |token: Option<&str>, role: Option<&str>| {
+        let mut r = serde_json::json!({
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+            "kind": "CredentialProviderRequest",
+            "image": format!("{host}/team/app:v1"),
+            "serviceAccountAnnotations": {},
+        });
+        if let Some(t) = token {
+            r["serviceAccountToken"] = Value::from(t);
+        }
+        if let Some(role) = role {
+            r["serviceAccountAnnotations"]["eks.amazonaws.com/role-arn"] = Value::from(role);
+        }
+        r.to_string()
+    };
+    // A JWT-shaped token; moto does not verify its signature (AWS would, against the cluster's
+    // OIDC issuer).
+    let token =
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YXBwOnB1bGxlciJ9.c2ln";
+
+    let (code, stdout, stderr) = invoke_plugin(
+        &config,
+        &request(Some(token), Some("arn:aws:iam::666666666666:role/puller")),
+        &["--invocation-log", log_arg],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let answer: Value = serde_json::from_str(&stdout).expect("one JSON response");
+    assert_eq!(answer["auth"][host]["username"], "AWS", "{answer}");
+    let line: Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .expect("log")
+            .lines()
+            .last()
+            .expect("a line"),
+    )
+    .expect("JSON line");
+    // moto names the registry of the account whose credentials asked: the assumed role's.
+    assert_eq!(line["loginServer"], host, "{line}");
+    println!("with the Pod's role: {line}");
+
+    for (token, role, says) in [
+        (
+            Some(token),
+            None,
+            "no annotation `eks.amazonaws.com/role-arn`",
+        ),
+        (
+            None,
+            Some("arn:aws:iam::666666666666:role/puller"),
+            "ServiceAccount token",
+        ),
+        (Some(token), Some("not-an-arn"), "not an IAM role ARN"),
+    ] {
+        let (code, stdout, stderr) = invoke_plugin(&config, &request(token, role), &[]);
+        assert_eq!(code, 1, "{stdout}");
+        assert!(stdout.is_empty());
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!stderr.contains(token.unwrap_or("eyJ")), "{stderr}");
+        println!("refused: {}", stderr.trim_end());
+    }
 }

@@ -252,6 +252,7 @@ async fn one_invocation_reads_the_files_fetches_once_and_records_no_credential()
         registry: None,
         provider: None,
         outcome: "",
+        login_server: None,
         cache_duration_seconds: None,
         elapsed_ms: 0,
     };

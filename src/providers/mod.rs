@@ -257,9 +257,11 @@ impl ProviderSpec {
     pub async fn build_for_pod(
         &self,
         pod_token: Option<Sensitive>,
+        annotations: &std::collections::BTreeMap<String, String>,
     ) -> Result<Arc<dyn Provider>, ProviderError> {
         match self {
             Self::Http(c) => c.build_for_pod(pod_token).await,
+            Self::Ecr(c) => c.build_for_pod(pod_token.as_ref(), annotations).await,
             _ => self.build().await,
         }
     }
@@ -267,7 +269,11 @@ impl ProviderSpec {
     /// Whether the provider needs the pulling Pod's ServiceAccount token, which only the
     /// credential-provider route has.
     pub fn needs_pod_token(&self) -> bool {
-        matches!(self, Self::Http(c) if c.auth == http::EndpointAuth::PodServiceAccountToken)
+        match self {
+            Self::Http(c) => c.auth == http::EndpointAuth::PodServiceAccountToken,
+            Self::Ecr(c) => c.pod_role_annotation.is_some(),
+            _ => false,
+        }
     }
 
     /// Builds the provider (clients, identity chains). Called on every accepted config load.
