@@ -295,9 +295,13 @@ pk_node_credential_provider_audience_rbac() {
     '{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"pullkeeper-test-credential-provider-audience"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"pullkeeper-test-credential-provider-audience"},"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"system:nodes"}]}'; do
     local kind=clusterroles
     [[ $body == *ClusterRoleBinding* ]] && kind=clusterrolebindings
-    curl -fsS --max-time 10 --cacert "$pki/ca.crt" -H "Authorization: Bearer $admin_token" \
-      -H 'Content-Type: application/json' -X POST --data "$body" "$api/$kind" >/dev/null ||
-      pk_die "creating the node's token-audience RBAC ($kind) failed"
+    # 201 created, 409 already there (a DIR whose etcd kept it from an earlier up).
+    local status
+    status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --cacert "$pki/ca.crt" \
+      -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+      -X POST --data "$body" "$api/$kind") || status=000
+    [[ $status == 201 || $status == 409 ]] ||
+      pk_die "creating the node's token-audience RBAC ($kind) failed: HTTP $status"
   done
 }
 pk_node_credential_provider() {
@@ -319,7 +323,7 @@ providers:
     defaultCacheDuration: 1m
     args: [credential-provider, --config, $cp/config]
     # KEP-4412: the kubelet hands the plugin the pulling Pod's own ServiceAccount token for this
-    # audience (the http provider's `auth: podServiceAccountToken` presents it to a broker).
+    # audience (auth: podServiceAccountToken of the http provider presents it to a broker).
     tokenAttributes:
       serviceAccountTokenAudience: $PK_CREDENTIAL_PROVIDER_AUDIENCE
       # Answers depend on the ServiceAccount only: cached per ServiceAccount, not per Pod token.
