@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cli::{
-    CleanupArgs, CompletionsArgs, DiagnoseArgs, KubeArgs, ManArgs, OutputFormat, PlanArgs,
-    RecoveryMode, RunArgs,
+    CleanupArgs, CompletionsArgs, CredentialProviderArgs, DiagnoseArgs, KubeArgs, ManArgs,
+    OutputFormat, PlanArgs, RecoveryMode, RunArgs,
 };
 use crate::config::{self, LoadOptions};
 use crate::daemon::{self, RecoverySettings, Settings};
@@ -73,6 +73,14 @@ pub fn check(dir: &Path, options: LoadOptions, rbac: bool) -> i32 {
                 "Secret names for the role's resourceNames (--rbac prints the ClusterRole): {}",
                 secret_names(&c).join(", ")
             );
+            print!("{}", crate::credential_provider::ROUTE_FIELDS);
+            for note in c
+                .registries
+                .iter()
+                .filter_map(|r| crate::credential_provider::route_note(r))
+            {
+                println!("  note: {note}");
+            }
             0
         }
         Err(problems) => {
@@ -545,6 +553,66 @@ pub async fn cleanup(args: CleanupArgs) -> i32 {
         eprintln!("pullkeeper cleanup: {line}");
     }
     report.exit_code()
+}
+
+/// `pullkeeper credential-provider`: one kubelet plugin invocation; 0 with a response on stdout
+/// (possibly with an empty `auth`), 1 with one line on stderr.
+pub async fn credential_provider(args: CredentialProviderArgs) -> i32 {
+    use crate::credential_provider::{self as plugin, Invocation, Settings};
+    use std::io::Read as _;
+    let started = std::time::Instant::now();
+    let mut record = Invocation {
+        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        image_host: None,
+        registry: None,
+        provider: None,
+        outcome: "",
+        login_server: None,
+        cache_duration_seconds: None,
+        elapsed_ms: 0,
+    };
+    let settings = Settings {
+        config_dir: &args.config.dir,
+        fetch_timeout: args.fetch_timeout,
+    };
+    let mut request = String::new();
+    let result = match std::io::stdin().lock().read_to_string(&mut request) {
+        Ok(_) => {
+            let mut out = std::io::stdout().lock();
+            plugin::serve(&settings, &request, &mut out, &mut record).await
+        }
+        Err(e) => Err(plugin::PluginError::Request(e.to_string())),
+    };
+    let code = match &result {
+        Ok(()) => 0,
+        Err(e) => {
+            record.outcome = e.category();
+            eprintln!("{}", plugin::error_line(e));
+            1
+        }
+    };
+    record.elapsed_ms = started.elapsed().as_millis();
+    if let Some(path) = &args.invocation_log
+        && let Err(e) = append_line(path, &record)
+    {
+        eprintln!(
+            "pullkeeper credential-provider: cannot append to {}: {e}",
+            path.display()
+        );
+    }
+    code
+}
+
+/// Appends one JSON line to a file (created when missing).
+fn append_line(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(&line)
 }
 
 /// `pullkeeper completions SHELL`: the completion script on stdout; 0, or 2 when it cannot be
