@@ -420,10 +420,14 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
     plane.fault("apiserver", "kill");
     tokio::time::sleep(Duration::from_secs(3)).await;
     plane.fault("apiserver", "start");
+    // Created while pullkeeper's watches are still reconnecting: served after their re-list.
+    let late = namespaces.create().await;
     let after_apiserver = time_to_converge(&client, &names, "wave-2").await;
     eprintln!(
         "API server killed mid-wave: every namespace current {after_apiserver:.1} s after it served again"
     );
+    support::wait_password(&client, &late, "wave-pull", "registry.wave.test", "wave-2").await;
+    support::wait_pull_secrets(&client, &late, "default", &["wave-pull"]).await;
 
     // 2. etcd SIGKILLed, the credential rotated while it is down, etcd restarted 6 s later.
     plane.fault("etcd", "kill");
