@@ -14,8 +14,9 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
-use crate::config::{NamespaceTargets, Registry, glob_match};
-use crate::ownership::{EXPIRES_ANNOTATION, OPT_OUT_ANNOTATION, Owner, SYSTEM_NAMESPACE_PREFIX};
+use crate::config::Registry;
+use crate::ownership::{EXPIRES_ANNOTATION, Owner};
+use crate::plan::{self, NamespaceState};
 use crate::recover::{PULL_REASONS, image_host};
 use crate::render::DATA_KEY;
 
@@ -168,39 +169,13 @@ pub fn failing_registries(events: &[Event]) -> BTreeMap<String, Failing> {
     out
 }
 
-/// Why `targets` leaves namespace `name` out, or `None` when it is in scope.
-pub fn out_of_scope(targets: &NamespaceTargets, ns: &Namespace) -> Option<String> {
-    let name = ns.name_any();
-    if ns
-        .annotations()
-        .get(OPT_OUT_ANNOTATION)
-        .is_some_and(|v| v == "true")
-    {
-        return Some(format!(
-            "namespace {name} opted out with {OPT_OUT_ANNOTATION}: \"true\""
-        ));
-    }
-    let named = targets.include.iter().any(|p| p == &name);
-    if name.starts_with(SYSTEM_NAMESPACE_PREFIX) && !named {
-        return Some(format!(
-            "{SYSTEM_NAMESPACE_PREFIX}* namespaces are in scope only when named exactly in namespaces.include"
-        ));
-    }
-    if !targets.include.iter().any(|p| glob_match(p, &name)) {
-        return Some(format!(
-            "no namespaces.include pattern matches it (include: {:?})",
-            targets.include
-        ));
-    }
-    if let Some(p) = targets.exclude.iter().find(|p| glob_match(p, &name)) {
-        return Some(format!("namespaces.exclude pattern {p:?} matches it"));
-    }
-    let empty = BTreeMap::new();
-    let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
-    if !targets.selector.matches(labels) {
-        return Some("its labels do not satisfy namespaces.selector".into());
-    }
-    None
+/// Why `reg`'s Secret does not belong in namespace `ns`, or `None` when it does: the daemon's
+/// own rule ([`plan::scope`]), in words.
+pub fn out_of_scope(reg: &Registry, ns: &Namespace) -> Option<String> {
+    let state = NamespaceState::of(ns);
+    plan::scope(reg, &state)
+        .err()
+        .map(|why| why.describe(&state.name, &reg.namespaces))
 }
 
 /// The kubelet's last `Failed` message naming `image`.
@@ -298,14 +273,24 @@ pub fn diagnose_pod(
         let host = image_host(&image).to_string();
         let kubelet = kubelet_failure(view.events, &image).map(String::from);
         // A registry serves the host when its file lists it, or when its Secret here holds it
-        // (hosts a provider names itself, such as ECR's).
-        let registry = registries.iter().find(|r| {
-            r.servers.iter().any(|s| s == &host)
-                || view
-                    .secrets
-                    .get(&r.secret_name)
-                    .is_some_and(|s| s.managed && s.hosts.iter().any(|h| h == &host))
-        });
+        // (hosts a provider names itself, such as ECR's). Of those, the one whose scope takes
+        // this namespace is the one `run` acts on (several files may serve one host for
+        // different namespaces); only when none does is the first one's scope the cause.
+        let serving: Vec<&Arc<Registry>> = registries
+            .iter()
+            .filter(|r| {
+                r.servers.iter().any(|s| s == &host)
+                    || view
+                        .secrets
+                        .get(&r.secret_name)
+                        .is_some_and(|s| s.managed && s.hosts.iter().any(|h| h == &host))
+            })
+            .collect();
+        let registry = serving
+            .iter()
+            .find(|r| out_of_scope(r, view.namespace).is_none())
+            .or(serving.first())
+            .copied();
         let mut f = Finding {
             container,
             image,
@@ -357,7 +342,7 @@ pub fn diagnose_pod(
         let secret = view.secrets.get(&secret_name).cloned().unwrap_or_default();
         f.secret_hosts.clone_from(&secret.hosts);
         f.expires_at = secret.expires_at.map(|t| t.to_rfc3339());
-        if let Some(why) = out_of_scope(&reg.namespaces, view.namespace) {
+        if let Some(why) = out_of_scope(reg, view.namespace) {
             set(
                 &mut f,
                 Cause::NamespaceOutOfScope,
@@ -671,6 +656,7 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use crate::config::LabelSelector;
+    use crate::ownership::OPT_OUT_ANNOTATION;
 
     fn ns(name: &str, labels: &[(&str, &str)], opted_out: bool) -> Namespace {
         Namespace {
@@ -691,26 +677,108 @@ mod tests {
         }
     }
 
-    fn targets(include: &[&str], exclude: &[&str], selector: &str) -> NamespaceTargets {
-        NamespaceTargets {
-            include: include.iter().map(|s| (*s).to_string()).collect(),
-            exclude: exclude.iter().map(|s| (*s).to_string()).collect(),
-            selector: selector.parse::<LabelSelector>().expect("selector"),
-        }
+    fn scoped(include: &[&str], exclude: &[&str], selector: &str) -> Registry {
+        crate::testing::registry("harbor", |r| {
+            r.namespaces.include = include.iter().map(|s| (*s).to_string()).collect();
+            r.namespaces.exclude = exclude.iter().map(|s| (*s).to_string()).collect();
+            r.namespaces.selector = selector.parse::<LabelSelector>().expect("selector");
+        })
     }
 
     #[test]
     fn out_of_scope_names_the_rule_that_leaves_a_namespace_out() {
-        let t = targets(&["team-*", "kube-public"], &["team-sandbox"], "tier=prod");
+        let r = scoped(&["team-*", "kube-public"], &["team-sandbox"], "tier=prod");
         let prod = [("tier", "prod")];
-        assert_eq!(out_of_scope(&t, &ns("team-a", &prod, false)), None);
-        assert_eq!(out_of_scope(&t, &ns("kube-public", &prod, false)), None);
-        let why = |n: Namespace| out_of_scope(&t, &n).expect("out of scope");
+        assert_eq!(out_of_scope(&r, &ns("team-a", &prod, false)), None);
+        assert_eq!(out_of_scope(&r, &ns("kube-public", &prod, false)), None);
+        let why = |n: Namespace| out_of_scope(&r, &n).expect("out of scope");
         assert!(why(ns("team-a", &prod, true)).contains("opted out"));
         assert!(why(ns("kube-system", &prod, false)).contains("named exactly"));
         assert!(why(ns("other", &prod, false)).contains("namespaces.include"));
         assert!(why(ns("team-sandbox", &prod, false)).contains("\"team-sandbox\""));
         assert!(why(ns("team-a", &[], false)).contains("namespaces.selector"));
+        let mut terminating = ns("team-a", &prod, false);
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("time"),
+            ));
+        assert!(why(terminating).contains("being deleted"));
+    }
+
+    /// diagnose and the daemon read one rule: for every namespace, diagnose finds a cause of
+    /// scope exactly when the daemon's planner leaves the registry out.
+    #[test]
+    fn diagnose_and_the_daemon_agree_on_scope() {
+        let r = Arc::new(scoped(
+            &["*", "kube-public"],
+            &["team-excluded"],
+            "tier=prod",
+        ));
+        let prod = [("tier", "prod")];
+        let mut terminating = ns("team-terminating", &prod, false);
+        terminating.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
+            phase: Some("Terminating".into()),
+            ..Default::default()
+        });
+        let cases = [
+            (ns("team-in", &prod, false), true),
+            (terminating, false),
+            (ns("team-excluded", &prod, false), false),
+            (ns("team-unlabelled", &[], false), false),
+            (ns("kube-system", &prod, false), false),
+            (ns("kube-public", &prod, false), true),
+            (ns("team-opted-out", &prod, true), false),
+        ];
+        for (namespace, in_scope) in cases {
+            let state = NamespaceState::of(&namespace);
+            let daemon = !plan::registries_in_scope(std::slice::from_ref(&r), &state).is_empty();
+            let diagnosed = out_of_scope(&r, &namespace).is_none();
+            assert_eq!(daemon, in_scope, "the daemon on {}", state.name);
+            assert_eq!(diagnosed, in_scope, "diagnose on {}", state.name);
+        }
+    }
+
+    /// Two registry files serve one host for different namespaces: each namespace is
+    /// diagnosed against the file whose scope takes it.
+    #[test]
+    fn two_files_for_one_host_each_diagnose_their_own_namespace() {
+        let team1 = Arc::new(crate::testing::registry("aa-team1", |r| {
+            r.namespaces.include = vec!["team1".into()];
+        }));
+        let team2 = Arc::new(crate::testing::registry("bb-team2", |r| {
+            r.namespaces.include = vec!["team2".into()];
+        }));
+        let registries = [team1, team2];
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "app", "namespace": "team2", "uid": "u"},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+            "status": {"containerStatuses": [{"name": "app", "image": "registry.example/app:1",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}
+        }))
+        .expect("pod");
+        let secrets = BTreeMap::new();
+        let failing = BTreeMap::new();
+        let diagnose_in = |namespace: &str| {
+            let namespace = ns(namespace, &[], false);
+            let view = PodView {
+                pod: &pod,
+                namespace: &namespace,
+                service_account: None,
+                secrets: &secrets,
+                events: &[],
+                failing: &failing,
+            };
+            diagnose_pod(&registries, &view, true, Utc::now()).remove(0)
+        };
+        let f = diagnose_in("team2");
+        assert_eq!(f.registry.as_deref(), Some("bb-team2"));
+        assert_eq!(f.cause, Cause::SecretMissing, "{}", f.message);
+        let f = diagnose_in("team1");
+        assert_eq!(f.registry.as_deref(), Some("aa-team1"));
+        assert_eq!(f.cause, Cause::SecretMissing, "{}", f.message);
+        let f = diagnose_in("team3");
+        assert_eq!(f.cause, Cause::NamespaceOutOfScope, "{}", f.message);
     }
 
     fn event(minute: u32, message: &str) -> Event {

@@ -12,10 +12,10 @@ use k8s_openapi::api::core::v1::{LocalObjectReference, Secret};
 use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 
-use crate::config::Registry;
+use crate::config::{NamespaceTargets, Registry, TargetMiss};
 use crate::ownership::{
-    EXPIRES_ANNOTATION, HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Owner,
-    REGISTRY_LABEL, parse_record,
+    EXPIRES_ANNOTATION, HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    OPT_OUT_ANNOTATION, Owner, REGISTRY_LABEL, SYSTEM_NAMESPACE_PREFIX, parse_record,
 };
 use crate::render::{DATA_KEY, Rendered, SECRET_TYPE};
 
@@ -168,20 +168,64 @@ fn account_changes(
         .collect()
 }
 
-/// The registries whose Secret belongs in this namespace: none while it terminates or when it
-/// opted out, otherwise those whose namespace rules select it. The one scope rule of the
-/// daemon, `plan`, `diagnose` and pod recovery.
+/// Why a registry's Secret does not belong in a namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutOfScope {
+    /// The namespace is being deleted.
+    Terminating,
+    /// The namespace opted out with the `pullkeeper.dev/ignore: "true"` annotation.
+    OptedOut,
+    /// The registry's `namespaces` rules leave it out.
+    Targets(TargetMiss),
+}
+
+impl OutOfScope {
+    /// The rule in a reader's words, for `diagnose`.
+    pub fn describe(&self, ns: &str, targets: &NamespaceTargets) -> String {
+        match self {
+            Self::Terminating => format!("namespace {ns} is being deleted"),
+            Self::OptedOut => {
+                format!("namespace {ns} opted out with {OPT_OUT_ANNOTATION}: \"true\"")
+            }
+            Self::Targets(TargetMiss::SystemNotNamed) => format!(
+                "{SYSTEM_NAMESPACE_PREFIX}* namespaces are in scope only when named exactly in namespaces.include"
+            ),
+            Self::Targets(TargetMiss::NotIncluded) => format!(
+                "no namespaces.include pattern matches it (include: {:?})",
+                targets.include
+            ),
+            Self::Targets(TargetMiss::Excluded(p)) => {
+                format!("namespaces.exclude pattern {p:?} matches it")
+            }
+            Self::Targets(TargetMiss::Selector) => {
+                "its labels do not satisfy namespaces.selector".into()
+            }
+        }
+    }
+}
+
+/// Whether `reg`'s Secret belongs in namespace `ns`: not while it terminates or when it opted
+/// out, otherwise when the registry's namespace rules select it. The one scope rule of the
+/// daemon, `plan`, `diagnose`, `cleanup` and pod recovery.
+pub fn scope(reg: &Registry, ns: &NamespaceState) -> Result<(), OutOfScope> {
+    if ns.terminating {
+        return Err(OutOfScope::Terminating);
+    }
+    if ns.opted_out {
+        return Err(OutOfScope::OptedOut);
+    }
+    match reg.namespaces.miss(&ns.name, &ns.labels) {
+        Some(miss) => Err(OutOfScope::Targets(miss)),
+        None => Ok(()),
+    }
+}
+
+/// The registries whose Secret belongs in this namespace (see [`scope`]).
 pub fn registries_in_scope<'r>(
     registries: &'r [Arc<Registry>],
     ns: &NamespaceState,
 ) -> Vec<&'r Arc<Registry>> {
-    if ns.terminating || ns.opted_out {
-        return Vec::new();
-    }
-    registries
-        .iter()
-        .filter(|r| r.namespaces.matches(&ns.name, &ns.labels))
-        .collect()
+    registries.iter().filter(|r| scope(r, ns).is_ok()).collect()
 }
 
 /// Computes the plan for one namespace.

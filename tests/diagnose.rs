@@ -376,3 +376,63 @@ async fn a_missing_secret_of_a_failing_registry_says_since_when_and_why() {
     d.stop().await;
     namespaces.cleanup().await;
 }
+
+/// A Pod held back from scheduling (no node involved): diagnose, named, explains every
+/// container that does not run.
+async fn gated_pod(client: &Client, ns: &str, name: &str, image: &str) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "schedulingGates": [{"name": "pullkeeper.dev/diagnose-only"}],
+            "containers": [{"name": "app", "image": image}],
+        },
+    }))
+    .expect("pod");
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+}
+
+/// Issue 16 item 2: two registry files serve one host for different namespaces (`check`
+/// accepts it); a Pod in each namespace is diagnosed against the file that targets it.
+#[tokio::test]
+async fn two_files_for_one_host_each_diagnose_the_namespace_they_target() {
+    let test = "diagnose-one-host";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let first = namespaces.create().await;
+    let second = namespaces.create().await;
+    let registry = Registry::htpasswd();
+    let dir = config_dir();
+    let password = support::write_scratch_file("password", "", "unused");
+    for (file, ns) in [("aa-team1", &first), ("bb-team2", &second)] {
+        write_config(
+            &dir,
+            &format!("{file}.yaml"),
+            &format!(
+                "provider:\n  type: static\n  username: {{value: u}}\n  password: {{file: {}}}\n\
+                 servers: [\"{}\"]\nsecretName: {file}-pull\nnamespaces:\n  include: [\"{ns}\"]\n",
+                password.display(),
+                registry.host
+            ),
+        );
+    }
+    let image = registry.test_image_ref();
+    gated_pod(&client, &first, "app", &image).await;
+    gated_pod(&client, &second, "app", &image).await;
+    // No daemon ran: in each namespace the Secret of the file that targets it is missing.
+    for (ns, file) in [(&first, "aa-team1"), (&second, "bb-team2")] {
+        let out = diagnose(&dir, "none", ns, "app");
+        assert_eq!(cause(&out), "secret-missing", "{}", out.text);
+        assert_eq!(
+            out.json
+                .pointer("/pods/0/images/0/registry")
+                .and_then(Value::as_str),
+            Some(file),
+            "{}",
+            out.text
+        );
+    }
+    namespaces.cleanup().await;
+}
