@@ -553,6 +553,45 @@ impl Report {
     }
 }
 
+/// Why `diagnose` could not read what it needs: one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum DiagnoseError {
+    #[error("pod {namespace}/{name} not found")]
+    PodNotFound { namespace: String, name: String },
+    /// The API server's own message only (the client's error would print its whole status
+    /// object, the message three times).
+    #[error("cannot read {what}: {}", api_message(error))]
+    Read { what: String, error: kube::Error },
+}
+
+impl DiagnoseError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::PodNotFound { .. } => "not_found",
+            Self::Read { error, .. } => match error {
+                kube::Error::Api(s) if s.code == 403 => "forbidden",
+                kube::Error::Api(s) if s.code == 404 => "not_found",
+                kube::Error::Api(_) => "rejected",
+                _ => "unreachable",
+            },
+        }
+    }
+}
+
+/// The API server's message for a refused request (with its code), or the client's error
+/// chain for anything else.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => format!("{} ({})", s.message, s.code),
+        kube::Error::Api(s) => format!("HTTP {}", s.code),
+        other => crate::refresh::error_chain(other),
+    }
+}
+
+fn read(what: String) -> impl FnOnce(kube::Error) -> DiagnoseError {
+    move |error| DiagnoseError::Read { what, error }
+}
+
 /// Reads what the diagnosis needs, read-only: the Pods, their namespaces, ServiceAccounts,
 /// the Secrets of the registries' names, and the Pods' Events.
 pub async fn diagnose(
@@ -561,27 +600,32 @@ pub async fn diagnose(
     registries: &[Arc<Registry>],
     target: &Target,
     now: DateTime<Utc>,
-) -> Result<Report, kube::Error> {
+) -> Result<Report, DiagnoseError> {
     let (pods, all): (Vec<Pod>, bool) = match target {
-        Target::Pod { namespace, name } => (
-            vec![
-                Api::<Pod>::namespaced(client.clone(), namespace)
-                    .get(name)
-                    .await?,
-            ],
-            true,
-        ),
+        Target::Pod { namespace, name } => {
+            let pod = Api::<Pod>::namespaced(client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(read(format!("pod {namespace}/{name}")))?
+                .ok_or_else(|| DiagnoseError::PodNotFound {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })?;
+            (vec![pod], true)
+        }
         Target::Namespace(ns) => (
             Api::<Pod>::namespaced(client.clone(), ns)
                 .list(&ListParams::default())
-                .await?
+                .await
+                .map_err(read(format!("pods in namespace {ns}")))?
                 .items,
             false,
         ),
         Target::All => (
             Api::<Pod>::all(client.clone())
                 .list(&ListParams::default().fields("status.phase=Pending"))
-                .await?
+                .await
+                .map_err(read("pending pods".into()))?
                 .items,
             false,
         ),
@@ -591,7 +635,8 @@ pub async fn diagnose(
     let failing = failing_registries(
         &Api::<Event>::all(client.clone())
             .list(&ListParams::default().fields("reason=RotationFailed"))
-            .await?
+            .await
+            .map_err(read("pullkeeper's RotationFailed events".into()))?
             .items,
     );
     let mut reports = Vec::new();
@@ -600,7 +645,10 @@ pub async fn diagnose(
             continue;
         }
         let ns = pod.namespace().unwrap_or_default();
-        let namespace = Api::<Namespace>::all(client.clone()).get(&ns).await?;
+        let namespace = Api::<Namespace>::all(client.clone())
+            .get(&ns)
+            .await
+            .map_err(read(format!("namespace {ns}")))?;
         let sa_name = pod
             .spec
             .as_ref()
@@ -608,18 +656,24 @@ pub async fn diagnose(
             .unwrap_or_else(|| "default".into());
         let service_account = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
             .get_opt(&sa_name)
-            .await?;
+            .await
+            .map_err(read(format!("serviceaccount {ns}/{sa_name}")))?;
         let secrets_api = Api::<Secret>::namespaced(client.clone(), &ns);
         let mut secrets = BTreeMap::new();
         for name in &secret_names {
-            if let Some(s) = secrets_api.get_opt(name).await? {
+            if let Some(s) = secrets_api
+                .get_opt(name)
+                .await
+                .map_err(read(format!("secret {ns}/{name}")))?
+            {
                 secrets.insert((*name).to_string(), SecretView::of(&s, owner));
             }
         }
         let uid = pod.uid().unwrap_or_default();
         let mut events = Api::<Event>::namespaced(client.clone(), &ns)
             .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
-            .await?
+            .await
+            .map_err(read(format!("events of pod {ns}/{}", pod.name_any())))?
             .items;
         events.sort_by_key(|e| {
             e.last_timestamp
@@ -814,6 +868,25 @@ mod tests {
             f["harbor"].since
         );
         assert_eq!(f["ecr"].last, "unreachable");
+    }
+
+    #[test]
+    fn a_read_the_api_server_refuses_is_one_line_with_its_message_once() {
+        let message = "pods \"app\" is forbidden: User \"u\" cannot get resource \"pods\"";
+        let mut status = kube::core::Status::failure(message, "Forbidden");
+        status.code = 403;
+        let e = read("pod team-a/app".into())(kube::Error::Api(Box::new(status)));
+        let text = crate::refresh::error_chain(&e);
+        assert_eq!(text, format!("cannot read pod team-a/app: {message} (403)"));
+        assert_eq!(e.category(), "forbidden");
+        let missing = DiagnoseError::PodNotFound {
+            namespace: "team-a".into(),
+            name: "app".into(),
+        };
+        assert_eq!(
+            crate::refresh::error_chain(&missing),
+            "pod team-a/app not found"
+        );
     }
 
     #[test]

@@ -436,3 +436,27 @@ async fn two_files_for_one_host_each_diagnose_the_namespace_they_target() {
     }
     namespaces.cleanup().await;
 }
+
+/// Issue 16 item 5: a Pod that does not exist is one line of pullkeeper's own, exit 2.
+#[tokio::test]
+async fn a_pod_that_does_not_exist_is_one_line() {
+    let test = "diagnose-no-pod";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let dir = htpasswd_config(test);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
+        .args(["diagnose", "--config"])
+        .arg(&dir)
+        .args(["-n", &ns, "no-such-pod"])
+        .output()
+        .expect("run pullkeeper diagnose");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!("pullkeeper diagnose: pod {ns}/no-such-pod not found")
+    );
+    assert!(out.stdout.is_empty());
+    namespaces.cleanup().await;
+}
