@@ -440,23 +440,31 @@ pub fn diagnose_pod(
                 "check the image name and tag; the credential is in place, this is not a credential problem",
             );
         } else if refused {
+            // The annotation holds the expiry the provider stated when this content was
+            // written (it is rewritten only with new content); the live expiry of a credential
+            // re-issued unchanged is the daemon's gauge.
             let expired = secret.expires_at.is_some_and(|t| t <= now);
             let when = secret
                 .expires_at
-                .map(|t| format!(" (the Secret says it expires at {})", t.to_rfc3339()))
+                .map(|t| {
+                    format!(
+                        " (issued with an expiry of {}, the Secret's {EXPIRES_ANNOTATION})",
+                        t.to_rfc3339()
+                    )
+                })
                 .unwrap_or_default();
             set(
                 &mut f,
                 Cause::CredentialRefused,
                 if expired {
                     format!(
-                        "registry {host} refused the credential in Secret {secret_name}: it expired{when}"
+                        "registry {host} refused the credential in Secret {secret_name}: the expiry stated when it was written has passed{when}"
                     )
                 } else {
                     format!("registry {host} refused the credential in Secret {secret_name}{when}")
                 },
                 format!(
-                    "check registry {}'s refreshes (pullkeeper_refresh_failures_total) and the provider's account; the kubelet retries with the Secret as it is updated",
+                    "check registry {}'s refreshes (pullkeeper_refresh_failures_total; the credential's current expiry is pullkeeper_credential_expiry_timestamp_seconds) and the provider's account; the kubelet retries with the Secret as it is updated",
                     reg.name
                 ),
             );

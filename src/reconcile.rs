@@ -7,7 +7,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex as SyncMutex, RwLock};
 
-use chrono::Utc;
 use tokio::sync::{Mutex, watch};
 use tracing::{error, warn};
 
@@ -126,7 +125,6 @@ impl Reconciler {
             secrets: &secrets,
             service_accounts: &accounts,
             frozen: &frozen,
-            now: Utc::now(),
         };
         let plan = plan::plan_namespace(
             &self.owner,

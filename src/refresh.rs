@@ -164,7 +164,7 @@ impl Refresher {
         match result {
             Ok(issued) => {
                 let expires_at = issued.expires_at;
-                let offer = generation.offer(registry, issued, now);
+                let offer = generation.offer(registry, issued);
                 self.metrics
                     .succeeded(name, now, expires_at, offer == Offer::Rotated);
                 if offer == Offer::Rotated {
