@@ -34,7 +34,7 @@ use crate::access::{self, SecretAccess};
 use crate::apply::Applier;
 use crate::cli::RecoveryMode;
 use crate::config::LoadOptions;
-use crate::events::{Events, PodIdentity, pod_reference};
+use crate::events::{EventType, Events, PodIdentity, pod_reference};
 use crate::index::Index;
 use crate::metrics::{Metrics, Outcome, WatchMetrics};
 use crate::ownership::Owner;
@@ -549,9 +549,10 @@ impl Daemon {
             self.reconciler
                 .events
                 .on_own_pod(
-                    kube::runtime::events::EventType::Warning,
+                    EventType::Warning,
                     "SecretNotPermitted",
                     "Watch",
+                    None,
                     format!("registry {registry} is not served: {line}"),
                 )
                 .await;
@@ -1049,11 +1050,13 @@ async fn recovery_loop(daemon: &Daemon, pods: &Cache<Pod>) {
                             note.clone(),
                         )
                         .await;
+                    // One Event per Pod on pullkeeper's own Pod, naming it (and related to it).
                     events
                         .on_own_pod(
-                            kube::runtime::events::EventType::Normal,
+                            EventType::Normal,
                             "RecoveredPod",
                             "Delete",
+                            Some(&pod_reference(&s.namespace, &s.name, &s.uid)),
                             format!("Pod {}/{}: {note}", s.namespace, s.name),
                         )
                         .await;

@@ -129,42 +129,61 @@ pub struct PodView<'a> {
 pub struct Failing {
     /// The earliest such Event still kept (the API server keeps Events about an hour).
     pub since: String,
-    /// What the latest one said (the error chain; never credential material).
+    /// What the newest one said (the error chain; never credential material).
     pub last: String,
 }
 
-/// Groups pullkeeper's `RotationFailed` Events (`registry NAME: error; retrying in Ns`) by
-/// registry, oldest first.
+/// When an Event was first and last seen: its time, and the last repeat of its series.
+fn event_times(e: &Event) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let to_utc = |t: &k8s_openapi::jiff::Timestamp| {
+        DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().try_into().unwrap_or(0))
+    };
+    let first = e
+        .event_time
+        .as_ref()
+        .map(|t| t.0)
+        .or(e.first_timestamp.as_ref().map(|t| t.0))
+        .or(e.last_timestamp.as_ref().map(|t| t.0))?;
+    let last = e
+        .series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref())
+        .map(|t| t.0)
+        .or(e.last_timestamp.as_ref().map(|t| t.0))
+        .filter(|l| *l > first)
+        .unwrap_or(first);
+    Some((to_utc(&first)?, to_utc(&last)?))
+}
+
+/// Groups pullkeeper's `RotationFailed` Events (`registry NAME: error`, once also with
+/// `; retrying in Ns`) by registry: since the earliest, with the error of the one seen last.
 pub fn failing_registries(events: &[Event]) -> BTreeMap<String, Failing> {
-    let mut timed: Vec<(DateTime<Utc>, &str, &str)> = events
+    let mut timed: Vec<(DateTime<Utc>, DateTime<Utc>, &str, &str)> = events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("RotationFailed"))
         .filter_map(|e| {
-            let at = e
-                .event_time
-                .as_ref()
-                .map(|t| t.0)
-                .or(e.first_timestamp.as_ref().map(|t| t.0))
-                .or(e.last_timestamp.as_ref().map(|t| t.0))?;
-            let at = DateTime::from_timestamp(at.as_second(), 0)?;
+            let (first, last) = event_times(e)?;
             let message = e.message.as_deref()?;
             let (name, rest) = message.strip_prefix("registry ")?.split_once(": ")?;
-            Some((at, name, rest))
+            Some((first, last, name, rest))
         })
         .collect();
-    timed.sort_by_key(|(at, _, _)| *at);
+    timed.sort_by_key(|(_, last, _, _)| *last);
     let mut out: BTreeMap<String, Failing> = BTreeMap::new();
-    for (at, name, rest) in timed {
+    for (first, _, name, rest) in timed {
         let last = rest
             .rsplit_once("; retrying in")
             .map_or(rest, |(e, _)| e)
             .to_string();
+        let since = first.to_rfc3339();
         out.entry(name.to_string())
-            .and_modify(|f| f.last.clone_from(&last))
-            .or_insert(Failing {
-                since: at.to_rfc3339(),
-                last,
-            });
+            .and_modify(|f| {
+                f.last.clone_from(&last);
+                if since < f.since {
+                    f.since.clone_from(&since);
+                }
+            })
+            .or_insert(Failing { since, last });
     }
     out
 }
@@ -869,6 +888,24 @@ mod tests {
         ];
         let f = failing_registries(&events);
         assert_eq!(f.len(), 2);
+        // An error repeated as a series until minute 5 is harbor's newest, though first seen
+        // before the 503.
+        let mut repeated = event(0, "registry harbor: fetching failed: HTTP 500");
+        repeated.series = Some(k8s_openapi::api::core::v1::EventSeries {
+            count: Some(4),
+            last_observed_time: Some(MicroTime(
+                k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + 5 * 60).expect("time"),
+            )),
+        });
+        let with_series = failing_registries(&[events[0].clone(), repeated]);
+        assert_eq!(with_series["harbor"].last, "fetching failed: HTTP 500");
+        assert!(
+            with_series["harbor"]
+                .since
+                .starts_with("2027-01-15T08:00:00"),
+            "{}",
+            with_series["harbor"].since
+        );
         assert_eq!(f["harbor"].last, "fetching failed: HTTP 503");
         assert!(
             f["harbor"].since.starts_with("2027-01-15T08:01:00"),

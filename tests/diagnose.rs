@@ -460,3 +460,107 @@ async fn a_pod_that_does_not_exist_is_one_line() {
     assert!(out.stdout.is_empty());
     namespaces.cleanup().await;
 }
+
+/// pullkeeper's `RotationFailed` Events about `registry`, as (time last seen, note).
+async fn rotation_failures(client: &Client, registry: &str) -> Vec<(String, String)> {
+    let prefix = format!("registry {registry}: ");
+    let mut found: Vec<(String, String)> = Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+        client.clone(),
+        support::PULLKEEPER_NAMESPACE,
+    )
+    .list(&kube::api::ListParams::default().fields("reason=RotationFailed"))
+    .await
+    .expect("list events")
+    .items
+    .into_iter()
+    .filter_map(|e| {
+        let note = e.message.clone()?;
+        let last = e
+            .series
+            .as_ref()
+            .and_then(|s| s.last_observed_time.as_ref())
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))?;
+        note.starts_with(&prefix)
+            .then(|| (last.to_string(), note[prefix.len()..].to_string()))
+    })
+    .collect();
+    found.sort();
+    found
+}
+
+/// Issue 16 item 1: two registries failing at different times each get their own Event (the
+/// second was folded into the first one's series), and diagnose names each one's newest error
+/// (it named the first error for as long as failures kept coming).
+#[tokio::test]
+async fn two_registries_failing_at_different_times_each_have_their_own_event_and_newest_error() {
+    use daemon::{Answer, FAST, TokenEndpoint};
+    let test = "diagnose-two-failing";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let selector = support::test_selector(test);
+    let a = TokenEndpoint::start(Answer::Status(503)).await;
+    let b = TokenEndpoint::start(Answer::Status(500)).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "twofail-a.yaml",
+        &a.registry_file("registry.twofail-a.test", "twofail-a-pull", &selector, FAST),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+    support::wait_for_named("twofail-a's RotationFailed Event", WAIT, || async {
+        !rotation_failures(&client, "twofail-a").await.is_empty()
+    })
+    .await;
+    // The second registry starts failing later (added by a reload).
+    write_config(
+        &dir,
+        "twofail-b.yaml",
+        &b.registry_file("registry.twofail-b.test", "twofail-b-pull", &selector, FAST),
+    );
+    support::grant_secret_names(&client, &["twofail-b-pull".to_string()]).await;
+    support::wait_for_named("twofail-b's own RotationFailed Event", WAIT, || async {
+        !rotation_failures(&client, "twofail-b").await.is_empty()
+    })
+    .await;
+    // The first registry's error changes: a new Event, and it is the newest.
+    a.set(Answer::Malformed);
+    let failures = support::wait_for_named("twofail-a's second error", WAIT, || async {
+        let f = rotation_failures(&client, "twofail-a").await;
+        let distinct: std::collections::BTreeSet<&String> = f.iter().map(|(_, n)| n).collect();
+        (distinct.len() >= 2).then_some(f)
+    })
+    .await;
+    let (_, newest_a) = failures.last().expect("an event").clone();
+    let (_, first_a) = failures.first().expect("an event").clone();
+    assert_ne!(newest_a, first_a);
+    let (_, newest_b) = rotation_failures(&client, "twofail-b")
+        .await
+        .last()
+        .expect("an event")
+        .clone();
+
+    gated_pod(&client, &ns, "app-a", "registry.twofail-a.test/team/app:1").await;
+    gated_pod(&client, &ns, "app-b", "registry.twofail-b.test/team/app:1").await;
+    let out = diagnose(&dir, &d.instance, &ns, "app-a");
+    assert_eq!(cause(&out), "secret-missing", "{}", out.text);
+    assert!(
+        out.text
+            .contains("registry twofail-a has been failing since")
+            && out.text.contains(&newest_a),
+        "names twofail-a's newest error ({newest_a}): {}",
+        out.text
+    );
+    let out = diagnose(&dir, &d.instance, &ns, "app-b");
+    assert_eq!(cause(&out), "secret-missing", "{}", out.text);
+    assert!(
+        out.text
+            .contains("registry twofail-b has been failing since")
+            && out.text.contains(&newest_b),
+        "names twofail-b's own error ({newest_b}): {}",
+        out.text
+    );
+    d.stop().await;
+    namespaces.cleanup().await;
+}
