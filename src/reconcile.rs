@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex as SyncMutex, RwLock};
 
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 use tracing::{error, warn};
 
 use crate::apply::{Applier, SecretOutcome};
@@ -76,6 +76,9 @@ pub struct Reconciler {
     /// makes one request at a time, so this bounds pullkeeper's requests at the API server.
     in_flight: tokio::sync::Semaphore,
     leader: watch::Receiver<bool>,
+    /// Woken after a sync wrote something (pod recovery then looks at once: a ServiceAccount
+    /// that now lists the Secret frees the Pods stuck before it did).
+    pub written: Option<Arc<Notify>>,
 }
 
 impl Reconciler {
@@ -97,6 +100,7 @@ impl Reconciler {
             locks: NamespaceLocks::new(64),
             in_flight: tokio::sync::Semaphore::new(concurrency.max(1)),
             leader,
+            written: None,
         }
     }
 
@@ -134,6 +138,7 @@ impl Reconciler {
         );
         self.tell_blocked(name, &plan.blocked, &secrets).await;
         let mut failed = 0;
+        let mut wrote = false;
         let mut newly_foreign = HashSet::new();
         for change in &plan.secrets {
             match change {
@@ -149,6 +154,7 @@ impl Reconciler {
                     .await
                 {
                     Ok(SecretOutcome::Written(written)) => {
+                        wrote = true;
                         self.index
                             .put_secret(name, SecretState::of(&written, &self.owner));
                     }
@@ -191,6 +197,7 @@ impl Reconciler {
         for change in plan.accounts_without(&self.owner, &newly_foreign) {
             match self.applier.patch_account(name, &change).await {
                 Ok(Some(patched)) => {
+                    wrote = true;
                     self.index
                         .put_account(name, AccountState::of(&patched, &self.owner));
                 }
@@ -200,6 +207,9 @@ impl Reconciler {
                     error!(namespace = %name, serviceaccount = %change.name, category = e.category(), error = %error_chain(&e), "patching serviceaccount failed");
                 }
             }
+        }
+        if wrote && let Some(written) = &self.written {
+            written.notify_one();
         }
         if failed > 0 {
             return Err(ReconcileError::Writes {

@@ -138,10 +138,15 @@ async fn may(client: &Client, verb: &str, resource: &str) -> bool {
 
 /// Creates a one-replica Deployment `name` of `image` on the test node.
 async fn create_deployment(client: &Client, ns: &str, name: &str, image: &str) {
+    create_deployment_of(client, ns, name, image, 1).await;
+}
+
+/// Creates a Deployment `name` of `image` with `replicas` Pods on the test node.
+async fn create_deployment_of(client: &Client, ns: &str, name: &str, image: &str, replicas: i32) {
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
@@ -166,6 +171,73 @@ async fn pods_of(client: &Client, ns: &str, app: &str) -> Vec<Pod> {
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect()
+}
+
+/// Waits until `count` Pods of `app` wait in `ImagePullBackOff`; returns them.
+async fn stuck_pods_of(client: &Client, ns: &str, app: &str, count: usize) -> Vec<Pod> {
+    support::wait_for_named(
+        &format!("{count} Pods of {app} in ImagePullBackOff"),
+        WAIT,
+        || async {
+            let pods = pods_of(client, ns, app).await;
+            let stuck: Vec<Pod> = pods
+                .into_iter()
+                .filter(|p| {
+                    p.status
+                        .iter()
+                        .flat_map(|s| s.container_statuses.iter().flatten())
+                        .any(|c| {
+                            c.state
+                                .as_ref()
+                                .and_then(|s| s.waiting.as_ref())
+                                .and_then(|w| w.reason.as_deref())
+                                == Some("ImagePullBackOff")
+                        })
+                })
+                .collect();
+            (stuck.len() == count).then_some(stuck)
+        },
+    )
+    .await
+}
+
+/// Waits until every Pod of `app` is a replacement of none of `stuck` (by UID), there are
+/// `count` of them, and each names the Secret; returns the moment that first held.
+async fn wait_replaced(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    stuck: &[Pod],
+    count: usize,
+) -> std::time::Instant {
+    let old: Vec<String> = stuck.iter().map(support::pod_uid).collect();
+    support::wait_for_named(
+        &format!("{count} replacement Pods of {app}"),
+        WAIT,
+        || async {
+            let pods = pods_of(client, ns, app).await;
+            let fresh = pods
+                .iter()
+                .filter(|p| !old.contains(&support::pod_uid(p)))
+                .filter(|p| support::pod_pull_secrets(p) == ["htpasswd-pull"])
+                .count();
+            (fresh == count && pods.len() == count).then(std::time::Instant::now)
+        },
+    )
+    .await
+}
+
+/// Waits until every Pod of `app` (`count` of them) runs.
+async fn wait_all_running(client: &Client, ns: &str, app: &str, count: usize) {
+    support::wait_for_named(&format!("{count} Pods of {app} running"), WAIT, || async {
+        let pods = pods_of(client, ns, app).await;
+        let running = pods
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        running == count
+    })
+    .await;
 }
 
 /// Waits for the single Pod of Deployment `app` to wait in `ImagePullBackOff`; returns it.
@@ -268,6 +340,103 @@ async fn a_deployment_stuck_before_pullkeeper_ran_is_recovered_and_runs_with_the
     );
     d.stop().await;
     namespaces.cleanup().await;
+}
+
+/// Issue 16 item 3: three replicas stuck before pullkeeper ran are all recreated as soon as
+/// their ServiceAccount lists the Secret — in one round, and without waiting for the recovery
+/// interval (an hour here: only the reconciler's write can have woken recovery).
+#[tokio::test]
+async fn every_stuck_replica_is_recreated_as_soon_as_its_service_account_lists_the_secret() {
+    let test = "recovery-replicas";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let image = Registry::htpasswd().test_image_ref();
+    create_deployment_of(&client, &ns, "app", &image, 3).await;
+    let stuck = stuck_pods_of(&client, &ns, "app", 3).await;
+
+    let kubeconfig = recovery_kubeconfig(&client).await;
+    let started = std::time::Instant::now();
+    let d = daemon::start_with(
+        &kubeconfig,
+        &htpasswd_config(test),
+        "info",
+        &daemon::unique_instance(),
+        &[
+            "--reload-interval",
+            "1s",
+            "--pod-recovery",
+            "on",
+            "--recovery-interval",
+            "1h",
+        ],
+    )
+    .await;
+    wait_sa_lists_secret(&client, &ns).await;
+    let listed = std::time::Instant::now();
+    let replaced = wait_replaced(&client, &ns, "app", &stuck, 3).await;
+    println!(
+        "3 stuck replicas: all recreated with the Secret {:?} after the ServiceAccount was seen listing it ({:?} after pullkeeper started)",
+        replaced.saturating_duration_since(listed),
+        replaced.duration_since(started)
+    );
+    wait_all_running(&client, &ns, "app", 3).await;
+    println!(
+        "3 stuck replicas: all Running {:?} after pullkeeper started",
+        started.elapsed()
+    );
+    assert_eq!(
+        d.sample("pullkeeper_pods_recovered_total{registry=\"htpasswd\"}")
+            .await,
+        3.0
+    );
+    // Each recovered Pod is an Event of its own on pullkeeper's Pod, naming it.
+    let notes = own_pod_notes(&client, "RecoveredPod").await;
+    for pod in &stuck {
+        let name = format!(
+            "Pod {ns}/{}:",
+            pod.metadata.name.as_deref().unwrap_or_default()
+        );
+        assert!(
+            notes.iter().any(|n| n.starts_with(&name)),
+            "no RecoveredPod Event names {name}: {notes:?}"
+        );
+    }
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+/// The notes of pullkeeper's Events with `reason` on its own (test) Pod.
+async fn own_pod_notes(client: &Client, reason: &str) -> Vec<String> {
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+        client.clone(),
+        support::PULLKEEPER_NAMESPACE,
+    )
+    .list(&ListParams::default().fields(&format!("reason={reason}")))
+    .await
+    .expect("list events")
+    .items
+    .into_iter()
+    .filter_map(|e| e.message)
+    .collect()
+}
+
+/// Waits until the namespace's `default` ServiceAccount lists `htpasswd-pull`.
+async fn wait_sa_lists_secret(client: &Client, ns: &str) {
+    support::wait_for_named(
+        "the default ServiceAccount listing the Secret",
+        WAIT,
+        || async {
+            Api::<ServiceAccount>::namespaced(client.clone(), ns)
+                .get_opt("default")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|sa| sa.image_pull_secrets)
+                .is_some_and(|l| l.iter().any(|r| r.name == "htpasswd-pull"))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
