@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use daemon::{config_dir, write_config};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
@@ -139,6 +139,29 @@ async fn may(client: &Client, verb: &str, resource: &str) -> bool {
 /// Creates a one-replica Deployment `name` of `image` on the test node.
 async fn create_deployment(client: &Client, ns: &str, name: &str, image: &str) {
     create_deployment_of(client, ns, name, image, 1).await;
+}
+
+/// Creates a StatefulSet `name` of `image` with `replicas` Pods started in parallel (none waits
+/// for another to run) on the test node.
+async fn create_stateful_set(client: &Client, ns: &str, name: &str, image: &str, replicas: i32) {
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": support::node_pod_spec(&[("app", image)], "Always", None),
+            },
+        },
+    }))
+    .expect("a valid StatefulSet");
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &set)
+        .await
+        .expect("create the StatefulSet");
 }
 
 /// Creates a Deployment `name` of `image` with `replicas` Pods on the test node.
@@ -402,6 +425,55 @@ async fn every_stuck_replica_is_recreated_as_soon_as_its_service_account_lists_t
             "no RecoveredPod Event names {name}: {notes:?}"
         );
     }
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+/// Issue 16 item 6: the StatefulSet controller runs on the platform, and a StatefulSet's Pods
+/// stuck before pullkeeper ran are recovered (recreated under the same names, with the Secret).
+#[tokio::test]
+async fn a_stateful_set_stuck_before_pullkeeper_ran_is_recovered_and_runs() {
+    let test = "recovery-statefulset";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let image = Registry::htpasswd().test_image_ref();
+    create_stateful_set(&client, &ns, "db", &image, 2).await;
+    let stuck = stuck_pods_of(&client, &ns, "db", 2).await;
+
+    let kubeconfig = recovery_kubeconfig(&client).await;
+    let started = std::time::Instant::now();
+    let d = start(
+        &kubeconfig,
+        &htpasswd_config(test),
+        &["--pod-recovery", "on"],
+    )
+    .await;
+    wait_replaced(&client, &ns, "db", &stuck, 2).await;
+    wait_all_running(&client, &ns, "db", 2).await;
+    println!(
+        "StatefulSet: 2 stuck Pods recreated and Running {:?} after pullkeeper started",
+        started.elapsed()
+    );
+    let mut names: Vec<String> = pods_of(&client, &ns, "db")
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1"], "recreated under the same names");
+    for pod in &stuck {
+        let reasons = event_reasons(&client, &ns, pod).await;
+        assert!(
+            reasons.iter().any(|r| r == "Recovered"),
+            "pullkeeper's Event on the deleted Pod: {reasons:?}"
+        );
+    }
+    assert_eq!(
+        d.sample("pullkeeper_pods_recovered_total{registry=\"htpasswd\"}")
+            .await,
+        2.0
+    );
     d.stop().await;
     namespaces.cleanup().await;
 }
