@@ -461,10 +461,10 @@ async fn a_pod_that_does_not_exist_is_one_line() {
     namespaces.cleanup().await;
 }
 
-/// pullkeeper's `RotationFailed` Events about `registry`, as (time last seen, note).
-async fn rotation_failures(client: &Client, registry: &str) -> Vec<(String, String)> {
+/// pullkeeper's `RotationFailed` Events about `registry`, as (nanoseconds last seen, error).
+async fn rotation_failures(client: &Client, registry: &str) -> Vec<(i128, String)> {
     let prefix = format!("registry {registry}: ");
-    let mut found: Vec<(String, String)> = Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+    let mut found: Vec<(i128, String)> = Api::<k8s_openapi::api::core::v1::Event>::namespaced(
         client.clone(),
         support::PULLKEEPER_NAMESPACE,
     )
@@ -482,7 +482,7 @@ async fn rotation_failures(client: &Client, registry: &str) -> Vec<(String, Stri
             .map(|t| t.0)
             .or(e.event_time.as_ref().map(|t| t.0))?;
         note.starts_with(&prefix)
-            .then(|| (last.to_string(), note[prefix.len()..].to_string()))
+            .then(|| (last.as_nanosecond(), note[prefix.len()..].to_string()))
     })
     .collect();
     found.sort();
