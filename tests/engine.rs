@@ -1036,6 +1036,7 @@ async fn a_restart_and_a_comment_only_reload_with_a_sliding_expiry_write_nothing
     let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
     let instance = daemon::unique_instance();
     let flags = ["--reload-interval", "1s"];
+    let test_started = chrono::Utc::now();
     let first = daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags).await;
     let mut stated = Vec::new();
     for ns in &names {
@@ -1057,6 +1058,12 @@ async fn a_restart_and_a_comment_only_reload_with_a_sliding_expiry_write_nothing
         );
     }
     first.stop().await;
+    // The audit log sees the first daemon's writes (the count below is not vacuous).
+    let first_writes = support::audit_writes(&names, test_started);
+    assert!(
+        first_writes.len() >= 2 * names.len(),
+        "a Secret and a ServiceAccount patch per namespace: {first_writes:#?}"
+    );
     // Until every annotated expiry has passed (a condition on the clock, not a pause hoping
     // nothing happens).
     support::wait_for_named("the annotated expiries to pass", WAIT, || async {
@@ -1118,9 +1125,10 @@ async fn a_restart_and_a_comment_only_reload_with_a_sliding_expiry_write_nothing
         .sum();
     assert_eq!(counted, 0.0, "the daemon counted writes:\n{metrics}");
     println!(
-        "sliding expiry: restart and comment-only reload over {} namespaces: {} writes (audit log), {counted} (metrics)",
+        "sliding expiry: restart and comment-only reload over {} namespaces: {} writes (audit log), {} (metrics)",
         names.len(),
-        writes.len()
+        writes.len(),
+        counted + 0.0
     );
     second.stop().await;
     namespaces.cleanup().await;
