@@ -500,34 +500,47 @@ async fn two_registries_failing_at_different_times_each_have_their_own_event_and
     let namespaces = TestNamespaces::new(client.clone(), test);
     let ns = namespaces.create().await;
     let selector = support::test_selector(test);
+    // Names of this run only: the API server keeps earlier runs' Events for an hour.
+    let run = support::random_string(5);
+    let (name_a, name_b) = (format!("twofail-a-{run}"), format!("twofail-b-{run}"));
     let a = TokenEndpoint::start(Answer::Status(503)).await;
     let b = TokenEndpoint::start(Answer::Status(500)).await;
     let dir = config_dir();
     write_config(
         &dir,
-        "twofail-a.yaml",
-        &a.registry_file("registry.twofail-a.test", "twofail-a-pull", &selector, FAST),
+        &format!("{name_a}.yaml"),
+        &a.registry_file(
+            "registry.twofail-a.test",
+            &format!("{name_a}-pull"),
+            &selector,
+            FAST,
+        ),
     );
     let d = daemon::start(&client, &dir, "info").await;
     support::wait_for_named("twofail-a's RotationFailed Event", WAIT, || async {
-        !rotation_failures(&client, "twofail-a").await.is_empty()
+        !rotation_failures(&client, &name_a).await.is_empty()
     })
     .await;
     // The second registry starts failing later (added by a reload).
     write_config(
         &dir,
-        "twofail-b.yaml",
-        &b.registry_file("registry.twofail-b.test", "twofail-b-pull", &selector, FAST),
+        &format!("{name_b}.yaml"),
+        &b.registry_file(
+            "registry.twofail-b.test",
+            &format!("{name_b}-pull"),
+            &selector,
+            FAST,
+        ),
     );
-    support::grant_secret_names(&client, &["twofail-b-pull".to_string()]).await;
+    support::grant_secret_names(&client, &[format!("{name_b}-pull")]).await;
     support::wait_for_named("twofail-b's own RotationFailed Event", WAIT, || async {
-        !rotation_failures(&client, "twofail-b").await.is_empty()
+        !rotation_failures(&client, &name_b).await.is_empty()
     })
     .await;
     // The first registry's error changes: a new Event, and it is the newest.
     a.set(Answer::Malformed);
     let failures = support::wait_for_named("twofail-a's second error", WAIT, || async {
-        let f = rotation_failures(&client, "twofail-a").await;
+        let f = rotation_failures(&client, &name_a).await;
         let distinct: std::collections::BTreeSet<&String> = f.iter().map(|(_, n)| n).collect();
         (distinct.len() >= 2).then_some(f)
     })
@@ -535,7 +548,7 @@ async fn two_registries_failing_at_different_times_each_have_their_own_event_and
     let (_, newest_a) = failures.last().expect("an event").clone();
     let (_, first_a) = failures.first().expect("an event").clone();
     assert_ne!(newest_a, first_a);
-    let (_, newest_b) = rotation_failures(&client, "twofail-b")
+    let (_, newest_b) = rotation_failures(&client, &name_b)
         .await
         .last()
         .expect("an event")
@@ -547,7 +560,7 @@ async fn two_registries_failing_at_different_times_each_have_their_own_event_and
     assert_eq!(cause(&out), "secret-missing", "{}", out.text);
     assert!(
         out.text
-            .contains("registry twofail-a has been failing since")
+            .contains(&format!("registry {name_a} has been failing since"))
             && out.text.contains(&newest_a),
         "names twofail-a's newest error ({newest_a}): {}",
         out.text
@@ -556,7 +569,7 @@ async fn two_registries_failing_at_different_times_each_have_their_own_event_and
     assert_eq!(cause(&out), "secret-missing", "{}", out.text);
     assert!(
         out.text
-            .contains("registry twofail-b has been failing since")
+            .contains(&format!("registry {name_b} has been failing since"))
             && out.text.contains(&newest_b),
         "names twofail-b's own error ({newest_b}): {}",
         out.text
