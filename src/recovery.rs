@@ -18,7 +18,7 @@ use kube::runtime::reflector::Store as Cache;
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
-use crate::apply::Applier;
+use crate::apply::{Applier, WriteError};
 use crate::cli::RecoveryMode;
 use crate::events::{EventType, Events, pod_reference};
 use crate::index::Index;
@@ -39,6 +39,9 @@ pub struct RecoverySettings {
 /// How long a wake-up waits for the changes that come with it (a sweep's writes, a burst of Pod
 /// updates) so they make one round.
 const SETTLE: Duration = Duration::from_millis(100);
+
+/// Deletions in flight at once in one round.
+const CONCURRENT_DELETES: usize = 8;
 
 /// What recovery reads and remembers.
 pub struct Recovery {
@@ -103,56 +106,41 @@ impl Recovery {
         for s in &decisions.tell {
             tell(hands.events, s).await;
         }
-        for s in &decisions.delete {
-            self.delete(hands, s).await;
-        }
+        self.delete(hands, &decisions.delete).await;
     }
 
-    async fn delete(&mut self, hands: &Hands<'_>, s: &Stuck) {
-        let Verdict::Recover {
-            owner_kind,
-            owner_name,
-            ..
-        } = &s.verdict
-        else {
-            return;
-        };
-        match hands
-            .applier
-            .delete_pod(&s.namespace, &s.name, &s.uid)
-            .await
-        {
-            Ok(deleted) => {
-                self.memory.deleted(s, Utc::now());
-                if !deleted {
-                    return;
+    /// Deletes the chosen Pods, [`CONCURRENT_DELETES`] at a time (the applier's write rate
+    /// still applies), then tells about each one deleted: the Events wait for the deletions,
+    /// never the other way round.
+    async fn delete(&mut self, hands: &Hands<'_>, chosen: &[Stuck]) {
+        // Batches joined in a plain loop: a closure returning a borrowing future would not be
+        // `Send` for every lifetime the spawned task needs.
+        let mut results: Vec<(&Stuck, Result<bool, WriteError>)> = Vec::new();
+        for batch in chosen.chunks(CONCURRENT_DELETES) {
+            let mut deletions = Vec::with_capacity(batch.len());
+            for s in batch {
+                deletions.push(hands.applier.delete_pod(&s.namespace, &s.name, &s.uid));
+            }
+            results.extend(batch.iter().zip(futures::future::join_all(deletions).await));
+        }
+        let now = Utc::now();
+        let mut deleted = Vec::new();
+        for (s, result) in results {
+            match result {
+                Ok(gone) => {
+                    self.memory.deleted(s, now);
+                    if gone {
+                        self.metrics.recovered(&s.registry);
+                        deleted.push(s);
+                    }
                 }
-                self.metrics.recovered(&s.registry);
-                let pod = pod_reference(&s.namespace, &s.name, &s.uid);
-                let note = format!(
-                    "deleted so that {owner_kind} {owner_name} recreates it with imagePullSecrets {} (it was created before its ServiceAccount listed it; image {})",
-                    s.secret, s.image
-                );
-                info!(namespace = %s.namespace, pod = %s.name, registry = %s.registry, owner_kind = %owner_kind, owner = %owner_name, "stuck pod recovered");
-                hands
-                    .events
-                    .normal(&pod, "Recovered", "Delete", note.clone())
-                    .await;
-                // One Event per Pod on pullkeeper's own Pod, naming it (and related to it).
-                hands
-                    .events
-                    .on_own_pod(
-                        EventType::Normal,
-                        "RecoveredPod",
-                        "Delete",
-                        Some(&pod),
-                        format!("Pod {}/{}: {note}", s.namespace, s.name),
-                    )
-                    .await;
+                Err(e) => {
+                    error!(namespace = %s.namespace, pod = %s.name, category = e.category(), error = %error_chain(&e), "deleting a stuck pod failed");
+                }
             }
-            Err(e) => {
-                error!(namespace = %s.namespace, pod = %s.name, category = e.category(), error = %error_chain(&e), "deleting a stuck pod failed");
-            }
+        }
+        for s in deleted {
+            recovered(hands.events, s).await;
         }
     }
 
@@ -191,6 +179,37 @@ impl Recovery {
         }
         stuck
     }
+}
+
+/// Tells about one recovered Pod: a log line, an Event on it, and an Event of its own on
+/// pullkeeper's Pod naming it (and related to it).
+async fn recovered(events: &Events, s: &Stuck) {
+    let Verdict::Recover {
+        owner_kind,
+        owner_name,
+        ..
+    } = &s.verdict
+    else {
+        return;
+    };
+    let pod = pod_reference(&s.namespace, &s.name, &s.uid);
+    let note = format!(
+        "deleted so that {owner_kind} {owner_name} recreates it with imagePullSecrets {} (it was created before its ServiceAccount listed it; image {})",
+        s.secret, s.image
+    );
+    info!(namespace = %s.namespace, pod = %s.name, registry = %s.registry, owner_kind = %owner_kind, owner = %owner_name, "stuck pod recovered");
+    events
+        .normal(&pod, "Recovered", "Delete", note.clone())
+        .await;
+    events
+        .on_own_pod(
+            EventType::Normal,
+            "RecoveredPod",
+            "Delete",
+            Some(&pod),
+            format!("Pod {}/{}: {note}", s.namespace, s.name),
+        )
+        .await;
 }
 
 /// Tells, once, about a Pod that cannot recover by itself (log line and an Event on it).
