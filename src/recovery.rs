@@ -111,7 +111,7 @@ impl Recovery {
 
     /// Deletes the chosen Pods, [`CONCURRENT_DELETES`] at a time (the applier's write rate
     /// still applies), then tells about each one deleted: the Events wait for the deletions,
-    /// never the other way round.
+    /// never the other way round, and the next round waits for neither.
     async fn delete(&mut self, hands: &Hands<'_>, chosen: &[Stuck]) {
         // Batches joined in a plain loop: a closure returning a borrowing future would not be
         // `Send` for every lifetime the spawned task needs.
@@ -131,7 +131,7 @@ impl Recovery {
                     self.memory.deleted(s, now);
                     if gone {
                         self.metrics.recovered(&s.registry);
-                        deleted.push(s);
+                        deleted.push(s.clone());
                     }
                 }
                 Err(e) => {
@@ -139,9 +139,14 @@ impl Recovery {
                 }
             }
         }
-        for s in deleted {
-            recovered(hands.events, s).await;
-        }
+        // The Events go out on their own task: the next round (Pods freed meanwhile) does not
+        // wait for two Event requests per Pod of this one.
+        let events = hands.events.clone();
+        tokio::spawn(async move {
+            for s in &deleted {
+                recovered(&events, s).await;
+            }
+        });
     }
 
     /// Every Pod waiting for an image on a managed registry, with a verdict.
