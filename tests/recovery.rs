@@ -413,18 +413,24 @@ async fn every_stuck_replica_is_recreated_as_soon_as_its_service_account_lists_t
             .await,
         3.0
     );
-    // Each recovered Pod is an Event of its own on pullkeeper's Pod, naming it.
-    let notes = own_pod_notes(&client, "RecoveredPod").await;
-    for pod in &stuck {
-        let name = format!(
-            "Pod {ns}/{}:",
-            pod.metadata.name.as_deref().unwrap_or_default()
-        );
-        assert!(
-            notes.iter().any(|n| n.starts_with(&name)),
-            "no RecoveredPod Event names {name}: {notes:?}"
-        );
-    }
+    // Each recovered Pod is an Event of its own on pullkeeper's Pod, naming it (published
+    // after the round's deletions).
+    let wanted: Vec<String> = stuck
+        .iter()
+        .map(|p| {
+            format!(
+                "Pod {ns}/{}:",
+                p.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    support::wait_for_named("a RecoveredPod Event naming each Pod", WAIT, || async {
+        let notes = own_pod_notes(&client, "RecoveredPod").await;
+        wanted
+            .iter()
+            .all(|w| notes.iter().any(|n| n.starts_with(w)))
+    })
+    .await;
     d.stop().await;
     namespaces.cleanup().await;
 }
