@@ -253,7 +253,8 @@ pub struct RunArgs {
     /// Needs the optional pod-recovery RBAC.
     #[arg(long, env = "PULLKEEPER_POD_RECOVERY", value_enum, default_value_t = RecoveryMode::Off)]
     pub pod_recovery: RecoveryMode,
-    /// How often stuck Pods are looked for.
+    /// The longest wait between two looks for stuck Pods; pullkeeper also looks at once when
+    /// it wrote a Secret or a ServiceAccount, or a pending Pod changed.
     #[arg(long, env = "PULLKEEPER_RECOVERY_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub recovery_interval: Duration,
     /// Most stuck Pods deleted per minute, across registries.
@@ -266,8 +267,10 @@ pub struct RunArgs {
         default_value_t = 10
     )]
     pub recovery_per_registry_per_minute: u32,
-    /// Largest share of one owner's stuck Pods deleted in one round (at least one is).
-    #[arg(long, env = "PULLKEEPER_RECOVERY_MAX_SHARE", default_value_t = 0.5)]
+    /// Largest share of one owner's stuck Pods deleted in one round (at least one is). Default
+    /// 1: all of them, since a Pod stuck pulling has never started and serves nothing; the
+    /// per-minute limits stop a runaway.
+    #[arg(long, env = "PULLKEEPER_RECOVERY_MAX_SHARE", default_value_t = crate::recover::DEFAULT_MAX_SHARE)]
     pub recovery_max_share: f64,
     /// Time limit of one provider call.
     #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]

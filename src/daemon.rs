@@ -23,7 +23,7 @@ use futures::{StreamExt, future};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store as Cache};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Notify, watch};
@@ -34,14 +34,15 @@ use crate::access::{self, SecretAccess};
 use crate::apply::Applier;
 use crate::cli::RecoveryMode;
 use crate::config::LoadOptions;
-use crate::events::{Events, PodIdentity, pod_reference};
+use crate::events::{EventType, Events, PodIdentity};
 use crate::index::Index;
 use crate::metrics::{Metrics, Outcome, WatchMetrics};
 use crate::ownership::Owner;
 use crate::plan::{AccountState, NamespaceState, SecretState};
 use crate::queue::WorkQueue;
 use crate::reconcile::{ReconcileError, Reconciler};
-use crate::recover;
+pub use crate::recovery::RecoverySettings;
+use crate::recovery::{Hands, Recovery};
 use crate::refresh::{Refresher, Refreshers, error_chain};
 use crate::reload::{Reload, Reloader};
 use crate::store::{Generation, Store};
@@ -65,14 +66,6 @@ pub struct Settings {
     /// How long `once` waits for the watches' first listing.
     pub sync_timeout: Duration,
     pub recovery: RecoverySettings,
-}
-
-/// Recovery of Pods stuck before their credential existed (off by default).
-#[derive(Clone, Debug)]
-pub struct RecoverySettings {
-    pub mode: RecoveryMode,
-    pub interval: Duration,
-    pub limits: recover::Limits,
 }
 
 /// A namespace as its watch delivers it: metadata only.
@@ -386,11 +379,18 @@ struct Daemon {
     ready: Arc<AtomicBool>,
 }
 
+/// Pod recovery, when it is not off: its state, the watch of pending Pods that feeds its
+/// cache, and what wakes it.
+struct RecoveryParts {
+    recovery: Recovery,
+    pods: futures::stream::BoxStream<'static, ()>,
+    wake: Arc<Notify>,
+}
+
 /// The watches and the state built on them; `run` or `once` drives them.
 pub struct Started {
     daemon: Arc<Daemon>,
-    /// The watch of pending Pods, when recovery is not off.
-    pods: Option<(Cache<Pod>, futures::stream::BoxStream<'static, ()>)>,
+    recovery: Option<RecoveryParts>,
 }
 
 /// Drops from a cached object what planning never reads.
@@ -425,6 +425,7 @@ pub async fn start(
     };
     let namespaces_synced = Arc::new(AtomicBool::new(false));
     // Only Pods not yet running can be stuck pulling: the field selector keeps the cache small.
+    let recovery_wake = Arc::new(Notify::new());
     let pods = (settings.recovery.mode != RecoveryMode::Off).then(|| {
         let (pods, pod_writer) = reflector::store();
         let stream = watcher(
@@ -461,7 +462,7 @@ pub async fn start(
         tokio::spawn(watch_namespaces(watch.clone(), namespaces_synced.clone())),
         tokio::spawn(watch_accounts(watch.clone(), accounts_synced.clone())),
     ];
-    let reconciler = Reconciler::new(
+    let mut reconciler = Reconciler::new(
         settings.owner.clone(),
         applier,
         events,
@@ -469,6 +470,22 @@ pub async fn start(
         leader,
         usize::from(settings.concurrency),
     );
+    let recovery = pods.map(|(cache, pods)| {
+        // A write can free stuck Pods (a ServiceAccount now lists the Secret): recovery looks
+        // at once.
+        reconciler.written = Some(recovery_wake.clone());
+        RecoveryParts {
+            recovery: Recovery::new(
+                settings.recovery.clone(),
+                store.clone(),
+                index.clone(),
+                cache,
+                metrics.recovery.clone(),
+            ),
+            pods,
+            wake: recovery_wake,
+        }
+    });
     let daemon = Arc::new(Daemon {
         settings,
         client: client.clone(),
@@ -491,7 +508,7 @@ pub async fn start(
     });
     daemon.review_access().await;
     daemon.set_watches();
-    Started { daemon, pods }
+    Started { daemon, recovery }
 }
 
 impl Daemon {
@@ -569,9 +586,10 @@ impl Daemon {
             self.reconciler
                 .events
                 .on_own_pod(
-                    kube::runtime::events::EventType::Warning,
+                    EventType::Warning,
                     "SecretNotPermitted",
                     "Watch",
+                    None,
                     format!("registry {registry} is not served: {line}"),
                 )
                 .await;
@@ -855,12 +873,34 @@ impl Started {
     /// Runs the daemon until `stop` completes (a shutdown signal, or leadership lost). Writes
     /// stop before this returns: in-flight namespace syncs finish, no new one starts.
     pub async fn run(self, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-        let Started { daemon, pods } = self;
-        let recovery = pods.map(|(cache, stream)| {
+        let Started { daemon, recovery } = self;
+        let recovery = recovery.map(|parts| {
             let daemon = daemon.clone();
             tokio::spawn(async move {
-                let watch = tokio::spawn(stream.for_each(|()| future::ready(())));
-                recovery_loop(&daemon, &cache).await;
+                let RecoveryParts {
+                    recovery,
+                    pods,
+                    wake,
+                } = parts;
+                // A change of a pending Pod (one starting to wait, one deleted) wakes recovery.
+                let watch = tokio::spawn({
+                    let wake = wake.clone();
+                    pods.for_each(move |()| {
+                        wake.notify_one();
+                        future::ready(())
+                    })
+                });
+                // Ready means the watches have listed once; then a first round at once.
+                while !daemon.ready.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                wake.notify_one();
+                let hands = Hands {
+                    applier: &daemon.reconciler.applier,
+                    events: &daemon.reconciler.events,
+                    leader: &daemon.refresher.leader,
+                };
+                recovery.run(wake, hands).await;
                 watch.abort();
             })
         });
@@ -1018,154 +1058,6 @@ impl Drop for AbortOnDrop {
         for task in &self.0 {
             task.abort();
         }
-    }
-}
-
-/// Looks for stuck Pods every recovery interval: publishes the stuck-Pods gauge, tells once
-/// about each Pod that cannot recover by itself, and (mode `on`, leader only) deletes what the
-/// limits allow.
-// Still to be split with pod recovery moving into its own room (issue 18 item 1).
-#[allow(clippy::too_many_lines)]
-async fn recovery_loop(daemon: &Daemon, pods: &Cache<Pod>) {
-    let settings = &daemon.settings.recovery;
-    let mut budget = recover::Budget::default();
-    let mut told: HashSet<String> = HashSet::new();
-    let mut tick = tokio::time::interval(settings.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        // Ready means the watches have listed once.
-        if !daemon.ready.load(Ordering::SeqCst) {
-            continue;
-        }
-        let stuck = daemon.stuck_pods(pods);
-        let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
-        for s in &stuck {
-            *counts
-                .entry((s.registry.clone(), s.reason.clone()))
-                .or_default() += 1;
-        }
-        let generation = daemon.store.current();
-        let registries: Vec<&str> = generation
-            .config
-            .registries
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
-        daemon
-            .metrics
-            .recovery
-            .stuck(&registries, &recover::PULL_REASONS, &counts);
-        if settings.mode != RecoveryMode::On || !daemon.reconciler.is_leader() {
-            continue;
-        }
-        told.retain(|uid| stuck.iter().any(|s| &s.uid == uid));
-        for s in &stuck {
-            if let recover::Verdict::CannotRecover { why } = &s.verdict
-                && told.insert(s.uid.clone())
-            {
-                warn!(namespace = %s.namespace, pod = %s.name, registry = %s.registry, "{why}");
-                daemon
-                    .reconciler
-                    .events
-                    .warn(
-                        &pod_reference(&s.namespace, &s.name, &s.uid),
-                        "CannotRecover",
-                        "Recover",
-                        format!(
-                            "pullkeeper cannot recover this Pod (it lacks imagePullSecrets {} for {}): {why}",
-                            s.secret, s.image
-                        ),
-                    )
-                    .await;
-            }
-        }
-        for s in budget.choose(&settings.limits, &stuck, Utc::now()) {
-            let recover::Verdict::Recover {
-                owner_kind,
-                owner_name,
-                ..
-            } = &s.verdict
-            else {
-                continue;
-            };
-            match daemon
-                .reconciler
-                .applier
-                .delete_pod(&s.namespace, &s.name, &s.uid)
-                .await
-            {
-                Ok(deleted) => {
-                    budget.spent(Utc::now(), &s.registry);
-                    if !deleted {
-                        continue;
-                    }
-                    daemon.metrics.recovery.recovered(&s.registry);
-                    let note = format!(
-                        "deleted so that {owner_kind} {owner_name} recreates it with imagePullSecrets {} (it was created before its ServiceAccount listed it; image {})",
-                        s.secret, s.image
-                    );
-                    let events = &daemon.reconciler.events;
-                    events
-                        .normal(
-                            &pod_reference(&s.namespace, &s.name, &s.uid),
-                            "Recovered",
-                            "Delete",
-                            note.clone(),
-                        )
-                        .await;
-                    events
-                        .on_own_pod(
-                            kube::runtime::events::EventType::Normal,
-                            "RecoveredPod",
-                            "Delete",
-                            format!("Pod {}/{}: {note}", s.namespace, s.name),
-                        )
-                        .await;
-                }
-                Err(e) => {
-                    error!(namespace = %s.namespace, pod = %s.name, category = e.category(), error = %error_chain(&e), "deleting a stuck pod failed");
-                }
-            }
-        }
-    }
-}
-
-impl Daemon {
-    /// Every Pod waiting for an image on a managed registry, with a verdict.
-    fn stuck_pods(&self, pods: &Cache<Pod>) -> Vec<recover::Stuck> {
-        let generation = self.store.current();
-        let credentials = generation.credentials();
-        let mut by_namespace: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
-        for pod in pods.state() {
-            if let Some(ns) = pod.metadata.namespace.clone() {
-                by_namespace.entry(ns).or_default().push(pod);
-            }
-        }
-        let mut stuck = Vec::new();
-        for (ns, pods) in by_namespace {
-            let Some(namespace) = self.index.namespace_state(&ns) else {
-                continue;
-            };
-            let (secrets, accounts) = self.index.namespace(&ns);
-            let secrets: Vec<String> = secrets
-                .into_iter()
-                .filter(|s| s.owned)
-                .map(|s| s.name)
-                .collect();
-            let view = recover::NamespaceView {
-                namespace: &namespace,
-                secrets: &secrets,
-                service_accounts: &accounts,
-            };
-            stuck.extend(recover::stuck_pods(
-                &generation.config.registries,
-                &credentials,
-                &view,
-                &pods,
-            ));
-        }
-        stuck
     }
 }
 

@@ -14,8 +14,9 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
-use crate::config::{NamespaceTargets, Registry, glob_match};
-use crate::ownership::{EXPIRES_ANNOTATION, OPT_OUT_ANNOTATION, Owner, SYSTEM_NAMESPACE_PREFIX};
+use crate::config::Registry;
+use crate::ownership::{EXPIRES_ANNOTATION, Owner};
+use crate::plan::{self, NamespaceState};
 use crate::recover::{PULL_REASONS, image_host};
 use crate::render::DATA_KEY;
 
@@ -128,79 +129,72 @@ pub struct PodView<'a> {
 pub struct Failing {
     /// The earliest such Event still kept (the API server keeps Events about an hour).
     pub since: String,
-    /// What the latest one said (the error chain; never credential material).
+    /// What the newest one said (the error chain; never credential material).
     pub last: String,
 }
 
-/// Groups pullkeeper's `RotationFailed` Events (`registry NAME: error; retrying in Ns`) by
-/// registry, oldest first.
+/// When an Event was first and last seen: its time, and the last repeat of its series.
+fn event_times(e: &Event) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let to_utc = |t: &k8s_openapi::jiff::Timestamp| {
+        DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().try_into().unwrap_or(0))
+    };
+    let first = e
+        .event_time
+        .as_ref()
+        .map(|t| t.0)
+        .or(e.first_timestamp.as_ref().map(|t| t.0))
+        .or(e.last_timestamp.as_ref().map(|t| t.0))?;
+    let last = e
+        .series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref())
+        .map(|t| t.0)
+        .or(e.last_timestamp.as_ref().map(|t| t.0))
+        .filter(|l| *l > first)
+        .unwrap_or(first);
+    Some((to_utc(&first)?, to_utc(&last)?))
+}
+
+/// Groups pullkeeper's `RotationFailed` Events (`registry NAME: error`, once also with
+/// `; retrying in Ns`) by registry: since the earliest, with the error of the one seen last.
 pub fn failing_registries(events: &[Event]) -> BTreeMap<String, Failing> {
-    let mut timed: Vec<(DateTime<Utc>, &str, &str)> = events
+    let mut timed: Vec<(DateTime<Utc>, DateTime<Utc>, &str, &str)> = events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("RotationFailed"))
         .filter_map(|e| {
-            let at = e
-                .event_time
-                .as_ref()
-                .map(|t| t.0)
-                .or(e.first_timestamp.as_ref().map(|t| t.0))
-                .or(e.last_timestamp.as_ref().map(|t| t.0))?;
-            let at = DateTime::from_timestamp(at.as_second(), 0)?;
+            let (first, last) = event_times(e)?;
             let message = e.message.as_deref()?;
             let (name, rest) = message.strip_prefix("registry ")?.split_once(": ")?;
-            Some((at, name, rest))
+            Some((first, last, name, rest))
         })
         .collect();
-    timed.sort_by_key(|(at, _, _)| *at);
+    timed.sort_by_key(|(_, last, _, _)| *last);
     let mut out: BTreeMap<String, Failing> = BTreeMap::new();
-    for (at, name, rest) in timed {
+    for (first, _, name, rest) in timed {
         let last = rest
             .rsplit_once("; retrying in")
             .map_or(rest, |(e, _)| e)
             .to_string();
+        let since = first.to_rfc3339();
         out.entry(name.to_string())
-            .and_modify(|f| f.last.clone_from(&last))
-            .or_insert(Failing {
-                since: at.to_rfc3339(),
-                last,
-            });
+            .and_modify(|f| {
+                f.last.clone_from(&last);
+                if since < f.since {
+                    f.since.clone_from(&since);
+                }
+            })
+            .or_insert(Failing { since, last });
     }
     out
 }
 
-/// Why `targets` leaves namespace `name` out, or `None` when it is in scope.
-pub fn out_of_scope(targets: &NamespaceTargets, ns: &Namespace) -> Option<String> {
-    let name = ns.name_any();
-    if ns
-        .annotations()
-        .get(OPT_OUT_ANNOTATION)
-        .is_some_and(|v| v == "true")
-    {
-        return Some(format!(
-            "namespace {name} opted out with {OPT_OUT_ANNOTATION}: \"true\""
-        ));
-    }
-    let named = targets.include.iter().any(|p| p == &name);
-    if name.starts_with(SYSTEM_NAMESPACE_PREFIX) && !named {
-        return Some(format!(
-            "{SYSTEM_NAMESPACE_PREFIX}* namespaces are in scope only when named exactly in namespaces.include"
-        ));
-    }
-    if !targets.include.iter().any(|p| glob_match(p, &name)) {
-        return Some(format!(
-            "no namespaces.include pattern matches it (include: {:?})",
-            targets.include
-        ));
-    }
-    if let Some(p) = targets.exclude.iter().find(|p| glob_match(p, &name)) {
-        return Some(format!("namespaces.exclude pattern {p:?} matches it"));
-    }
-    let empty = BTreeMap::new();
-    let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
-    if !targets.selector.matches(labels) {
-        return Some("its labels do not satisfy namespaces.selector".into());
-    }
-    None
+/// Why `reg`'s Secret does not belong in namespace `ns`, or `None` when it does: the daemon's
+/// own rule ([`plan::scope`]), in words.
+pub fn out_of_scope(reg: &Registry, ns: &Namespace) -> Option<String> {
+    let state = NamespaceState::of(ns);
+    plan::scope(reg, &state)
+        .err()
+        .map(|why| why.describe(&state.name, &reg.namespaces))
 }
 
 /// The kubelet's last `Failed` message naming `image`.
@@ -300,14 +294,24 @@ pub fn diagnose_pod(
         let host = image_host(&image).to_string();
         let kubelet = kubelet_failure(view.events, &image).map(String::from);
         // A registry serves the host when its file lists it, or when its Secret here holds it
-        // (hosts a provider names itself, such as ECR's).
-        let registry = registries.iter().find(|r| {
-            r.servers.iter().any(|s| s == &host)
-                || view
-                    .secrets
-                    .get(&r.secret_name)
-                    .is_some_and(|s| s.managed && s.hosts.iter().any(|h| h == &host))
-        });
+        // (hosts a provider names itself, such as ECR's). Of those, the one whose scope takes
+        // this namespace is the one `run` acts on (several files may serve one host for
+        // different namespaces); only when none does is the first one's scope the cause.
+        let serving: Vec<&Arc<Registry>> = registries
+            .iter()
+            .filter(|r| {
+                r.servers.iter().any(|s| s == &host)
+                    || view
+                        .secrets
+                        .get(&r.secret_name)
+                        .is_some_and(|s| s.managed && s.hosts.iter().any(|h| h == &host))
+            })
+            .collect();
+        let registry = serving
+            .iter()
+            .find(|r| out_of_scope(r, view.namespace).is_none())
+            .or(serving.first())
+            .copied();
         let mut f = Finding {
             container,
             image,
@@ -359,7 +363,7 @@ pub fn diagnose_pod(
         let secret = view.secrets.get(&secret_name).cloned().unwrap_or_default();
         f.secret_hosts.clone_from(&secret.hosts);
         f.expires_at = secret.expires_at.map(|t| t.to_rfc3339());
-        if let Some(why) = out_of_scope(&reg.namespaces, view.namespace) {
+        if let Some(why) = out_of_scope(reg, view.namespace) {
             set(
                 &mut f,
                 Cause::NamespaceOutOfScope,
@@ -457,23 +461,31 @@ pub fn diagnose_pod(
                 "check the image name and tag; the credential is in place, this is not a credential problem",
             );
         } else if refused {
+            // The annotation holds the expiry the provider stated when this content was
+            // written (it is rewritten only with new content); the live expiry of a credential
+            // re-issued unchanged is the daemon's gauge.
             let expired = secret.expires_at.is_some_and(|t| t <= now);
             let when = secret
                 .expires_at
-                .map(|t| format!(" (the Secret says it expires at {})", t.to_rfc3339()))
+                .map(|t| {
+                    format!(
+                        " (issued with an expiry of {}, the Secret's {EXPIRES_ANNOTATION})",
+                        t.to_rfc3339()
+                    )
+                })
                 .unwrap_or_default();
             set(
                 &mut f,
                 Cause::CredentialRefused,
                 if expired {
                     format!(
-                        "registry {host} refused the credential in Secret {secret_name}: it expired{when}"
+                        "registry {host} refused the credential in Secret {secret_name}: the expiry stated when it was written has passed{when}"
                     )
                 } else {
                     format!("registry {host} refused the credential in Secret {secret_name}{when}")
                 },
                 format!(
-                    "check registry {}'s refreshes (pullkeeper_refresh_failures_total) and the provider's account; the kubelet retries with the Secret as it is updated",
+                    "check registry {}'s refreshes (pullkeeper_refresh_failures_total; the credential's current expiry is pullkeeper_credential_expiry_timestamp_seconds) and the provider's account; the kubelet retries with the Secret as it is updated",
                     reg.name
                 ),
             );
@@ -570,6 +582,79 @@ impl Report {
     }
 }
 
+/// Why `diagnose` could not read what it needs: one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum DiagnoseError {
+    #[error("pod {namespace}/{name} not found")]
+    PodNotFound { namespace: String, name: String },
+    /// The API server's own message only (the client's error would print its whole status
+    /// object, the message three times).
+    #[error("cannot read {what}: {}", api_message(error))]
+    Read { what: String, error: kube::Error },
+}
+
+impl DiagnoseError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::PodNotFound { .. } => "not_found",
+            Self::Read { error, .. } => match error {
+                kube::Error::Api(s) if s.code == 403 => "forbidden",
+                kube::Error::Api(s) if s.code == 404 => "not_found",
+                kube::Error::Api(_) => "rejected",
+                _ => "unreachable",
+            },
+        }
+    }
+}
+
+/// The API server's message for a refused request (with its code), or the client's error
+/// chain for anything else.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => format!("{} ({})", s.message, s.code),
+        kube::Error::Api(s) => format!("HTTP {}", s.code),
+        other => crate::refresh::error_chain(other),
+    }
+}
+
+fn read(what: String) -> impl FnOnce(kube::Error) -> DiagnoseError {
+    move |error| DiagnoseError::Read { what, error }
+}
+
+/// The Pods a diagnosis looks at, and whether every one of them is reported (one named Pod) or
+/// only those waiting for an image.
+async fn target_pods(client: &Client, target: &Target) -> Result<(Vec<Pod>, bool), DiagnoseError> {
+    Ok(match target {
+        Target::Pod { namespace, name } => {
+            let pod = Api::<Pod>::namespaced(client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(read(format!("pod {namespace}/{name}")))?
+                .ok_or_else(|| DiagnoseError::PodNotFound {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })?;
+            (vec![pod], true)
+        }
+        Target::Namespace(ns) => (
+            Api::<Pod>::namespaced(client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .map_err(read(format!("pods in namespace {ns}")))?
+                .items,
+            false,
+        ),
+        Target::All => (
+            Api::<Pod>::all(client.clone())
+                .list(&ListParams::default().fields("status.phase=Pending"))
+                .await
+                .map_err(read("pending pods".into()))?
+                .items,
+            false,
+        ),
+    })
+}
+
 /// Reads what the diagnosis needs, read-only: the Pods, their namespaces, ServiceAccounts,
 /// the Secrets of the registries' names, and the Pods' Events.
 pub async fn diagnose(
@@ -578,37 +663,15 @@ pub async fn diagnose(
     registries: &[Arc<Registry>],
     target: &Target,
     now: DateTime<Utc>,
-) -> Result<Report, kube::Error> {
-    let (pods, all): (Vec<Pod>, bool) = match target {
-        Target::Pod { namespace, name } => (
-            vec![
-                Api::<Pod>::namespaced(client.clone(), namespace)
-                    .get(name)
-                    .await?,
-            ],
-            true,
-        ),
-        Target::Namespace(ns) => (
-            Api::<Pod>::namespaced(client.clone(), ns)
-                .list(&ListParams::default())
-                .await?
-                .items,
-            false,
-        ),
-        Target::All => (
-            Api::<Pod>::all(client.clone())
-                .list(&ListParams::default().fields("status.phase=Pending"))
-                .await?
-                .items,
-            false,
-        ),
-    };
+) -> Result<Report, DiagnoseError> {
+    let (pods, all) = target_pods(client, target).await?;
     let secret_names: BTreeSet<&str> = registries.iter().map(|r| r.secret_name.as_str()).collect();
     // pullkeeper's failed rotations, wherever its Pod runs.
     let failing = failing_registries(
         &Api::<Event>::all(client.clone())
             .list(&ListParams::default().fields("reason=RotationFailed"))
-            .await?
+            .await
+            .map_err(read("pullkeeper's RotationFailed events".into()))?
             .items,
     );
     let mut reports = Vec::new();
@@ -617,7 +680,10 @@ pub async fn diagnose(
             continue;
         }
         let ns = pod.namespace().unwrap_or_default();
-        let namespace = Api::<Namespace>::all(client.clone()).get(&ns).await?;
+        let namespace = Api::<Namespace>::all(client.clone())
+            .get(&ns)
+            .await
+            .map_err(read(format!("namespace {ns}")))?;
         let sa_name = pod
             .spec
             .as_ref()
@@ -625,18 +691,24 @@ pub async fn diagnose(
             .unwrap_or_else(|| "default".into());
         let service_account = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
             .get_opt(&sa_name)
-            .await?;
+            .await
+            .map_err(read(format!("serviceaccount {ns}/{sa_name}")))?;
         let secrets_api = Api::<Secret>::namespaced(client.clone(), &ns);
         let mut secrets = BTreeMap::new();
         for name in &secret_names {
-            if let Some(s) = secrets_api.get_opt(name).await? {
+            if let Some(s) = secrets_api
+                .get_opt(name)
+                .await
+                .map_err(read(format!("secret {ns}/{name}")))?
+            {
                 secrets.insert((*name).to_string(), SecretView::of(&s, owner));
             }
         }
         let uid = pod.uid().unwrap_or_default();
         let mut events = Api::<Event>::namespaced(client.clone(), &ns)
             .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
-            .await?
+            .await
+            .map_err(read(format!("events of pod {ns}/{}", pod.name_any())))?
             .items;
         events.sort_by_key(|e| {
             e.last_timestamp
@@ -673,6 +745,7 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use crate::config::LabelSelector;
+    use crate::ownership::OPT_OUT_ANNOTATION;
 
     fn ns(name: &str, labels: &[(&str, &str)], opted_out: bool) -> Namespace {
         Namespace {
@@ -693,26 +766,108 @@ mod tests {
         }
     }
 
-    fn targets(include: &[&str], exclude: &[&str], selector: &str) -> NamespaceTargets {
-        NamespaceTargets {
-            include: include.iter().map(|s| (*s).to_string()).collect(),
-            exclude: exclude.iter().map(|s| (*s).to_string()).collect(),
-            selector: selector.parse::<LabelSelector>().expect("selector"),
-        }
+    fn scoped(include: &[&str], exclude: &[&str], selector: &str) -> Registry {
+        crate::testing::registry("harbor", |r| {
+            r.namespaces.include = include.iter().map(|s| (*s).to_string()).collect();
+            r.namespaces.exclude = exclude.iter().map(|s| (*s).to_string()).collect();
+            r.namespaces.selector = selector.parse::<LabelSelector>().expect("selector");
+        })
     }
 
     #[test]
     fn out_of_scope_names_the_rule_that_leaves_a_namespace_out() {
-        let t = targets(&["team-*", "kube-public"], &["team-sandbox"], "tier=prod");
+        let r = scoped(&["team-*", "kube-public"], &["team-sandbox"], "tier=prod");
         let prod = [("tier", "prod")];
-        assert_eq!(out_of_scope(&t, &ns("team-a", &prod, false)), None);
-        assert_eq!(out_of_scope(&t, &ns("kube-public", &prod, false)), None);
-        let why = |n: Namespace| out_of_scope(&t, &n).expect("out of scope");
+        assert_eq!(out_of_scope(&r, &ns("team-a", &prod, false)), None);
+        assert_eq!(out_of_scope(&r, &ns("kube-public", &prod, false)), None);
+        let why = |n: Namespace| out_of_scope(&r, &n).expect("out of scope");
         assert!(why(ns("team-a", &prod, true)).contains("opted out"));
         assert!(why(ns("kube-system", &prod, false)).contains("named exactly"));
         assert!(why(ns("other", &prod, false)).contains("namespaces.include"));
         assert!(why(ns("team-sandbox", &prod, false)).contains("\"team-sandbox\""));
         assert!(why(ns("team-a", &[], false)).contains("namespaces.selector"));
+        let mut terminating = ns("team-a", &prod, false);
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("time"),
+            ));
+        assert!(why(terminating).contains("being deleted"));
+    }
+
+    /// diagnose and the daemon read one rule: for every namespace, diagnose finds a cause of
+    /// scope exactly when the daemon's planner leaves the registry out.
+    #[test]
+    fn diagnose_and_the_daemon_agree_on_scope() {
+        let r = Arc::new(scoped(
+            &["*", "kube-public"],
+            &["team-excluded"],
+            "tier=prod",
+        ));
+        let prod = [("tier", "prod")];
+        let mut terminating = ns("team-terminating", &prod, false);
+        terminating.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
+            phase: Some("Terminating".into()),
+            ..Default::default()
+        });
+        let cases = [
+            (ns("team-in", &prod, false), true),
+            (terminating, false),
+            (ns("team-excluded", &prod, false), false),
+            (ns("team-unlabelled", &[], false), false),
+            (ns("kube-system", &prod, false), false),
+            (ns("kube-public", &prod, false), true),
+            (ns("team-opted-out", &prod, true), false),
+        ];
+        for (namespace, in_scope) in cases {
+            let state = NamespaceState::of(&namespace);
+            let daemon = !plan::registries_in_scope(std::slice::from_ref(&r), &state).is_empty();
+            let diagnosed = out_of_scope(&r, &namespace).is_none();
+            assert_eq!(daemon, in_scope, "the daemon on {}", state.name);
+            assert_eq!(diagnosed, in_scope, "diagnose on {}", state.name);
+        }
+    }
+
+    /// Two registry files serve one host for different namespaces: each namespace is
+    /// diagnosed against the file whose scope takes it.
+    #[test]
+    fn two_files_for_one_host_each_diagnose_their_own_namespace() {
+        let team1 = Arc::new(crate::testing::registry("aa-team1", |r| {
+            r.namespaces.include = vec!["team1".into()];
+        }));
+        let team2 = Arc::new(crate::testing::registry("bb-team2", |r| {
+            r.namespaces.include = vec!["team2".into()];
+        }));
+        let registries = [team1, team2];
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "app", "namespace": "team2", "uid": "u"},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+            "status": {"containerStatuses": [{"name": "app", "image": "registry.example/app:1",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}
+        }))
+        .expect("pod");
+        let secrets = BTreeMap::new();
+        let failing = BTreeMap::new();
+        let diagnose_in = |namespace: &str| {
+            let namespace = ns(namespace, &[], false);
+            let view = PodView {
+                pod: &pod,
+                namespace: &namespace,
+                service_account: None,
+                secrets: &secrets,
+                events: &[],
+                failing: &failing,
+            };
+            diagnose_pod(&registries, &view, true, Utc::now()).remove(0)
+        };
+        let f = diagnose_in("team2");
+        assert_eq!(f.registry.as_deref(), Some("bb-team2"));
+        assert_eq!(f.cause, Cause::SecretMissing, "{}", f.message);
+        let f = diagnose_in("team1");
+        assert_eq!(f.registry.as_deref(), Some("aa-team1"));
+        assert_eq!(f.cause, Cause::SecretMissing, "{}", f.message);
+        let f = diagnose_in("team3");
+        assert_eq!(f.cause, Cause::NamespaceOutOfScope, "{}", f.message);
     }
 
     fn event(minute: u32, message: &str) -> Event {
@@ -741,6 +896,24 @@ mod tests {
         ];
         let f = failing_registries(&events);
         assert_eq!(f.len(), 2);
+        // An error repeated as a series until minute 5 is harbor's newest, though first seen
+        // before the 503.
+        let mut repeated = event(0, "registry harbor: fetching failed: HTTP 500");
+        repeated.series = Some(k8s_openapi::api::core::v1::EventSeries {
+            count: Some(4),
+            last_observed_time: Some(MicroTime(
+                k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + 5 * 60).expect("time"),
+            )),
+        });
+        let with_series = failing_registries(&[events[0].clone(), repeated]);
+        assert_eq!(with_series["harbor"].last, "fetching failed: HTTP 500");
+        assert!(
+            with_series["harbor"]
+                .since
+                .starts_with("2027-01-15T08:00:00"),
+            "{}",
+            with_series["harbor"].since
+        );
         assert_eq!(f["harbor"].last, "fetching failed: HTTP 503");
         assert!(
             f["harbor"].since.starts_with("2027-01-15T08:01:00"),
@@ -748,6 +921,25 @@ mod tests {
             f["harbor"].since
         );
         assert_eq!(f["ecr"].last, "unreachable");
+    }
+
+    #[test]
+    fn a_read_the_api_server_refuses_is_one_line_with_its_message_once() {
+        let message = "pods \"app\" is forbidden: User \"u\" cannot get resource \"pods\"";
+        let mut status = kube::core::Status::failure(message, "Forbidden");
+        status.code = 403;
+        let e = read("pod team-a/app".into())(kube::Error::Api(Box::new(status)));
+        let text = crate::refresh::error_chain(&e);
+        assert_eq!(text, format!("cannot read pod team-a/app: {message} (403)"));
+        assert_eq!(e.category(), "forbidden");
+        let missing = DiagnoseError::PodNotFound {
+            namespace: "team-a".into(),
+            name: "app".into(),
+        };
+        assert_eq!(
+            crate::refresh::error_chain(&missing),
+            "pod team-a/app not found"
+        );
     }
 
     #[test]

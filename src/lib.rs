@@ -25,6 +25,7 @@ pub mod providers;
 pub mod queue;
 pub mod reconcile;
 pub mod recover;
+pub mod recovery;
 pub mod refresh;
 pub mod reload;
 pub mod render;

@@ -12,10 +12,10 @@ use k8s_openapi::api::core::v1::{LocalObjectReference, Secret};
 use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 
-use crate::config::Registry;
+use crate::config::{NamespaceTargets, Registry, TargetMiss};
 use crate::ownership::{
-    EXPIRES_ANNOTATION, HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Owner,
-    REGISTRY_LABEL, parse_record,
+    EXPIRES_ANNOTATION, HASH_ANNOTATION, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    OPT_OUT_ANNOTATION, Owner, REGISTRY_LABEL, SYSTEM_NAMESPACE_PREFIX, parse_record,
 };
 use crate::render::{DATA_KEY, Rendered, SECRET_TYPE};
 
@@ -42,8 +42,6 @@ pub struct Observed<'a> {
     /// their watch has not listed yet. Their Secrets are neither written nor pruned, and
     /// entries naming them stay as they are.
     pub frozen: &'a BTreeSet<String>,
-    /// The moment the plan is made (an expiry annotation already in the past is rewritten).
-    pub now: DateTime<Utc>,
 }
 
 /// The Secret pullkeeper wants for a registry in a namespace. The credential stays inside
@@ -168,20 +166,64 @@ fn account_changes(
         .collect()
 }
 
-/// The registries whose Secret belongs in this namespace: none while it terminates or when it
-/// opted out, otherwise those whose namespace rules select it. The one scope rule of the
-/// daemon, `plan`, `diagnose` and pod recovery.
+/// Why a registry's Secret does not belong in a namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutOfScope {
+    /// The namespace is being deleted.
+    Terminating,
+    /// The namespace opted out with the `pullkeeper.dev/ignore: "true"` annotation.
+    OptedOut,
+    /// The registry's `namespaces` rules leave it out.
+    Targets(TargetMiss),
+}
+
+impl OutOfScope {
+    /// The rule in a reader's words, for `diagnose`.
+    pub fn describe(&self, ns: &str, targets: &NamespaceTargets) -> String {
+        match self {
+            Self::Terminating => format!("namespace {ns} is being deleted"),
+            Self::OptedOut => {
+                format!("namespace {ns} opted out with {OPT_OUT_ANNOTATION}: \"true\"")
+            }
+            Self::Targets(TargetMiss::SystemNotNamed) => format!(
+                "{SYSTEM_NAMESPACE_PREFIX}* namespaces are in scope only when named exactly in namespaces.include"
+            ),
+            Self::Targets(TargetMiss::NotIncluded) => format!(
+                "no namespaces.include pattern matches it (include: {:?})",
+                targets.include
+            ),
+            Self::Targets(TargetMiss::Excluded(p)) => {
+                format!("namespaces.exclude pattern {p:?} matches it")
+            }
+            Self::Targets(TargetMiss::Selector) => {
+                "its labels do not satisfy namespaces.selector".into()
+            }
+        }
+    }
+}
+
+/// Whether `reg`'s Secret belongs in namespace `ns`: not while it terminates or when it opted
+/// out, otherwise when the registry's namespace rules select it. The one scope rule of the
+/// daemon, `plan`, `diagnose`, `cleanup` and pod recovery.
+pub fn scope(reg: &Registry, ns: &NamespaceState) -> Result<(), OutOfScope> {
+    if ns.terminating {
+        return Err(OutOfScope::Terminating);
+    }
+    if ns.opted_out {
+        return Err(OutOfScope::OptedOut);
+    }
+    match reg.namespaces.miss(&ns.name, &ns.labels) {
+        Some(miss) => Err(OutOfScope::Targets(miss)),
+        None => Ok(()),
+    }
+}
+
+/// The registries whose Secret belongs in this namespace (see [`scope`]).
 pub fn registries_in_scope<'r>(
     registries: &'r [Arc<Registry>],
     ns: &NamespaceState,
 ) -> Vec<&'r Arc<Registry>> {
-    if ns.terminating || ns.opted_out {
-        return Vec::new();
-    }
-    registries
-        .iter()
-        .filter(|r| r.namespaces.matches(&ns.name, &ns.labels))
-        .collect()
+    registries.iter().filter(|r| scope(r, ns).is_ok()).collect()
 }
 
 /// Computes the plan for one namespace.
@@ -228,7 +270,7 @@ pub fn plan_namespace(
         match credentials.get(&reg.name) {
             Some(issued) => {
                 let desired = desired_secret(owner, reg, &ns.name, issued);
-                if existing.is_none_or(|s| !secret_up_to_date(s, &desired, observed.now)) {
+                if existing.is_none_or(|s| !secret_up_to_date(s, &desired)) {
                     plan.secrets.push(SecretChange::Apply {
                         registry: reg.name.clone(),
                         secret: Box::new(desired),
@@ -323,8 +365,6 @@ pub enum Drift {
     Labels,
     /// The content-hash annotation is missing or different.
     Annotations,
-    /// The expiry annotation is missing, unreadable or already past.
-    Expiry,
 }
 
 impl Drift {
@@ -336,35 +376,21 @@ impl Drift {
             Self::StrayKeys => "stray-keys",
             Self::Labels => "labels",
             Self::Annotations => "annotations",
-            Self::Expiry => "expiry",
         }
     }
 }
 
 /// How the observed Secret differs from the desired one; empty when it already carries the
-/// desired content, type, labels and annotations (a hand-edited `.dockerconfigjson` no longer
+/// desired content, type, labels and content hash (a hand-edited `.dockerconfigjson` no longer
 /// matches its hash and is repaired).
 ///
-/// The expiry annotation is compared loosely: one that still lies in the future is kept even
-/// when the provider now states another expiry for the same credential (a sliding
-/// `expires_in` would otherwise rewrite every namespace on every refresh). One that is missing,
-/// unreadable or already past is rewritten, so the annotation never claims a working
-/// credential has expired. A content change always rewrites it.
-pub fn secret_drift(
-    observed: &SecretState,
-    desired: &DesiredSecret,
-    now: DateTime<Utc>,
-) -> Vec<Drift> {
+/// The expiry annotation is not compared: content that did not change costs no write, whatever
+/// its stated expiry does (a broker that re-issues one password with a sliding `expires_in`, a
+/// stated expiry that passed while the password still works). The annotation records the expiry
+/// the provider stated when this content was written, and is rewritten only with the content;
+/// the credential's current expiry is the gauge `pullkeeper_credential_expiry_timestamp_seconds`.
+pub fn secret_drift(observed: &SecretState, desired: &DesiredSecret) -> Vec<Drift> {
     let want = Digest::from_hex(&desired.issued.rendered.hash);
-    let expiry_ok = desired
-        .annotations
-        .get(EXPIRES_ANNOTATION)
-        .is_none_or(|want| {
-            observed.expires_at.as_ref().is_some_and(|v| {
-                v == want
-                    || DateTime::parse_from_rfc3339(v).is_ok_and(|t| t.with_timezone(&Utc) > now)
-            })
-        });
     let labels_ok = desired
         .labels
         .iter()
@@ -378,7 +404,6 @@ pub fn secret_drift(
             want.is_some() && observed.content_hash == want,
             Drift::Annotations,
         ),
-        (expiry_ok, Drift::Expiry),
     ]
     .into_iter()
     .filter(|(ok, _)| !ok)
@@ -387,8 +412,8 @@ pub fn secret_drift(
 }
 
 /// Whether the observed Secret already is the desired one (see [`secret_drift`]).
-fn secret_up_to_date(observed: &SecretState, desired: &DesiredSecret, now: DateTime<Utc>) -> bool {
-    secret_drift(observed, desired, now).is_empty()
+fn secret_up_to_date(observed: &SecretState, desired: &DesiredSecret) -> bool {
+    secret_drift(observed, desired).is_empty()
 }
 
 /// What an [`AccountChange`]'s patch does to the ServiceAccount it was computed from.

@@ -334,7 +334,6 @@ pub fn plan_cluster(
     registries: &[Arc<Registry>],
     credentials: &HashMap<String, Arc<Issued>>,
     cluster: &Cluster,
-    now: DateTime<Utc>,
 ) -> Vec<Planned> {
     let mut secrets: HashMap<&str, Vec<SecretState>> = HashMap::new();
     for s in &cluster.secrets {
@@ -371,7 +370,6 @@ pub fn plan_cluster(
                     secrets: &secrets,
                     service_accounts: &accounts,
                     frozen: &frozen,
-                    now,
                 },
             );
             Planned {
@@ -405,11 +403,8 @@ pub async fn preview(
         .iter()
         .map(|(name, c)| (name.clone(), c.issued.clone()))
         .collect();
-    let now = Utc::now();
-    let plans = plan_cluster(owner, registries, &issued, &cluster, now);
-    Ok(report::build(
-        owner, registries, &planned, fetched, &plans, now,
-    ))
+    let plans = plan_cluster(owner, registries, &issued, &cluster);
+    Ok(report::build(owner, registries, &planned, fetched, &plans))
 }
 
 #[cfg(test)]

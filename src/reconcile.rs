@@ -7,8 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex as SyncMutex, RwLock};
 
-use chrono::Utc;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 use tracing::{error, warn};
 
 use crate::apply::{Applier, SecretOutcome};
@@ -77,6 +76,9 @@ pub struct Reconciler {
     /// makes one request at a time, so this bounds pullkeeper's requests at the API server.
     in_flight: tokio::sync::Semaphore,
     leader: watch::Receiver<bool>,
+    /// Woken after a sync wrote something (pod recovery then looks at once: a ServiceAccount
+    /// that now lists the Secret frees the Pods stuck before it did).
+    pub written: Option<Arc<Notify>>,
 }
 
 impl Reconciler {
@@ -98,6 +100,7 @@ impl Reconciler {
             locks: NamespaceLocks::new(64),
             in_flight: tokio::sync::Semaphore::new(concurrency.max(1)),
             leader,
+            written: None,
         }
     }
 
@@ -126,7 +129,6 @@ impl Reconciler {
             secrets: &secrets,
             service_accounts: &accounts,
             frozen: &frozen,
-            now: Utc::now(),
         };
         let plan = plan::plan_namespace(
             &self.owner,
@@ -136,6 +138,7 @@ impl Reconciler {
         );
         self.tell_blocked(name, &plan.blocked, &secrets).await;
         let mut failed = 0;
+        let mut wrote = false;
         let mut newly_foreign = HashSet::new();
         for change in &plan.secrets {
             match change {
@@ -151,6 +154,7 @@ impl Reconciler {
                     .await
                 {
                     Ok(SecretOutcome::Written(written)) => {
+                        wrote = true;
                         self.index
                             .put_secret(name, SecretState::of(&written, &self.owner));
                     }
@@ -190,9 +194,31 @@ impl Reconciler {
             }
         }
         // ServiceAccounts must never reference a Secret someone else owns.
-        for change in plan.accounts_without(&self.owner, &newly_foreign) {
+        let (patched, patch_failures) = self
+            .patch_accounts(name, plan.accounts_without(&self.owner, &newly_foreign))
+            .await;
+        wrote |= patched;
+        failed += patch_failures;
+        if wrote && let Some(written) = &self.written {
+            written.notify_one();
+        }
+        if failed > 0 {
+            return Err(ReconcileError::Writes {
+                namespace: name.to_string(),
+                failed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies the ServiceAccount changes of one namespace, keeping what each patch returned in
+    /// the index. Returns whether any was written, and how many failed.
+    async fn patch_accounts(&self, name: &str, changes: Vec<plan::AccountChange>) -> (bool, usize) {
+        let (mut wrote, mut failed) = (false, 0);
+        for change in changes {
             match self.applier.patch_account(name, &change).await {
                 Ok(Some(patched)) => {
+                    wrote = true;
                     self.index
                         .put_account(name, AccountState::of(&patched, &self.owner));
                 }
@@ -203,13 +229,7 @@ impl Reconciler {
                 }
             }
         }
-        if failed > 0 {
-            return Err(ReconcileError::Writes {
-                namespace: name.to_string(),
-                failed,
-            });
-        }
-        Ok(())
+        (wrote, failed)
     }
 
     /// Reports, once per Secret, each same-named Secret that keeps a registry out of this

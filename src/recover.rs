@@ -2,9 +2,11 @@
 //! limits on how many may be deleted. The ServiceAccount admission plugin copies
 //! `imagePullSecrets` into a Pod only at creation, so a Pod created before its ServiceAccount
 //! listed the registry's Secret keeps failing to pull forever; deleting it lets its controller
-//! create a new one that carries the reference. The daemon does the watching and deleting.
+//! create a new one that carries the reference. [`Memory::decide`] turns one round's stuck Pods
+//! into decisions (what to count, whom to tell, what to delete) as values; `recovery` does the
+//! watching, deleting and telling.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,16 +194,93 @@ pub struct Limits {
     /// Deletions per minute for one registry.
     pub per_registry_per_minute: u32,
     /// At most this share of one owner's stuck Pods is deleted in one round (at least one).
+    /// By default all of them: a Pod waiting to pull has never started (recovery watches only
+    /// `Pending` Pods), so it serves nothing and deleting it cannot lower availability. The
+    /// rates above are what stop a runaway.
     pub max_share: f64,
 }
+
+/// The default [`Limits::max_share`]: every stuck Pod of an owner in one round.
+pub const DEFAULT_MAX_SHARE: f64 = 1.0;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             per_minute: 20,
             per_registry_per_minute: 10,
-            max_share: 0.5,
+            max_share: DEFAULT_MAX_SHARE,
         }
+    }
+}
+
+/// What one round of recovery decided.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decisions {
+    /// Pods waiting on a managed registry, by (registry, waiting reason): the gauge.
+    pub counts: BTreeMap<(String, String), usize>,
+    /// Pods that cannot recover by themselves, each told about once while it stays stuck.
+    pub tell: Vec<Stuck>,
+    /// Pods to delete now, within the limits.
+    pub delete: Vec<Stuck>,
+}
+
+/// What recovery remembers from one round to the next: the deletions of the last minute (the
+/// limits), the Pods already told about, and the Pods already deleted (a deleted Pod may show
+/// as stuck until the watch delivers its deletion: it is not deleted or counted twice).
+#[derive(Debug, Default)]
+pub struct Memory {
+    budget: Budget,
+    told: HashSet<String>,
+    deleted: HashSet<String>,
+}
+
+impl Memory {
+    /// Decides one round from the stuck Pods found (see [`stuck_pods`]). With `act` false
+    /// (observe mode, or not the leader) only the counts are decided.
+    pub fn decide(
+        &mut self,
+        limits: &Limits,
+        stuck: Vec<Stuck>,
+        act: bool,
+        now: DateTime<Utc>,
+    ) -> Decisions {
+        let mut decisions = Decisions::default();
+        for s in &stuck {
+            *decisions
+                .counts
+                .entry((s.registry.clone(), s.reason.clone()))
+                .or_default() += 1;
+        }
+        if !act {
+            return decisions;
+        }
+        let uids: HashSet<&str> = stuck.iter().map(|s| s.uid.as_str()).collect();
+        self.told.retain(|uid| uids.contains(uid.as_str()));
+        self.deleted.retain(|uid| uids.contains(uid.as_str()));
+        for s in &stuck {
+            if matches!(s.verdict, Verdict::CannotRecover { .. }) && self.told.insert(s.uid.clone())
+            {
+                decisions.tell.push(s.clone());
+            }
+        }
+        let candidates: Vec<Stuck> = stuck
+            .into_iter()
+            .filter(|s| !self.deleted.contains(&s.uid))
+            .collect();
+        decisions.delete = self
+            .budget
+            .choose(limits, &candidates, now)
+            .into_iter()
+            .cloned()
+            .collect();
+        decisions
+    }
+
+    /// Records a deletion of `stuck` made at `at` (also when the Pod turned out to be gone
+    /// already: the attempt counts against the limits).
+    pub fn deleted(&mut self, stuck: &Stuck, at: DateTime<Utc>) {
+        self.budget.spent(at, &stuck.registry);
+        self.deleted.insert(stuck.uid.clone());
     }
 }
 
@@ -437,6 +516,50 @@ mod tests {
                 owner_uid: owner.into(),
             },
         }
+    }
+
+    #[test]
+    fn every_stuck_replica_of_an_owner_is_deleted_in_one_round_by_default() {
+        // Three replicas of one Deployment stuck pulling serve nothing: all go at once; only
+        // the runaway rates limit recovery by default.
+        let stuck: Vec<Stuck> = (0..3)
+            .map(|i| candidate(&format!("p{i}"), "a", "rs-1"))
+            .collect();
+        let mut memory = Memory::default();
+        let now = Utc::now();
+        let decided = memory.decide(&Limits::default(), stuck.clone(), true, now);
+        assert_eq!(decided.delete.len(), 3, "{decided:?}");
+        assert_eq!(decided.counts[&("a".into(), "ImagePullBackOff".into())], 3);
+        for s in &decided.delete {
+            memory.deleted(s, now);
+        }
+        // The next round (before the watch saw the deletions) deletes none of them again.
+        let again = memory.decide(&Limits::default(), stuck, true, now);
+        assert!(again.delete.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn a_pod_that_cannot_recover_is_told_once_and_observing_decides_only_counts() {
+        let mut bare = candidate("bare", "a", "none");
+        bare.verdict = Verdict::CannotRecover { why: "bare".into() };
+        let mut memory = Memory::default();
+        let now = Utc::now();
+        let observed = memory.decide(&Limits::default(), vec![bare.clone()], false, now);
+        assert!(observed.tell.is_empty() && observed.delete.is_empty());
+        assert_eq!(observed.counts.values().sum::<usize>(), 1);
+        let first = memory.decide(&Limits::default(), vec![bare.clone()], true, now);
+        assert_eq!(first.tell, [bare.clone()]);
+        assert!(first.delete.is_empty());
+        let second = memory.decide(&Limits::default(), vec![bare.clone()], true, now);
+        assert!(second.tell.is_empty(), "told once");
+        // Once it is no longer stuck it is forgotten: stuck again, it is told again.
+        memory.decide(&Limits::default(), Vec::new(), true, now);
+        assert_eq!(
+            memory
+                .decide(&Limits::default(), vec![bare.clone()], true, now)
+                .tell,
+            [bare]
+        );
     }
 
     #[test]

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kube::runtime::events::EventType;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Config, Registry};
 use crate::credential::CredentialError;
-use crate::events::Events;
+use crate::events::{EventType, Events};
 use crate::metrics::{Outcome, RefreshMetrics};
 use crate::plan::Issued;
 use crate::providers::{ErrorCategory, ProviderError};
@@ -164,7 +163,7 @@ impl Refresher {
         match result {
             Ok(issued) => {
                 let expires_at = issued.expires_at;
-                let offer = generation.offer(registry, issued, now);
+                let offer = generation.offer(registry, issued);
                 self.metrics
                     .succeeded(name, now, expires_at, offer == Offer::Rotated);
                 if offer == Offer::Rotated {
@@ -217,16 +216,17 @@ impl Refresher {
                         e.retry_after(),
                         rand::random_range(0.0..=1.0),
                     );
+                    info!(registry = %name, retry_in_seconds = wait.as_secs(), "refresh retry scheduled");
+                    // One Event per registry and error: a repeat is counted on it, a new
+                    // error is an Event of its own (the wait is in the log line, not the note,
+                    // so repeats stay one series).
                     self.events
                         .on_own_pod(
                             EventType::Warning,
                             "RotationFailed",
                             "Refresh",
-                            format!(
-                                "registry {name}: {}; retrying in {}s",
-                                error_chain(&e),
-                                wait.as_secs()
-                            ),
+                            None,
+                            format!("registry {name}: {}", error_chain(&e)),
                         )
                         .await;
                     now + chrono::TimeDelta::from_std(wait).unwrap_or_default()

@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use chrono::{DateTime, Utc};
-
 use crate::config::{Config, Registry};
 use crate::plan::Issued;
 use crate::providers::Provider;
@@ -24,11 +22,11 @@ pub struct Generation {
 /// What offering a freshly fetched credential to the store did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offer {
-    /// The content changed (or the Secrets' stated expiry has passed): every namespace must
-    /// be looked at again.
+    /// The content changed: every namespace must be looked at again.
     Rotated,
-    /// Same content; only the stated expiry may have moved (a sliding `expires_in`). Nothing
-    /// needs re-planning: an expiry annotation still in the future stays.
+    /// Same content; only the stated expiry may have moved (a sliding `expires_in`, also past
+    /// the old one). Nothing needs re-planning: content that did not change costs no write, and
+    /// the expiry annotation is rewritten only with new content.
     Unchanged,
     /// The registry is no longer in this generation (a reload replaced it): dropped.
     Stale,
@@ -89,7 +87,7 @@ impl Generation {
     }
 
     /// Keeps a freshly fetched credential of `registry` (as this generation knows it).
-    pub fn offer(&self, registry: &Registry, issued: Issued, now: DateTime<Utc>) -> Offer {
+    pub fn offer(&self, registry: &Registry, issued: Issued) -> Offer {
         let current = self
             .config
             .registries
@@ -102,7 +100,6 @@ impl Generation {
         let offer = match credentials.get(&registry.name) {
             None => Offer::Rotated,
             Some(old) if old.rendered.hash != issued.rendered.hash => Offer::Rotated,
-            Some(old) if old.expires_at.is_some_and(|e| e <= now) => Offer::Rotated,
             Some(old) if **old == issued => return Offer::Unchanged,
             Some(_) => Offer::Unchanged,
         };
@@ -141,6 +138,7 @@ mod tests {
     use crate::render::render;
     use crate::sensitive::Sensitive;
     use crate::testing::registry;
+    use chrono::{DateTime, Utc};
 
     fn issued(reg: &Registry, password: &str, expires_at: Option<DateTime<Utc>>) -> Issued {
         let cred = Credential {
@@ -169,18 +167,18 @@ mod tests {
     }
 
     #[test]
-    fn only_new_content_or_a_passed_expiry_counts_as_a_rotation() {
+    fn only_new_content_counts_as_a_rotation() {
         let reg = registry("harbor", |_| {});
         let g = generation(vec![reg.clone()]);
         let now = Utc::now();
         let hour = chrono::TimeDelta::hours(1);
         assert_eq!(
-            g.offer(&reg, issued(&reg, "a", Some(now + hour)), now),
+            g.offer(&reg, issued(&reg, "a", Some(now + hour))),
             Offer::Rotated
         );
         // Same password, the provider slid its expiry: no re-plan.
         assert_eq!(
-            g.offer(&reg, issued(&reg, "a", Some(now + hour * 2)), now),
+            g.offer(&reg, issued(&reg, "a", Some(now + hour * 2))),
             Offer::Unchanged
         );
         assert_eq!(
@@ -188,17 +186,22 @@ mod tests {
             Some(now + hour * 2)
         );
         assert_eq!(
-            g.offer(&reg, issued(&reg, "b", Some(now + hour * 2)), now),
+            g.offer(&reg, issued(&reg, "b", Some(now + hour * 2))),
             Offer::Rotated
         );
-        // The stored expiry passed: the Secrets' annotation is rewritten.
+        // The stored expiry passed and the provider re-issued the same content: still no
+        // re-plan (no write for content that did not change).
         let later = now + hour * 3;
         assert_eq!(
-            g.offer(&reg, issued(&reg, "b", Some(later + hour)), later),
-            Offer::Rotated
+            g.offer(&reg, issued(&reg, "b", Some(later + hour))),
+            Offer::Unchanged
+        );
+        assert_eq!(
+            g.credential("harbor").and_then(|c| c.expires_at),
+            Some(later + hour)
         );
         let gone = registry("other", |_| {});
-        assert_eq!(g.offer(&gone, issued(&gone, "x", None), now), Offer::Stale);
+        assert_eq!(g.offer(&gone, issued(&gone, "x", None)), Offer::Stale);
     }
 
     #[test]
@@ -206,9 +209,8 @@ mod tests {
         let a = registry("a", |_| {});
         let b = registry("b", |_| {});
         let old = generation(vec![a.clone(), b.clone()]);
-        let now = Utc::now();
-        old.offer(&a, issued(&a, "pa", None), now);
-        old.offer(&b, issued(&b, "pb", None), now);
+        old.offer(&a, issued(&a, "pa", None));
+        old.offer(&b, issued(&b, "pb", None));
         let mut b2 = b.clone();
         b2.source_hash = "changed".into();
         let next = Generation::new(

@@ -376,3 +376,204 @@ async fn a_missing_secret_of_a_failing_registry_says_since_when_and_why() {
     d.stop().await;
     namespaces.cleanup().await;
 }
+
+/// A Pod held back from scheduling (no node involved): diagnose, named, explains every
+/// container that does not run.
+async fn gated_pod(client: &Client, ns: &str, name: &str, image: &str) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "schedulingGates": [{"name": "pullkeeper.dev/diagnose-only"}],
+            "containers": [{"name": "app", "image": image}],
+        },
+    }))
+    .expect("pod");
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+}
+
+/// Issue 16 item 2: two registry files serve one host for different namespaces (`check`
+/// accepts it); a Pod in each namespace is diagnosed against the file that targets it.
+#[tokio::test]
+async fn two_files_for_one_host_each_diagnose_the_namespace_they_target() {
+    let test = "diagnose-one-host";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let first = namespaces.create().await;
+    let second = namespaces.create().await;
+    let registry = Registry::htpasswd();
+    let dir = config_dir();
+    let password = support::write_scratch_file("password", "", "unused");
+    for (file, ns) in [("aa-team1", &first), ("bb-team2", &second)] {
+        write_config(
+            &dir,
+            &format!("{file}.yaml"),
+            &format!(
+                "provider:\n  type: static\n  username: {{value: u}}\n  password: {{file: {}}}\n\
+                 servers: [\"{}\"]\nsecretName: {file}-pull\nnamespaces:\n  include: [\"{ns}\"]\n",
+                password.display(),
+                registry.host
+            ),
+        );
+    }
+    let image = registry.test_image_ref();
+    gated_pod(&client, &first, "app", &image).await;
+    gated_pod(&client, &second, "app", &image).await;
+    // No daemon ran: in each namespace the Secret of the file that targets it is missing.
+    for (ns, file) in [(&first, "aa-team1"), (&second, "bb-team2")] {
+        let out = diagnose(&dir, "none", ns, "app");
+        assert_eq!(cause(&out), "secret-missing", "{}", out.text);
+        assert_eq!(
+            out.json
+                .pointer("/pods/0/images/0/registry")
+                .and_then(Value::as_str),
+            Some(file),
+            "{}",
+            out.text
+        );
+    }
+    namespaces.cleanup().await;
+}
+
+/// Issue 16 item 5: a Pod that does not exist is one line of pullkeeper's own, exit 2.
+#[tokio::test]
+async fn a_pod_that_does_not_exist_is_one_line() {
+    let test = "diagnose-no-pod";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let dir = htpasswd_config(test);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
+        .args(["diagnose", "--config"])
+        .arg(&dir)
+        .args(["-n", &ns, "no-such-pod"])
+        .output()
+        .expect("run pullkeeper diagnose");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!("pullkeeper diagnose: pod {ns}/no-such-pod not found")
+    );
+    assert!(out.stdout.is_empty());
+    namespaces.cleanup().await;
+}
+
+/// pullkeeper's `RotationFailed` Events about `registry`, as (nanoseconds last seen, error).
+async fn rotation_failures(client: &Client, registry: &str) -> Vec<(i128, String)> {
+    let prefix = format!("registry {registry}: ");
+    let mut found: Vec<(i128, String)> = Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+        client.clone(),
+        support::PULLKEEPER_NAMESPACE,
+    )
+    .list(&kube::api::ListParams::default().fields("reason=RotationFailed"))
+    .await
+    .expect("list events")
+    .items
+    .into_iter()
+    .filter_map(|e| {
+        let note = e.message.clone()?;
+        let last = e
+            .series
+            .as_ref()
+            .and_then(|s| s.last_observed_time.as_ref())
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))?;
+        note.starts_with(&prefix)
+            .then(|| (last.as_nanosecond(), note[prefix.len()..].to_string()))
+    })
+    .collect();
+    found.sort();
+    found
+}
+
+/// Issue 16 item 1: two registries failing at different times each get their own Event (the
+/// second was folded into the first one's series), and diagnose names each one's newest error
+/// (it named the first error for as long as failures kept coming).
+#[tokio::test]
+async fn two_registries_failing_at_different_times_each_have_their_own_event_and_newest_error() {
+    use daemon::{Answer, FAST, TokenEndpoint};
+    let test = "diagnose-two-failing";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let selector = support::test_selector(test);
+    // Names of this run only: the API server keeps earlier runs' Events for an hour.
+    let run = support::random_string(5);
+    let (name_a, name_b) = (format!("twofail-a-{run}"), format!("twofail-b-{run}"));
+    let a = TokenEndpoint::start(Answer::Status(503)).await;
+    let b = TokenEndpoint::start(Answer::Status(500)).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        &format!("{name_a}.yaml"),
+        &a.registry_file(
+            "registry.twofail-a.test",
+            &format!("{name_a}-pull"),
+            &selector,
+            FAST,
+        ),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+    support::wait_for_named("twofail-a's RotationFailed Event", WAIT, || async {
+        !rotation_failures(&client, &name_a).await.is_empty()
+    })
+    .await;
+    // The second registry starts failing later (added by a reload).
+    write_config(
+        &dir,
+        &format!("{name_b}.yaml"),
+        &b.registry_file(
+            "registry.twofail-b.test",
+            &format!("{name_b}-pull"),
+            &selector,
+            FAST,
+        ),
+    );
+    support::grant_secret_names(&client, &[format!("{name_b}-pull")]).await;
+    support::wait_for_named("twofail-b's own RotationFailed Event", WAIT, || async {
+        !rotation_failures(&client, &name_b).await.is_empty()
+    })
+    .await;
+    // The first registry's error changes: a new Event, and it is the newest.
+    a.set(Answer::Malformed);
+    let failures = support::wait_for_named("twofail-a's second error", WAIT, || async {
+        let f = rotation_failures(&client, &name_a).await;
+        let distinct: std::collections::BTreeSet<&String> = f.iter().map(|(_, n)| n).collect();
+        (distinct.len() >= 2).then_some(f)
+    })
+    .await;
+    let (_, newest_a) = failures.last().expect("an event").clone();
+    let (_, first_a) = failures.first().expect("an event").clone();
+    assert_ne!(newest_a, first_a);
+    let (_, newest_b) = rotation_failures(&client, &name_b)
+        .await
+        .last()
+        .expect("an event")
+        .clone();
+
+    gated_pod(&client, &ns, "app-a", "registry.twofail-a.test/team/app:1").await;
+    gated_pod(&client, &ns, "app-b", "registry.twofail-b.test/team/app:1").await;
+    let out = diagnose(&dir, &d.instance, &ns, "app-a");
+    assert_eq!(cause(&out), "secret-missing", "{}", out.text);
+    assert!(
+        out.text
+            .contains(&format!("registry {name_a} has been failing since"))
+            && out.text.contains(&newest_a),
+        "names twofail-a's newest error ({newest_a}): {}",
+        out.text
+    );
+    let out = diagnose(&dir, &d.instance, &ns, "app-b");
+    assert_eq!(cause(&out), "secret-missing", "{}", out.text);
+    assert!(
+        out.text
+            .contains(&format!("registry {name_b} has been failing since"))
+            && out.text.contains(&newest_b),
+        "names twofail-b's own error ({newest_b}): {}",
+        out.text
+    );
+    d.stop().await;
+    namespaces.cleanup().await;
+}

@@ -1,6 +1,8 @@
 //! The rotation engine end to end on the real control plane: the `pullkeeper` binary runs under
 //! its own `ServiceAccount` with the shipped RBAC, each test in its own namespaces with its own
 //! daemon and credential endpoint.
+// A scenario test reads top to bottom as the story it checks; splitting it hides the order.
+#![allow(clippy::too_many_lines)]
 
 mod daemon;
 mod support;
@@ -1010,6 +1012,137 @@ async fn a_restarted_daemon_on_an_unchanged_cluster_makes_no_write() {
     }
     second.stop().await;
     namespaces.cleanup().await;
+}
+
+/// Issue 16 item 4: a broker that re-issues one password with a sliding expiry. Once the
+/// expiry annotated on the Secrets has passed, a restart and a reload that changes only a
+/// comment write nothing — counted from the API server's side (its audit log) and by the
+/// daemon's write metrics. (Every target namespace was rewritten on each restart.)
+#[tokio::test]
+async fn a_restart_and_a_comment_only_reload_with_a_sliding_expiry_write_nothing() {
+    let test = "engine-sliding";
+    let (client, namespaces) = setup(test).await;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(namespaces.create().await);
+    }
+    // Each answer states an expiry 4 s later: the annotated one passes while the password stays.
+    let sliding = Answer::Token {
+        username: "robot".into(),
+        password: "sliding-pw".into(),
+        expires_in: 4,
+    };
+    // One fetch per start (and per reload of the file): the minimum interval is an hour.
+    let once = "refresh:\n  minInterval: 1h\n  maxInterval: 2h\n";
+    let (_endpoint, dir) = one_registry(test, "sliding", sliding, once).await;
+    let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
+    let instance = daemon::unique_instance();
+    let flags = ["--reload-interval", "1s"];
+    let test_started = chrono::Utc::now();
+    let first = daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags).await;
+    let mut stated = Vec::new();
+    for ns in &names {
+        let secret = support::wait_password(
+            &client,
+            ns,
+            "sliding-pull",
+            "registry.sliding.test",
+            "sliding-pw",
+        )
+        .await;
+        support::wait_pull_secrets(&client, ns, "default", &["sliding-pull"]).await;
+        stated.push(
+            secret
+                .metadata
+                .annotations
+                .and_then(|a| a.get("pullkeeper.dev/expires-at").cloned())
+                .expect("an expiry annotation"),
+        );
+    }
+    first.stop().await;
+    // The audit log sees the first daemon's writes (the count below is not vacuous).
+    let first_writes = support::audit_writes(&names, test_started);
+    assert!(
+        first_writes.len() >= 2 * names.len(),
+        "a Secret and a ServiceAccount patch per namespace: {first_writes:#?}"
+    );
+    // Until every annotated expiry has passed (a condition on the clock, not a pause hoping
+    // nothing happens).
+    support::wait_for_named("the annotated expiries to pass", WAIT, || async {
+        stated
+            .iter()
+            .all(|t| chrono::DateTime::parse_from_rfc3339(t).expect("rfc3339") < chrono::Utc::now())
+    })
+    .await;
+
+    let restarted_at = chrono::Utc::now();
+    let second = daemon::start_with(&kubeconfig, &dir, "info", &instance, &flags).await;
+    let refreshed = support::wait_for_named("the restarted daemon's refresh", WAIT, || async {
+        Some(
+            second
+                .sample("pullkeeper_last_success_timestamp_seconds{registry=\"sliding\"}")
+                .await,
+        )
+        .filter(|t| *t > 0.0)
+    })
+    .await;
+    wait_sweep_from(&second, refreshed).await;
+    let writes = support::audit_writes(&names, restarted_at);
+    assert!(writes.is_empty(), "the restart wrote: {writes:#?}");
+
+    // A reload that changes only a comment.
+    let file = dir.join("sliding.yaml");
+    let text = std::fs::read_to_string(&file).expect("read config");
+    let before_reload = unix_now();
+    write_config(&dir, "sliding.yaml", &format!("# only a comment\n{text}"));
+    support::wait_for_named("the comment-only reload", WAIT, || async {
+        second
+            .sample("pullkeeper_config_reloads_total{result=\"success\"}")
+            .await
+            >= 2.0
+    })
+    .await;
+    // The changed file's registry is fetched again (one fetch: the interval is an hour), and
+    // every namespace is swept after it.
+    let refetched = support::wait_for_named("the refetch after the reload", WAIT, || async {
+        Some(
+            second
+                .sample("pullkeeper_last_success_timestamp_seconds{registry=\"sliding\"}")
+                .await,
+        )
+        .filter(|t| *t >= before_reload)
+    })
+    .await;
+    wait_sweep_from(&second, refetched).await;
+    let writes = support::audit_writes(&names, restarted_at);
+    assert!(
+        writes.is_empty(),
+        "the restart or reload wrote: {writes:#?}"
+    );
+    let metrics = second.metrics().await;
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("pullkeeper_writes_total"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum();
+    assert_eq!(counted, 0.0, "the daemon counted writes:\n{metrics}");
+    println!(
+        "sliding expiry: restart and comment-only reload over {} namespaces: {} writes (audit log), {} (metrics)",
+        names.len(),
+        writes.len(),
+        counted + 0.0
+    );
+    second.stop().await;
+    namespaces.cleanup().await;
+}
+
+/// Waits for a sweep over every namespace that started at or after `at` (unix seconds; a
+/// sweep a refresh asks for may start within the refresh's millisecond).
+async fn wait_sweep_from(d: &daemon::Daemon, at: f64) {
+    support::wait_for_named("a sweep over every namespace", WAIT, || async {
+        d.sample("pullkeeper_last_sweep_timestamp_seconds").await >= at
+    })
+    .await;
 }
 
 /// Seconds since the epoch, as the daemon's timestamp gauges state them.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use daemon::{config_dir, write_config};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
@@ -140,10 +140,38 @@ async fn may(client: &Client, verb: &str, resource: &str) -> bool {
 
 /// Creates a one-replica Deployment `name` of `image` on the test node.
 async fn create_deployment(client: &Client, ns: &str, name: &str, image: &str) {
+    create_deployment_of(client, ns, name, image, 1).await;
+}
+
+/// Creates a StatefulSet `name` of `image` with `replicas` Pods started in parallel (none waits
+/// for another to run) on the test node.
+async fn create_stateful_set(client: &Client, ns: &str, name: &str, image: &str, replicas: i32) {
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": support::node_pod_spec(&[("app", image)], "Always", None),
+            },
+        },
+    }))
+    .expect("a valid StatefulSet");
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &set)
+        .await
+        .expect("create the StatefulSet");
+}
+
+/// Creates a Deployment `name` of `image` with `replicas` Pods on the test node.
+async fn create_deployment_of(client: &Client, ns: &str, name: &str, image: &str, replicas: i32) {
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
@@ -168,6 +196,73 @@ async fn pods_of(client: &Client, ns: &str, app: &str) -> Vec<Pod> {
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect()
+}
+
+/// Waits until `count` Pods of `app` wait in `ImagePullBackOff`; returns them.
+async fn stuck_pods_of(client: &Client, ns: &str, app: &str, count: usize) -> Vec<Pod> {
+    support::wait_for_named(
+        &format!("{count} Pods of {app} in ImagePullBackOff"),
+        WAIT,
+        || async {
+            let pods = pods_of(client, ns, app).await;
+            let stuck: Vec<Pod> = pods
+                .into_iter()
+                .filter(|p| {
+                    p.status
+                        .iter()
+                        .flat_map(|s| s.container_statuses.iter().flatten())
+                        .any(|c| {
+                            c.state
+                                .as_ref()
+                                .and_then(|s| s.waiting.as_ref())
+                                .and_then(|w| w.reason.as_deref())
+                                == Some("ImagePullBackOff")
+                        })
+                })
+                .collect();
+            (stuck.len() == count).then_some(stuck)
+        },
+    )
+    .await
+}
+
+/// Waits until every Pod of `app` is a replacement of none of `stuck` (by UID), there are
+/// `count` of them, and each names the Secret; returns the moment that first held.
+async fn wait_replaced(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    stuck: &[Pod],
+    count: usize,
+) -> std::time::Instant {
+    let old: Vec<String> = stuck.iter().map(support::pod_uid).collect();
+    support::wait_for_named(
+        &format!("{count} replacement Pods of {app}"),
+        WAIT,
+        || async {
+            let pods = pods_of(client, ns, app).await;
+            let fresh = pods
+                .iter()
+                .filter(|p| !old.contains(&support::pod_uid(p)))
+                .filter(|p| support::pod_pull_secrets(p) == ["htpasswd-pull"])
+                .count();
+            (fresh == count && pods.len() == count).then(std::time::Instant::now)
+        },
+    )
+    .await
+}
+
+/// Waits until every Pod of `app` (`count` of them) runs.
+async fn wait_all_running(client: &Client, ns: &str, app: &str, count: usize) {
+    support::wait_for_named(&format!("{count} Pods of {app} running"), WAIT, || async {
+        let pods = pods_of(client, ns, app).await;
+        let running = pods
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        running == count
+    })
+    .await;
 }
 
 /// Waits for the single Pod of Deployment `app` to wait in `ImagePullBackOff`; returns it.
@@ -270,6 +365,158 @@ async fn a_deployment_stuck_before_pullkeeper_ran_is_recovered_and_runs_with_the
     );
     d.stop().await;
     namespaces.cleanup().await;
+}
+
+/// Issue 16 item 3: three replicas stuck before pullkeeper ran are all recreated as soon as
+/// their ServiceAccount lists the Secret — in one round, and without waiting for the recovery
+/// interval (an hour here: only the reconciler's write can have woken recovery).
+#[tokio::test]
+async fn every_stuck_replica_is_recreated_as_soon_as_its_service_account_lists_the_secret() {
+    let test = "recovery-replicas";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let image = Registry::htpasswd().test_image_ref();
+    create_deployment_of(&client, &ns, "app", &image, 3).await;
+    let stuck = stuck_pods_of(&client, &ns, "app", 3).await;
+
+    let kubeconfig = recovery_kubeconfig(&client).await;
+    let started = std::time::Instant::now();
+    let d = daemon::start_with(
+        &kubeconfig,
+        &htpasswd_config(test),
+        "info",
+        &daemon::unique_instance(),
+        &[
+            "--reload-interval",
+            "1s",
+            "--pod-recovery",
+            "on",
+            "--recovery-interval",
+            "1h",
+        ],
+    )
+    .await;
+    wait_sa_lists_secret(&client, &ns).await;
+    let listed = std::time::Instant::now();
+    let replaced = wait_replaced(&client, &ns, "app", &stuck, 3).await;
+    println!(
+        "3 stuck replicas: all recreated with the Secret {:?} after the ServiceAccount was seen listing it ({:?} after pullkeeper started)",
+        replaced.saturating_duration_since(listed),
+        replaced.duration_since(started)
+    );
+    wait_all_running(&client, &ns, "app", 3).await;
+    println!(
+        "3 stuck replicas: all Running {:?} after pullkeeper started",
+        started.elapsed()
+    );
+    assert_eq!(
+        d.sample("pullkeeper_pods_recovered_total{registry=\"htpasswd\"}")
+            .await,
+        3.0
+    );
+    // Each recovered Pod is an Event of its own on pullkeeper's Pod, naming it (published
+    // after the round's deletions).
+    let wanted: Vec<String> = stuck
+        .iter()
+        .map(|p| {
+            format!(
+                "Pod {ns}/{}:",
+                p.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    support::wait_for_named("a RecoveredPod Event naming each Pod", WAIT, || async {
+        let notes = own_pod_notes(&client, "RecoveredPod").await;
+        wanted
+            .iter()
+            .all(|w| notes.iter().any(|n| n.starts_with(w)))
+    })
+    .await;
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+/// Issue 16 item 6: the StatefulSet controller runs on the platform, and a StatefulSet's Pods
+/// stuck before pullkeeper ran are recovered (recreated under the same names, with the Secret).
+#[tokio::test]
+async fn a_stateful_set_stuck_before_pullkeeper_ran_is_recovered_and_runs() {
+    let test = "recovery-statefulset";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let image = Registry::htpasswd().test_image_ref();
+    create_stateful_set(&client, &ns, "db", &image, 2).await;
+    let stuck = stuck_pods_of(&client, &ns, "db", 2).await;
+
+    let kubeconfig = recovery_kubeconfig(&client).await;
+    let started = std::time::Instant::now();
+    let d = start(
+        &kubeconfig,
+        &htpasswd_config(test),
+        &["--pod-recovery", "on"],
+    )
+    .await;
+    wait_replaced(&client, &ns, "db", &stuck, 2).await;
+    wait_all_running(&client, &ns, "db", 2).await;
+    println!(
+        "StatefulSet: 2 stuck Pods recreated and Running {:?} after pullkeeper started",
+        started.elapsed()
+    );
+    let mut names: Vec<String> = pods_of(&client, &ns, "db")
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1"], "recreated under the same names");
+    for pod in &stuck {
+        let reasons = event_reasons(&client, &ns, pod).await;
+        assert!(
+            reasons.iter().any(|r| r == "Recovered"),
+            "pullkeeper's Event on the deleted Pod: {reasons:?}"
+        );
+    }
+    assert_eq!(
+        d.sample("pullkeeper_pods_recovered_total{registry=\"htpasswd\"}")
+            .await,
+        2.0
+    );
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+/// The notes of pullkeeper's Events with `reason` on its own (test) Pod.
+async fn own_pod_notes(client: &Client, reason: &str) -> Vec<String> {
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+        client.clone(),
+        support::PULLKEEPER_NAMESPACE,
+    )
+    .list(&ListParams::default().fields(&format!("reason={reason}")))
+    .await
+    .expect("list events")
+    .items
+    .into_iter()
+    .filter_map(|e| e.message)
+    .collect()
+}
+
+/// Waits until the namespace's `default` ServiceAccount lists `htpasswd-pull`.
+async fn wait_sa_lists_secret(client: &Client, ns: &str) {
+    support::wait_for_named(
+        "the default ServiceAccount listing the Secret",
+        WAIT,
+        || async {
+            Api::<ServiceAccount>::namespaced(client.clone(), ns)
+                .get_opt("default")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|sa| sa.image_pull_secrets)
+                .is_some_and(|l| l.iter().any(|r| r.name == "htpasswd-pull"))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -70,15 +70,39 @@ impl NamespaceTargets {
     /// every `selector` requirement holds. A `kube-*` namespace must also be named exactly in
     /// `include`: a glob never reaches the system namespaces.
     pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
-        let included = if name.starts_with(SYSTEM_NAMESPACE_PREFIX) {
-            self.include.iter().any(|p| p == name)
-        } else {
-            self.include.iter().any(|p| glob_match(p, name))
-        };
-        included
-            && !self.exclude.iter().any(|p| glob_match(p, name))
-            && self.selector.matches(labels)
+        self.miss(name, labels).is_none()
     }
+
+    /// Which of these rules leaves the namespace out, or `None` when [`Self::matches`] holds.
+    pub fn miss(&self, name: &str, labels: &BTreeMap<String, String>) -> Option<TargetMiss> {
+        if name.starts_with(SYSTEM_NAMESPACE_PREFIX) {
+            if !self.include.iter().any(|p| p == name) {
+                return Some(TargetMiss::SystemNotNamed);
+            }
+        } else if !self.include.iter().any(|p| glob_match(p, name)) {
+            return Some(TargetMiss::NotIncluded);
+        }
+        if let Some(p) = self.exclude.iter().find(|p| glob_match(p, name)) {
+            return Some(TargetMiss::Excluded(p.clone()));
+        }
+        if !self.selector.matches(labels) {
+            return Some(TargetMiss::Selector);
+        }
+        None
+    }
+}
+
+/// The rule of [`NamespaceTargets`] that leaves a namespace out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetMiss {
+    /// A `kube-*` namespace not named exactly in `include`.
+    SystemNotNamed,
+    /// No `include` pattern matches.
+    NotIncluded,
+    /// This `exclude` pattern matches.
+    Excluded(String),
+    /// The labels do not satisfy `selector`.
+    Selector,
 }
 
 /// Which `ServiceAccounts` reference the Secret.

@@ -116,7 +116,6 @@ fn plan_as(
         secrets: &secrets,
         service_accounts: &accounts,
         frozen: &BTreeSet::new(),
-        now: chrono::Utc::now(),
     };
     plan_namespace(owner, registries, credentials, &observed)
 }
@@ -626,8 +625,11 @@ fn the_same_credential_with_a_later_expiry_plans_no_write() {
     assert!(plan.secrets.is_empty(), "{plan:?}");
 }
 
+/// Issue 16 item 4: a sliding-expiry broker re-issues the same password; the Secret's stated
+/// expiry has passed. The content did not change, so nothing is written (this was a write per
+/// namespace on every restart).
 #[test]
-fn an_expiry_annotation_that_has_passed_is_rewritten_once() {
+fn an_expiry_annotation_that_has_passed_costs_no_write_when_the_content_is_the_same() {
     let reg = Arc::new(registry("harbor", |_| {}));
     let now = chrono::Utc::now();
     let hour = chrono::TimeDelta::hours(1);
@@ -638,7 +640,18 @@ fn an_expiry_annotation_that_has_passed_is_rewritten_once() {
     let stale = Arc::new(secret_of(&Owner::default(), &reg, "team-a", &written));
     let plan = plan_with(
         std::slice::from_ref(&reg),
-        &creds(&[("harbor", current.clone())]),
+        &creds(&[("harbor", current)]),
+        &namespace,
+        vec![stale.clone()],
+        vec![],
+        &foreign,
+    );
+    assert!(plan.secrets.is_empty(), "{plan:?}");
+    // New content is written, with the expiry stated for it.
+    let rotated = with_expiry(&issued(&reg, "pw2"), now + hour);
+    let plan = plan_with(
+        std::slice::from_ref(&reg),
+        &creds(&[("harbor", rotated)]),
         &namespace,
         vec![stale],
         vec![],
@@ -647,16 +660,11 @@ fn an_expiry_annotation_that_has_passed_is_rewritten_once() {
     let [SecretChange::Apply { secret, .. }] = plan.secrets.as_slice() else {
         panic!("expected one apply: {plan:?}")
     };
-    let fresh = Arc::new(secret.to_secret());
-    let plan = plan_with(
-        std::slice::from_ref(&reg),
-        &creds(&[("harbor", current)]),
-        &namespace,
-        vec![fresh],
-        vec![],
-        &foreign,
+    assert!(
+        secret
+            .annotations
+            .contains_key(crate::ownership::EXPIRES_ANNOTATION)
     );
-    assert!(plan.secrets.is_empty(), "converged: {plan:?}");
 }
 
 #[test]
@@ -782,8 +790,7 @@ fn drift_names_each_way_a_secret_differs_and_nothing_when_it_is_current() {
     assert!(
         secret_drift(
             &SecretState::of(&desired.to_secret(), &Owner::default()),
-            &desired,
-            now
+            &desired
         )
         .is_empty()
     );
@@ -792,8 +799,7 @@ fn drift_names_each_way_a_secret_differs_and_nothing_when_it_is_current() {
     assert_eq!(
         secret_drift(
             &SecretState::of(&desired.to_secret(), &Owner::default()),
-            &rotated,
-            now
+            &rotated
         ),
         [Drift::Content, Drift::Annotations]
     );
@@ -818,8 +824,42 @@ fn drift_names_each_way_a_secret_differs_and_nothing_when_it_is_current() {
         .expect("annotations")
         .remove(EXPIRES_ANNOTATION);
     assert_eq!(
-        secret_drift(&SecretState::of(&edited, &Owner::default()), &desired, now),
-        [Drift::Type, Drift::StrayKeys, Drift::Labels, Drift::Expiry]
+        secret_drift(&SecretState::of(&edited, &Owner::default()), &desired),
+        [Drift::Type, Drift::StrayKeys, Drift::Labels]
+    );
+}
+
+/// A broker that re-issues one password with a sliding expiry: the Secret written an hour ago
+/// states an expiry that has passed, and the same content with a new expiry is no write.
+#[test]
+fn the_same_content_with_a_new_expiry_is_no_write_even_after_the_old_one_passed() {
+    let reg = registry("harbor", |_| {});
+    let owner = Owner::default();
+    let now = chrono::Utc::now();
+    let written = desired_secret(
+        &owner,
+        &reg,
+        "team-a",
+        &with_expiry(&issued(&reg, "pw"), now - chrono::TimeDelta::minutes(5)),
+    );
+    let reissued = desired_secret(
+        &owner,
+        &reg,
+        "team-a",
+        &with_expiry(&issued(&reg, "pw"), now + chrono::TimeDelta::hours(1)),
+    );
+    let observed = SecretState::of(&written.to_secret(), &owner);
+    assert!(secret_drift(&observed, &reissued).is_empty());
+    // New content carries its own expiry annotation.
+    let rotated = desired_secret(
+        &owner,
+        &reg,
+        "team-a",
+        &with_expiry(&issued(&reg, "pw2"), now + chrono::TimeDelta::hours(1)),
+    );
+    assert_eq!(
+        secret_drift(&observed, &rotated),
+        [Drift::Content, Drift::Annotations]
     );
 }
 

@@ -102,7 +102,7 @@ pub struct SecretReport {
     pub registry: Option<String>,
     pub action: Action,
     /// For an update, what differs: `type`, `content`, `content-unknown`, `stray-keys`,
-    /// `labels`, `annotations`, `expiry`.
+    /// `labels`, `annotations`.
     pub reasons: Vec<&'static str>,
 }
 
@@ -186,7 +186,6 @@ fn credential_report(credential: Option<&PlannedCredential>) -> CredentialReport
 fn namespace_report(
     planned: &Planned,
     credentials: &HashMap<String, PlannedCredential>,
-    now: DateTime<Utc>,
     writes: &mut Writes,
 ) -> NamespaceReport {
     let name = planned.namespace.name.clone();
@@ -216,7 +215,7 @@ fn namespace_report(
                 let (action, reasons) = match observed.filter(|_| *existing) {
                     Some(observed) => (
                         Action::Update,
-                        plan::secret_drift(observed, secret, now)
+                        plan::secret_drift(observed, secret)
                             .into_iter()
                             .map(|d| reason(d, source))
                             .collect(),
@@ -288,7 +287,6 @@ pub fn build(
     credentials: &HashMap<String, PlannedCredential>,
     fetched: bool,
     plans: &[Planned],
-    now: DateTime<Utc>,
 ) -> Report {
     let mut summary = Summary {
         namespaces: plans.len(),
@@ -300,7 +298,7 @@ pub fn build(
         for reg in plan::registries_in_scope(registries, &planned.namespace) {
             *in_scope.entry(reg.name.as_str()).or_default() += 1;
         }
-        let ns = namespace_report(planned, credentials, now, &mut summary.writes);
+        let ns = namespace_report(planned, credentials, &mut summary.writes);
         if !planned.plan.is_empty() {
             summary.namespaces_changed += 1;
         }
@@ -366,7 +364,6 @@ fn reason_text(reason: &str) -> &str {
         "stray-keys" => "data keys pullkeeper did not write are removed",
         "labels" => "labels",
         "annotations" => "content-hash annotation",
-        "expiry" => "expiry annotation",
         other => other,
     }
 }

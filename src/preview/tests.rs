@@ -187,10 +187,9 @@ fn the_report_lists_every_change_the_planner_makes_and_counts_its_writes() {
         type_: Some("Opaque".into()),
         ..Secret::default()
     }));
-    let now = Utc::now();
     let owner = Owner::default();
-    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
-    let report = build(&owner, &registries, &credentials, true, &plans, now);
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster);
+    let report = build(&owner, &registries, &credentials, true, &plans);
 
     let names: Vec<&str> = report.namespaces.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["team-a", "team-b", "team-c"], "team-d is converged");
@@ -270,9 +269,8 @@ fn a_rotation_shows_as_a_content_update_and_unknown_content_as_creates() {
     let registries = vec![Arc::new(reg.clone()), Arc::new(quay)];
     let mut credentials = assumed(&Owner::default(), &registries, &cluster.secrets);
     let owner = Owner::default();
-    let now = Utc::now();
-    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
-    let report = build(&owner, &registries, &credentials, false, &plans, now);
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster);
+    let report = build(&owner, &registries, &credentials, false, &plans);
     let secrets = &report.namespaces[0].secrets;
     assert_eq!(secrets.len(), 1, "harbor unchanged; quay created");
     assert_eq!(
@@ -297,8 +295,8 @@ fn a_rotation_shows_as_a_content_update_and_unknown_content_as_creates() {
             issued: new,
         },
     );
-    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
-    let report = build(&owner, &registries, &credentials, true, &plans, now);
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster);
+    let report = build(&owner, &registries, &credentials, true, &plans);
     let harbor = report.namespaces[0]
         .secrets
         .iter()
@@ -325,9 +323,8 @@ fn a_converged_cluster_reports_no_change() {
     let registries = vec![Arc::new(reg)];
     let credentials = assumed(&Owner::default(), &registries, &cluster.secrets);
     let owner = Owner::default();
-    let now = Utc::now();
-    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
-    let report = build(&owner, &registries, &credentials, false, &plans, now);
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster);
+    let report = build(&owner, &registries, &credentials, false, &plans);
     assert!(report.namespaces.is_empty());
     assert!(!report.summary.changes);
     assert_eq!(report.summary.writes.total, 0);
@@ -346,9 +343,8 @@ fn neither_output_carries_the_credential_in_any_form() {
     let registries = vec![Arc::new(reg)];
     let credentials = assumed(&Owner::default(), &registries, &cluster.secrets);
     let owner = Owner::default();
-    let now = Utc::now();
-    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster, now);
-    let report = build(&owner, &registries, &credentials, false, &plans, now);
+    let plans = plan_cluster(&owner, &registries, &issued_of(&credentials), &cluster);
+    let report = build(&owner, &registries, &credentials, false, &plans);
     let b64 = base64::engine::general_purpose::STANDARD;
     let forms = [
         CANARY.to_string(),

@@ -1062,3 +1062,43 @@ pub fn pod_uid(pod: &k8s_openapi::api::core::v1::Pod) -> String {
         .clone()
         .expect("a Pod from the API has a uid")
 }
+
+/// The writes (create, update, patch, delete) to Secrets and ServiceAccounts in `namespaces`
+/// that the API server's audit log (`PK_AUDIT_LOG`: every write by a ServiceAccount) saw
+/// received at or after `since`, one line each (`verb resource namespace/name -> code`).
+pub fn audit_writes(namespaces: &[String], since: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    let path = env("PK_AUDIT_LOG");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            matches!(
+                e["objectRef"]["resource"].as_str(),
+                Some("secrets" | "serviceaccounts")
+            ) && matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            ) && e["objectRef"]["namespace"]
+                .as_str()
+                .is_some_and(|ns| namespaces.iter().any(|n| n == ns))
+        })
+        .filter(|e| {
+            e["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t >= since)
+        })
+        .map(|e| {
+            format!(
+                "{} {} {}/{} by {} -> {}",
+                e["verb"].as_str().unwrap_or_default(),
+                e["objectRef"]["resource"].as_str().unwrap_or_default(),
+                e["objectRef"]["namespace"].as_str().unwrap_or_default(),
+                e["objectRef"]["name"].as_str().unwrap_or_default(),
+                e["user"]["username"].as_str().unwrap_or_default(),
+                e["responseStatus"]["code"]
+            )
+        })
+        .collect()
+}
