@@ -538,3 +538,6 @@ fn add_op(tokens: &[&str], value: Value) -> PatchOperation {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;
