@@ -30,7 +30,7 @@ use crate::preview::PreviewError;
 use crate::refresh::error_chain;
 
 /// The `apiVersion` and `kind` of the JSON document.
-pub const API_VERSION: &str = "pullkeeper.dev/v1";
+pub const API_VERSION: &str = crate::ownership::REPORT_API_VERSION;
 pub const KIND: &str = "Cleanup";
 
 /// Errors that stop `cleanup` before it removes anything.
@@ -163,7 +163,7 @@ impl LeaseRef {
     pub fn of(owner: &Owner, namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
-            name: format!("{}-leader", owner.instance),
+            name: crate::leader::lease_name(&owner.instance),
         }
     }
 }

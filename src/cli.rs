@@ -254,7 +254,8 @@ pub struct RunArgs {
     #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
     /// How long `once` waits for its watches to list (an unreachable API server or a watch the
-    /// role forbids then ends it with exit 1, naming what did not list).
+    /// role forbids then ends it with exit 2, naming what did not list); also bounds the
+    /// permission review at start.
     #[arg(long, env = "PULLKEEPER_SYNC_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub sync_timeout: Duration,
 }
@@ -287,6 +288,8 @@ pub struct DiagnoseArgs {
     #[arg(long)]
     pub no_file_checks: bool,
     #[command(flatten)]
+    pub deadline: DeadlineArg,
+    #[command(flatten)]
     pub output: OutputArg,
 }
 
@@ -313,6 +316,8 @@ pub struct PlanArgs {
     /// config whose mounted files exist only inside it). Not with --fetch.
     #[arg(long, conflicts_with = "fetch")]
     pub no_file_checks: bool,
+    #[command(flatten)]
+    pub deadline: DeadlineArg,
     #[command(flatten)]
     pub output: OutputArg,
 }
@@ -344,6 +349,8 @@ pub struct CleanupArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
     #[command(flatten)]
+    pub deadline: DeadlineArg,
+    #[command(flatten)]
     pub output: OutputArg,
 }
 
@@ -369,6 +376,21 @@ pub struct KubeArgs {
     pub context: Option<String>,
 }
 
+/// `--request-timeout DURATION`: how long a read-only command waits for the cluster.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct DeadlineArg {
+    /// Give up (exit 2, one line saying so) when the cluster has not answered everything within
+    /// this time, as kubectl's --request-timeout; `0` waits without limit. With --fetch, the
+    /// provider calls count too; cleanup adds its --wait.
+    #[arg(
+        long = "request-timeout",
+        env = "PULLKEEPER_REQUEST_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub request_timeout: Duration,
+}
+
 /// `--instance NAME`.
 #[derive(Clone, Debug, Args)]
 pub struct InstanceArg {
@@ -381,7 +403,7 @@ pub struct InstanceArg {
 /// `-o text|json`.
 #[derive(Clone, Copy, Debug, Args)]
 pub struct OutputArg {
-    /// Output format: `text` for people, `json` for tools (schema in the README).
+    /// Output format: `text` for people, `json` for tools (schema in docs/commands.md).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 }

@@ -251,14 +251,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
 
     let elect = args.leader_elect && !once;
     let (leader_tx, leader_rx) = watch::channel(!elect);
-    let lease = LeaseConfig {
-        namespace: args.lease_namespace.clone(),
-        name: format!("{}-leader", args.instance.name),
-        identity,
-        duration: std::time::Duration::from_secs(15),
-        renew_every: std::time::Duration::from_secs(5),
-        retry_every: std::time::Duration::from_secs(2),
-    };
+    let lease = LeaseConfig::of(&args.instance.name, args.lease_namespace.clone(), identity);
     let lost = Arc::new(AtomicBool::new(false));
     let campaign = if elect {
         info!(lease = %lease.name, identity = %lease.identity, "campaigning for leadership");
@@ -283,7 +276,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     )
     .await;
     if once {
-        return Ok(i32::from(!started.once().await));
+        return Ok(started.once().await.exit_code());
     }
 
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
@@ -354,6 +347,27 @@ fn print_report(
     Ok(())
 }
 
+/// Runs a read-only command's cluster work within `--request-timeout` (`0`: no limit); `None`
+/// after printing one line when the time ran out.
+async fn within<T>(
+    command: &str,
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    if limit.is_zero() {
+        return Some(work.await);
+    }
+    if let Ok(done) = tokio::time::timeout(limit, work).await {
+        return Some(done);
+    }
+    eprintln!(
+        "pullkeeper {command}: gave up after {}: the cluster did not answer in time \
+         (--request-timeout; nothing was changed by the part that did not finish)",
+        humantime::format_duration(limit)
+    );
+    None
+}
+
 /// `pullkeeper plan`: prints what `run` would change; 0 when nothing, 1 when something, 2 on
 /// an invalid config, an unreachable cluster or a failed `--fetch`.
 pub async fn plan(args: PlanArgs) -> i32 {
@@ -393,11 +407,12 @@ pub async fn plan(args: PlanArgs) -> i32 {
         Credentials::Assumed
     };
     let owner = Owner::new(args.instance.name.clone());
-    let report =
-        match preview::preview(&client, &owner, &generation.config.registries, credentials).await {
-            Ok(r) => r,
-            Err(e) => return failed(&e),
-        };
+    let work = preview::preview(&client, &owner, &generation.config.registries, credentials);
+    let report = match within("plan", args.deadline.request_timeout, work).await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return failed(&e),
+        None => return 2,
+    };
     if let Err(e) = print_report(args.output.format, || report.to_text(), || report.to_json()) {
         return failed(e.as_ref());
     }
@@ -434,20 +449,20 @@ pub async fn diagnose(args: DiagnoseArgs) -> i32 {
         (None, _) => crate::diagnose::Target::All,
     };
     let owner = Owner::new(args.instance.name);
-    let report = match crate::diagnose::diagnose(
+    let work = crate::diagnose::diagnose(
         &client,
         &owner,
         &config.registries,
         &target,
         chrono::Utc::now(),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
+    );
+    let report = match within("diagnose", args.deadline.request_timeout, work).await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
             eprintln!("pullkeeper diagnose: {}", error_chain(&e));
             return 2;
         }
+        None => return 2,
     };
     let text = match args.output.format {
         OutputFormat::Json => match report.to_json() {
@@ -486,9 +501,17 @@ pub async fn cleanup(args: CleanupArgs) -> i32 {
         force: args.force,
         wait: args.wait,
     };
-    let report = match cleanup::cleanup(&client, &owner, &lease, metrics.writes, options).await {
-        Ok(r) => r,
-        Err(e) => return failed(&e),
+    // A held Lease may be waited for on purpose: the deadline comes on top of --wait.
+    let limit = if args.deadline.request_timeout.is_zero() {
+        args.deadline.request_timeout
+    } else {
+        args.deadline.request_timeout + args.wait
+    };
+    let work = cleanup::cleanup(&client, &owner, &lease, metrics.writes, options);
+    let report = match within("cleanup", limit, work).await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return failed(&e),
+        None => return 2,
     };
     if let Err(e) = print_report(args.output.format, || report.to_text(), || report.to_json()) {
         return failed(e.as_ref());

@@ -501,14 +501,20 @@ impl Daemon {
     /// metric, an Event on pullkeeper's Pod, `/readyz`). A failed review keeps trying every
     /// name (the watches then say what fails).
     async fn review_access(&self) {
-        let reviewed = access::secret_access(&self.client, &self.settings.home_namespace).await;
+        // Bounded like the watches' first listing: an API server that never answers must not
+        // hold up the start (the watches then say what fails).
+        let reviewed = tokio::time::timeout(
+            self.settings.sync_timeout,
+            access::secret_access(&self.client, &self.settings.home_namespace),
+        )
+        .await;
         let generation = self.store.current();
         let mut newly_denied = Vec::new();
         {
             let mut state = self.access_state();
             state.reviewed = Some(Instant::now());
             match reviewed {
-                Ok(secrets) => {
+                Ok(Ok(secrets)) => {
                     if !secrets.may_create() {
                         warn!(
                             "the role does not let pullkeeper create secrets: new namespaces cannot get their Secret"
@@ -516,8 +522,12 @@ impl Daemon {
                     }
                     state.secrets = Some(secrets);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     warn!(error = %error_chain(&e), "cannot review this identity's secret permissions; trying every configured name");
+                    state.secrets = None;
+                }
+                Err(_) => {
+                    warn!(timeout = ?self.settings.sync_timeout, "the review of this identity's secret permissions did not answer in time; trying every configured name");
                     state.secrets = None;
                 }
             }
@@ -904,7 +914,7 @@ impl Started {
     /// One full pass: fetch every registry once, wait for the watches (at most the sync
     /// timeout), sync every namespace. Returns whether every registry refreshed and every
     /// write succeeded.
-    pub async fn once(self) -> bool {
+    pub async fn once(self) -> OnceOutcome {
         let Started { daemon, .. } = self;
         let mut ok = true;
         for reg in daemon.store.current().config.registries.clone() {
@@ -927,13 +937,39 @@ impl Started {
                 "the watches did not list in time (an unreachable API server, or a permission the role lacks: see the watch errors above)"
             );
             daemon.stop_watches();
-            return false;
+            return OnceOutcome::NotListed;
         }
         // A registry the role leaves out was not served.
         ok &= daemon.access_state().denied.is_empty();
         ok &= daemon.sweep_all().await;
         daemon.stop_watches();
-        ok
+        if ok {
+            OnceOutcome::Done
+        } else {
+            OnceOutcome::Failed
+        }
+    }
+}
+
+/// How `once` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnceOutcome {
+    /// Every registry refreshed and every write succeeded.
+    Done,
+    /// A refresh or a write failed, or a registry's Secret name is not granted.
+    Failed,
+    /// The watches did not list within `--sync-timeout` (nothing was written).
+    NotListed,
+}
+
+impl OnceOutcome {
+    /// 0, 1, or 2 when the cluster could not even be read.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Done => 0,
+            Self::Failed => 1,
+            Self::NotListed => 2,
+        }
     }
 }
 

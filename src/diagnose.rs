@@ -658,7 +658,7 @@ pub async fn diagnose(
         });
     }
     Ok(Report {
-        api_version: "pullkeeper.dev/v1",
+        api_version: crate::ownership::REPORT_API_VERSION,
         kind: "Diagnosis",
         pods: reports,
     })

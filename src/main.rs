@@ -6,7 +6,14 @@ use pullkeeper::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_args();
-    pullkeeper::logging::init(cli.log_format, &cli.log_filter)
+    // The one-shot commands report a failed request in one line of their own; the Kubernetes
+    // client's own log line for it would say the same thing twice, less clearly.
+    let filter = match cli.command {
+        Command::Run(_) | Command::Once(_) => cli.log_filter.clone(),
+        _ if cli.log_filter == "info" => "info,kube_client=off".to_string(),
+        _ => cli.log_filter.clone(),
+    };
+    pullkeeper::logging::init(cli.log_format, &filter)
         .map_err(|e| anyhow::anyhow!("invalid log filter: {e}"))?;
     let code = match cli.command {
         Command::Check(args) => pullkeeper::commands::check(

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeSet;
 
+/// The `apiVersion` of every JSON report pullkeeper prints (`plan`, `diagnose`, `cleanup`).
+pub const REPORT_API_VERSION: &str = "pullkeeper.dev/v1";
+
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::ObjectMeta;
 

@@ -50,3 +50,20 @@ pub fn policy() -> RefreshPolicy {
         default_lifetime: Duration::from_hours(1),
     }
 }
+
+/// A Namespace object named `name` with `labels`.
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Namespace {
+    k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: (!labels.is_empty()).then(|| {
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect()
+            }),
+            ..kube::api::ObjectMeta::default()
+        },
+        ..k8s_openapi::api::core::v1::Namespace::default()
+    }
+}

@@ -215,13 +215,36 @@ fn list_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<Problem>> {
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
-            !name.starts_with('.') && yaml && p.is_file()
+            !name.starts_with('.') && yaml
         })
         .collect();
     paths.sort();
     let mut files = Vec::new();
     let mut problems = Vec::new();
     for path in paths {
+        // A registry file that cannot be read is a problem, never a file that is not there: a
+        // dangling symlink (a ConfigMap swap caught half-way) must not read as a removed
+        // registry, whose Secrets the daemon would prune.
+        let unreadable = match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(m) if m.is_file() => None,
+            Ok(_) => Some("not a regular file".to_string()),
+            Err(e) => Some(match std::fs::read_link(&path) {
+                Ok(target) => format!(
+                    "a symlink to {}, which cannot be read: {e}",
+                    target.display()
+                ),
+                Err(_) => e.to_string(),
+            }),
+        };
+        if let Some(why) = unreadable {
+            problems.push(Problem {
+                file: path,
+                field: String::new(),
+                message: format!("cannot read file: {why}"),
+            });
+            continue;
+        }
         match read_text(&path) {
             Ok(text) => files.push((path, text)),
             Err(message) => problems.push(Problem {

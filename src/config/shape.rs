@@ -12,7 +12,7 @@ use serde_path_to_error::Segment;
 use serde_yaml_ng::Value;
 
 use crate::problems::Problem;
-use crate::providers::{azure, ecr, gcp, http, static_};
+use crate::providers::{ProviderKind, azure, ecr, gcp, http, static_};
 
 /// Deserialization tries per tree; every try removes something, so this bounds a pathological
 /// file, not a normal one.
@@ -303,14 +303,13 @@ fn provider_check(name: &str) -> Option<Check> {
     fn check<T: DeserializeOwned>(v: &Value) -> Result<(), TreeError> {
         serde_path_to_error::deserialize::<_, T>(v).map(drop)
     }
-    Some(match name {
-        "static" => check::<static_::StaticConfig>,
-        "http" => check::<http::HttpConfig>,
-        "ecr" => check::<ecr::EcrConfig>,
-        "ecr-public" => check::<ecr::EcrPublicConfig>,
-        "gcp" => check::<gcp::GcpConfig>,
-        "azure" => check::<azure::AzureConfig>,
-        _ => return None,
+    Some(match ProviderKind::of_type(name)? {
+        ProviderKind::Static => check::<static_::StaticConfig>,
+        ProviderKind::Http => check::<http::HttpConfig>,
+        ProviderKind::Ecr => check::<ecr::EcrConfig>,
+        ProviderKind::EcrPublic => check::<ecr::EcrPublicConfig>,
+        ProviderKind::Gcp => check::<gcp::GcpConfig>,
+        ProviderKind::Azure => check::<azure::AzureConfig>,
     })
 }
 

@@ -189,6 +189,28 @@ fn configmap_mounts_are_read_through_their_symlinks_and_hidden_entries_skipped()
 }
 
 #[test]
+fn a_dangling_registry_symlink_is_a_problem_not_a_removed_registry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("harbor.yaml"), GOOD).expect("write");
+    // A ConfigMap swap caught half-way: the file's symlink points at data that is gone.
+    std::os::unix::fs::symlink("..data/ecr.yaml", dir.path().join("ecr.yaml")).expect("symlink");
+    let errs = load_dir(dir.path()).expect_err("a registry file that cannot be read");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let text = errs[0].to_string();
+    assert!(
+        text.starts_with(&format!(
+            "{}: cannot read file: a symlink to ..data/ecr.yaml, which cannot be read",
+            dir.path().join("ecr.yaml").display()
+        )),
+        "{text}"
+    );
+    // A directory that happens to end in .yaml is not a registry file.
+    fs::remove_file(dir.path().join("ecr.yaml")).expect("remove");
+    fs::create_dir(dir.path().join("old.yaml")).expect("mkdir");
+    assert_eq!(load_dir(dir.path()).expect("valid").registries.len(), 1);
+}
+
+#[test]
 fn five_field_cron_expressions_are_accepted_and_bad_ones_explained() {
     assert!(parse_cron("*/15 * * * *").is_ok());
     assert!(parse_cron("0 0 */6 * * *").is_ok());

@@ -18,13 +18,7 @@ use crate::sensitive::Sensitive;
 use crate::testing::registry;
 
 fn ns(name: &str) -> Namespace {
-    Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    }
+    crate::testing::namespace(name, &[])
 }
 
 fn sa(name: &str, pull: &[&str], owned: Option<&str>) -> Arc<ServiceAccount> {

@@ -18,7 +18,7 @@ use crate::plan::{
 };
 
 /// The `apiVersion` and `kind` of the JSON document.
-pub const API_VERSION: &str = "pullkeeper.dev/v1";
+pub const API_VERSION: &str = crate::ownership::REPORT_API_VERSION;
 pub const KIND: &str = "Plan";
 /// Digits of a content hash shown.
 const HASH_PREFIX: usize = 12;

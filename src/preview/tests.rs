@@ -19,13 +19,7 @@ use crate::testing::registry;
 const CANARY: &str = "canary-pw-5d1e";
 
 fn ns(name: &str) -> Namespace {
-    Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    }
+    crate::testing::namespace(name, &[])
 }
 
 fn sa(namespace: &str, name: &str, pull: &[&str], owned: &str) -> Arc<ServiceAccount> {

@@ -176,17 +176,63 @@ pub enum ProviderSpec {
     Azure(azure::AzureConfig),
 }
 
+/// The provider types, the one table of them: `ProviderSpec`'s variants map onto it, the
+/// config's problem locator (`config::shape`) matches on it, and both matches are exhaustive, so
+/// a new provider cannot be added to one and forgotten in the other. Its `type` words are
+/// `ProviderSpec`'s serde tags (a unit test checks they agree).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    Static,
+    Http,
+    Ecr,
+    EcrPublic,
+    Gcp,
+    Azure,
+}
+
+impl ProviderKind {
+    pub const ALL: [Self; 6] = [
+        Self::Static,
+        Self::Http,
+        Self::Ecr,
+        Self::EcrPublic,
+        Self::Gcp,
+        Self::Azure,
+    ];
+
+    /// The `type` a registry file names it by, a bounded set used as a metric label.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Http => "http",
+            Self::Ecr => "ecr",
+            Self::EcrPublic => "ecr-public",
+            Self::Gcp => "gcp",
+            Self::Azure => "azure",
+        }
+    }
+
+    /// The kind a `type` word names.
+    pub fn of_type(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.type_name() == name)
+    }
+}
+
 impl ProviderSpec {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Self::Static(_) => ProviderKind::Static,
+            Self::Http(_) => ProviderKind::Http,
+            Self::Ecr(_) => ProviderKind::Ecr,
+            Self::EcrPublic(_) => ProviderKind::EcrPublic,
+            Self::Gcp(_) => ProviderKind::Gcp,
+            Self::Azure(_) => ProviderKind::Azure,
+        }
+    }
+
     /// The provider's `type`, a bounded set used as a metric label.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Static(_) => "static",
-            Self::Http(_) => "http",
-            Self::Ecr(_) => "ecr",
-            Self::EcrPublic(_) => "ecr-public",
-            Self::Gcp(_) => "gcp",
-            Self::Azure(_) => "azure",
-        }
+        self.kind().type_name()
     }
 
     /// Whether every fetched login names its own registry host, so the registry file's
@@ -245,5 +291,30 @@ impl ProviderSpec {
             Self::Gcp(c) => c.build().await,
             Self::Azure(c) => c.build().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn every_provider_kind_is_a_type_the_registry_file_accepts_and_nothing_else_is() {
+        for kind in ProviderKind::ALL {
+            let name = kind.type_name();
+            assert_eq!(ProviderKind::of_type(name), Some(kind));
+            // A known tag fails, if at all, on the settings, never as an unknown variant.
+            match serde_json::from_value::<ProviderSpec>(serde_json::json!({ "type": name })) {
+                Ok(spec) => assert_eq!(spec.kind(), kind),
+                Err(e) => assert!(!e.to_string().contains("unknown variant"), "{name}: {e}"),
+            }
+        }
+        let unknown = serde_json::from_value::<ProviderSpec>(serde_json::json!({"type": "ftp"}))
+            .expect_err("unknown type");
+        assert!(unknown.to_string().contains("unknown variant"), "{unknown}");
+        for name in ["static", "http", "ecr", "ecr-public", "gcp", "azure"] {
+            assert!(unknown.to_string().contains(name), "{unknown}");
+        }
+        assert_eq!(ProviderKind::of_type("ftp"), None);
     }
 }

@@ -1,0 +1,437 @@
+//! Faults survived (issue 20): each test says what it injects and asserts what must hold.
+//!
+//! - A provider that accepts connections and never answers, and one that answers one byte a
+//!   second: each fetch times out, the refresh loop keeps retrying, and a healthy registry in
+//!   the same namespaces is served all along.
+//! - A registry file truncated mid-write, and one whose symlink dangles (a ConfigMap swap caught
+//!   half-way): the reload is rejected, the old config keeps running (it still repairs), nothing
+//!   is pruned, and a fixed file is taken.
+
+mod daemon;
+mod support;
+
+use std::time::Duration;
+
+use daemon::{Answer, SLOW, TokenEndpoint, config_dir, write_config};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::DeleteParams;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn token(password: &str) -> Answer {
+    Answer::Token {
+        username: "robot".into(),
+        password: password.into(),
+        expires_in: 3600,
+    }
+}
+
+/// A loopback "provider" that accepts every connection, reads the request and then either never
+/// answers (`drip == false`) or sends a valid-looking answer one byte a second.
+async fn bad_provider(drip: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/token", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                if !drip {
+                    // Hold the connection open in silence until the client gives up.
+                    let _ = stream.read(&mut buf).await;
+                    return;
+                }
+                let body = r#"{"robot": {"name": "robot", "secret": "never-complete"}, "expires_in": 3600}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                for byte in answer.as_bytes() {
+                    if stream.write_all(&[*byte]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+    });
+    url
+}
+
+/// An `http` registry file on `url` with a 2 s request timeout and quick retries.
+fn bad_registry_file(url: &str, server: &str, secret: &str, selector: &str) -> String {
+    format!(
+        "provider:\n  type: http\n  url: {url}\n  timeout: 2s\n  response:\n    username: /robot/name\n    password: /robot/secret\n    expiresIn: /expires_in\n\
+         servers: [\"{server}\"]\nsecretName: {secret}\nnamespaces:\n  selector: \"{selector}\"\n\
+         refresh:\n  minInterval: 1s\n  maxInterval: 2s\n  backoffInitial: 1s\n  backoffMax: 2s\n"
+    )
+}
+
+#[tokio::test]
+async fn a_hung_or_dripping_provider_times_out_while_other_registries_are_served() {
+    let test = "faults-provider";
+    let client = support::admin_client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let selector = support::test_selector(test);
+    let good = TokenEndpoint::start(token("good-pw")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "good.yaml",
+        &good.registry_file("registry.good.test", "good-pull", &selector, SLOW),
+    );
+    let hang = bad_provider(false).await;
+    let drip = bad_provider(true).await;
+    write_config(
+        &dir,
+        "hang.yaml",
+        &bad_registry_file(&hang, "registry.hang.test", "hang-pull", &selector),
+    );
+    write_config(
+        &dir,
+        "drip.yaml",
+        &bad_registry_file(&drip, "registry.drip.test", "drip-pull", &selector),
+    );
+    let d = daemon::start(&client, &dir, "info").await;
+
+    // The healthy registry is served while the other two hang.
+    support::wait_password(&client, &ns, "good-pull", "registry.good.test", "good-pw").await;
+    support::wait_pull_secrets(&client, &ns, "default", &["good-pull"]).await;
+
+    // Each bad provider's fetch times out, and is retried: at least three failed attempts each.
+    for registry in ["hang", "drip"] {
+        let series = format!(
+            "pullkeeper_refresh_failures_total{{registry=\"{registry}\",category=\"unreachable\"}}"
+        );
+        let failures =
+            support::wait_for_named(&format!("{registry}: three timeouts"), WAIT, || async {
+                let n = d.sample(&series).await;
+                (n >= 3.0).then_some(n)
+            })
+            .await;
+        eprintln!("{registry}: {failures} failed fetches (unreachable) so far");
+    }
+    // After those attempts: neither wrote anything, the healthy one is still exactly what the
+    // ServiceAccount lists, and the daemon answers its probes.
+    for secret in ["hang-pull", "drip-pull"] {
+        assert!(
+            support::get_secret(&client, &ns, secret).await.is_none(),
+            "{secret} was never written"
+        );
+    }
+    assert_eq!(
+        support::pull_secrets(&client, &ns, "default").await,
+        vec!["good-pull".to_string()]
+    );
+    assert!(
+        d.sample("pullkeeper_refresh_total{registry=\"good\",result=\"success\"}")
+            .await
+            >= 1.0
+    );
+    let logs = d.logs();
+    assert!(
+        logs.contains("registry.hang.test") || logs.contains("\"registry\":\"hang\""),
+        "the failing registry is named in the log"
+    );
+    assert!(!logs.contains("never-complete"), "no credential in the log");
+    assert!(!logs.contains("good-pw"), "no credential in the log");
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_truncated_or_dangling_registry_file_keeps_the_old_config_and_prunes_nothing() {
+    let test = "faults-config";
+    let client = support::admin_client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let endpoint = TokenEndpoint::start(token("cfg-pw")).await;
+    let dir = config_dir();
+    let text = endpoint.registry_file(
+        "registry.cfg.test",
+        "cfg-pull",
+        &support::test_selector(test),
+        SLOW,
+    );
+    write_config(&dir, "cfg.yaml", &text);
+    let d = daemon::start(&client, &dir, "info").await;
+    support::wait_password(&client, &ns, "cfg-pull", "registry.cfg.test", "cfg-pw").await;
+    support::wait_pull_secrets(&client, &ns, "default", &["cfg-pull"]).await;
+
+    type Breakage = (&'static str, Box<dyn Fn()>);
+    let broken: [Breakage; 2] = [
+        (
+            "truncated mid-write",
+            Box::new({
+                let path = dir.join("cfg.yaml");
+                let half = text[..text.find("secretName").expect("secretName") + 6].to_string();
+                // Written in place, not renamed: a reader sees the half-written file.
+                move || std::fs::write(&path, &half).expect("truncate")
+            }),
+        ),
+        (
+            "a dangling symlink",
+            Box::new({
+                let path = dir.join("cfg.yaml");
+                move || {
+                    std::fs::remove_file(&path).expect("remove");
+                    std::os::unix::fs::symlink("..data/cfg.yaml", &path).expect("symlink");
+                }
+            }),
+        ),
+    ];
+    for (how, break_it) in broken {
+        let before = d
+            .sample("pullkeeper_config_reloads_total{result=\"failure\"}")
+            .await;
+        break_it();
+        support::wait_for_named(&format!("{how}: reload rejected"), WAIT, || async {
+            d.sample("pullkeeper_config_reloads_total{result=\"failure\"}")
+                .await
+                > before
+        })
+        .await;
+        assert_eq!(
+            d.sample("pullkeeper_config_last_reload_successful").await,
+            0.0,
+            "{how}"
+        );
+        // Nothing pruned, and the old config still repairs its Secret.
+        assert_eq!(
+            support::pull_secrets(&client, &ns, "default").await,
+            vec!["cfg-pull".to_string()],
+            "{how}"
+        );
+        let old = support::get_secret(&client, &ns, "cfg-pull")
+            .await
+            .unwrap_or_else(|| panic!("{how}: cfg-pull was pruned"));
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .delete("cfg-pull", &DeleteParams::default())
+            .await
+            .expect("delete cfg-pull");
+        support::wait_for_named(
+            &format!("{how}: repaired by the old config"),
+            WAIT,
+            || async {
+                support::get_secret(&client, &ns, "cfg-pull")
+                    .await
+                    .filter(|s| s.metadata.uid != old.metadata.uid)
+            },
+        )
+        .await;
+        // Put right again: taken.
+        let _ = std::fs::remove_file(dir.join("cfg.yaml"));
+        write_config(&dir, "cfg.yaml", &text);
+        support::wait_for_named(&format!("{how}: fixed file taken"), WAIT, || async {
+            d.sample("pullkeeper_config_last_reload_successful").await >= 1.0
+        })
+        .await;
+    }
+    let logs = d.logs();
+    assert!(logs.contains("cfg.yaml"), "the log names the file");
+    assert!(!logs.contains("cfg-pw"), "no credential in the log");
+    d.stop().await;
+    namespaces.cleanup().await;
+}
+
+/// A control plane of this test's own (`PK_NO_NODE=1 tests/cluster/up`), so that killing its
+/// API server or etcd disturbs no other test; stopped (`tests/cluster/down`) when dropped.
+struct OwnPlane {
+    dir: std::path::PathBuf,
+}
+
+impl OwnPlane {
+    fn start(name: &str) -> Self {
+        let dir = support::scratch_path(name, "");
+        let status = std::process::Command::new(script("up"))
+            .arg(&dir)
+            .env("PK_NO_NODE", "1")
+            .status()
+            .expect("run tests/cluster/up");
+        assert!(
+            status.success(),
+            "tests/cluster/up {} failed",
+            dir.display()
+        );
+        Self { dir }
+    }
+
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("config");
+        kube::Client::try_from(cfg).expect("client")
+    }
+
+    /// `tests/cluster/fault DIR COMPONENT ACTION`.
+    fn fault(&self, component: &str, action: &str) {
+        let status = std::process::Command::new(script("fault"))
+            .arg(&self.dir)
+            .args([component, action])
+            .status()
+            .expect("run tests/cluster/fault");
+        assert!(status.success(), "fault {component} {action} failed");
+    }
+}
+
+impl Drop for OwnPlane {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(script("down"))
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cluster")
+        .join(name)
+}
+
+/// Every namespace's Secret holds `password` and its `default` ServiceAccount lists exactly the
+/// hand-made entry and then pullkeeper's (nothing lost, nothing twice).
+async fn converged(client: &kube::Client, namespaces: &[String], password: &str) -> bool {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    for ns in namespaces {
+        let Ok(Some(secret)) = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt("wave-pull")
+            .await
+        else {
+            return false;
+        };
+        if support::password_in(&secret, "registry.wave.test").as_deref() != Some(password) {
+            return false;
+        }
+        let Ok(Some(sa)) = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .get_opt("default")
+            .await
+        else {
+            return false;
+        };
+        if support::account_pull_secrets(&sa) != ["hand-made", "wave-pull"] {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits for [`converged`] and returns how long it took.
+async fn time_to_converge(client: &kube::Client, namespaces: &[String], password: &str) -> f64 {
+    let started = std::time::Instant::now();
+    support::wait_for_named(
+        &format!("every namespace converged on {password}"),
+        Duration::from_mins(5),
+        || async { converged(client, namespaces, password).await },
+    )
+    .await;
+    started.elapsed().as_secs_f64()
+}
+
+#[tokio::test]
+async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_nothing() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Patch, PatchParams};
+    const NAMESPACES: usize = 200;
+    let test = "faults-plane";
+    let plane = OwnPlane::start("faults-plane");
+    let client = plane.client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let mut names = Vec::new();
+    for _ in 0..NAMESPACES {
+        names.push(namespaces.create().await);
+    }
+    // A hand-made entry in every default ServiceAccount, before pullkeeper starts.
+    for ns in &names {
+        support::wait_account(&client, ns, "default").await;
+        Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .patch(
+                "default",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"imagePullSecrets": [{"name": "hand-made"}]})),
+            )
+            .await
+            .expect("hand-made entry");
+    }
+    let endpoint = TokenEndpoint::start(token("wave-1")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "wave.yaml",
+        &endpoint.registry_file(
+            "registry.wave.test",
+            "wave-pull",
+            &support::test_selector(test),
+            "refresh:\n  minInterval: 1s\n  maxInterval: 3s\n  backoffInitial: 1s\n  backoffMax: 2s\n",
+        ),
+    );
+    // The admin's identity on this plane (RBAC is the least-privilege tests' subject, not this
+    // one's); the default write rate (50/s) makes a wave of 400 writes last about 8 s.
+    let d = daemon::spawn(
+        &plane.kubeconfig(),
+        &dir,
+        "info",
+        &daemon::unique_instance(),
+        &["--reload-interval", "1s"],
+        &[],
+    )
+    .await;
+    let first = time_to_converge(&client, &names, "wave-1").await;
+    eprintln!("first pass over {NAMESPACES} namespaces: {first:.1} s");
+
+    // 1. kube-apiserver SIGKILLed in the middle of a rotation wave, restarted 3 s later.
+    endpoint.set(token("wave-2"));
+    support::wait_for_named("the wave began", Duration::from_mins(1), || async {
+        for ns in &names {
+            if let Ok(Some(s)) = Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt("wave-pull")
+                .await
+                && support::password_in(&s, "registry.wave.test").as_deref() == Some("wave-2")
+            {
+                return Some(ns.clone());
+            }
+        }
+        None
+    })
+    .await;
+    plane.fault("apiserver", "kill");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    plane.fault("apiserver", "start");
+    let after_apiserver = time_to_converge(&client, &names, "wave-2").await;
+    eprintln!(
+        "API server killed mid-wave: every namespace current {after_apiserver:.1} s after it served again"
+    );
+
+    // 2. etcd SIGKILLed, the credential rotated while it is down, etcd restarted 6 s later.
+    plane.fault("etcd", "kill");
+    endpoint.set(token("wave-3"));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    plane.fault("etcd", "start");
+    let after_etcd = time_to_converge(&client, &names, "wave-3").await;
+    eprintln!(
+        "etcd down for 6 s during a rotation: every namespace current {after_etcd:.1} s after it served again"
+    );
+
+    // The daemon lived through both, and says it is ready.
+    let ready = reqwest::get(format!("http://{}/readyz", d.admin))
+        .await
+        .expect("readyz");
+    assert!(ready.status().is_success(), "the daemon is ready again");
+    let logs = d.stop().await;
+    assert!(
+        !logs.contains("wave-2") && !logs.contains("wave-3"),
+        "no credential in the log"
+    );
+    namespaces.cleanup().await;
+    drop(plane);
+}
