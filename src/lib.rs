@@ -12,6 +12,8 @@ pub mod credential;
 pub mod daemon;
 pub mod diagnose;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod leader;
 pub mod logging;

@@ -9,12 +9,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // A `*` is a wildcard first, even against a name holding a literal `*`.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ni));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some((sp, sn)) = star {
             pi = sp + 1;
             ni = sn + 1;
@@ -142,6 +143,16 @@ mod tests {
         assert!(!glob_match("t?am-*-prod", "team-x-dev"));
         assert!(glob_match("a*b*c", "aXbYbZc"));
         assert!(!glob_match("abc", "abcd"));
+    }
+
+    /// Found by the `selector` fuzz target: `*` against a name starting with `*` matched the
+    /// character literally and then failed on the rest.
+    #[test]
+    fn a_star_is_a_wildcard_even_against_a_name_holding_one() {
+        assert!(glob_match("*", "*tttea,"));
+        assert!(glob_match("a*", "a*b"));
+        assert!(glob_match("*b", "**b"));
+        assert!(!glob_match("*c", "*b"));
     }
 
     #[test]
