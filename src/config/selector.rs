@@ -55,6 +55,14 @@ impl FromStr for LabelSelector {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        // Said once for the whole selector: split at its commas, `in (a, b)` reads as nonsense.
+        if s.contains(['(', ')']) {
+            return Err(
+                "set-based requirements (`in`, `notin`) are not supported; use k=v, k!=v, k or \
+                 !k separated by commas"
+                    .into(),
+            );
+        }
         let mut reqs = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let req = if let Some((k, v)) = part.split_once("!=") {
