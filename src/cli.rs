@@ -143,6 +143,12 @@ pub enum Command {
     /// can tell that it still runs. Exit code: 0 nothing (left) to clean, 1 with --dry-run
     /// when something would be removed, 2 on an error or a refusal.
     Cleanup(CleanupArgs),
+    /// The kubelet's image credential provider plugin (`credentialprovider.kubelet.k8s.io/v1`):
+    /// reads one CredentialProviderRequest on stdin, fetches once through the provider of the
+    /// registry file serving the image's host, and writes one CredentialProviderResponse on
+    /// stdout (an empty `auth` when no file serves it). The same files as the Secret route.
+    /// Errors: one line on stderr and exit 1, never a credential.
+    CredentialProvider(CredentialProviderArgs),
     /// Print a shell completion script: `source <(pullkeeper completions bash)`, or save it
     /// where the shell loads completions from (zsh: a `_pullkeeper` file on `$fpath`; fish:
     /// `~/.config/fish/completions/pullkeeper.fish`).
@@ -168,6 +174,19 @@ pub struct CheckArgs {
     /// pullkeeper the Secret names of this directory (the base's list to replace).
     #[arg(long)]
     pub rbac: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialProviderArgs {
+    #[command(flatten)]
+    pub config: ConfigDir,
+    /// Time limit of the provider call (the kubelet waits about a minute for a plugin).
+    #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub fetch_timeout: Duration,
+    /// Append one JSON line per invocation to this file: time, image host, registry, provider,
+    /// outcome, cacheDuration and elapsed milliseconds (never a credential).
+    #[arg(long, env = "PULLKEEPER_CREDENTIAL_PROVIDER_LOG", value_name = "FILE")]
+    pub invocation_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

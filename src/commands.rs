@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cli::{
-    CleanupArgs, CompletionsArgs, DiagnoseArgs, KubeArgs, ManArgs, OutputFormat, PlanArgs,
-    RecoveryMode, RunArgs,
+    CleanupArgs, CompletionsArgs, CredentialProviderArgs, DiagnoseArgs, KubeArgs, ManArgs,
+    OutputFormat, PlanArgs, RecoveryMode, RunArgs,
 };
 use crate::config::{self, LoadOptions};
 use crate::daemon::{self, RecoverySettings, Settings};
@@ -73,6 +73,14 @@ pub fn check(dir: &Path, options: LoadOptions, rbac: bool) -> i32 {
                 "Secret names for the role's resourceNames (--rbac prints the ClusterRole): {}",
                 secret_names(&c).join(", ")
             );
+            print!("{}", crate::credential_provider::ROUTE_FIELDS);
+            for note in c
+                .registries
+                .iter()
+                .filter_map(|r| crate::credential_provider::route_note(r))
+            {
+                println!("  note: {note}");
+            }
             0
         }
         Err(problems) => {
@@ -213,6 +221,74 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, StartError
     })
 }
 
+/// The recovery mode `run` may use: `mode` when this identity may do what it needs with Pods,
+/// else off (said in the log).
+async fn permitted_recovery(client: &Client, mode: RecoveryMode) -> RecoveryMode {
+    if mode == RecoveryMode::Off {
+        return mode;
+    }
+    match may_recover(client, mode).await {
+        Ok(true) => {
+            info!(mode = ?mode, "pod recovery enabled");
+            mode
+        }
+        Ok(false) => {
+            error!(mode = ?mode,
+                "pod recovery is enabled but not permitted: pullkeeper may not list, watch and (for `on`) delete pods in every namespace; install the optional pod-recovery RBAC (see deploy/README.md). Recovery stays off");
+            RecoveryMode::Off
+        }
+        Err(e) => {
+            error!(error = %e, "cannot check the pod-recovery permissions; recovery stays off");
+            RecoveryMode::Off
+        }
+    }
+}
+
+/// Completes on a signal, or when leadership once held is lost (then `lost` is set: a restart
+/// begins as follower).
+async fn stop_when(
+    signal: impl std::future::Future<Output = ()>,
+    mut leader: watch::Receiver<bool>,
+    elect: bool,
+    lost: Arc<AtomicBool>,
+) {
+    let leadership_lost = async {
+        if !elect {
+            return std::future::pending().await;
+        }
+        let _ = leader.wait_for(|l| *l).await;
+        let _ = leader.wait_for(|l| !*l).await;
+    };
+    tokio::select! {
+        () = signal => {}
+        () = leadership_lost => {
+            lost.store(true, Ordering::SeqCst);
+            error!("leadership lost; stopping so a restart begins as a follower");
+        }
+    }
+}
+
+/// Ends the campaign and, unless leadership was lost, releases the Lease.
+async fn hand_over(
+    campaign: tokio::task::JoinHandle<()>,
+    client: &Client,
+    lease: &LeaseConfig,
+    lost: bool,
+) {
+    campaign.abort();
+    let _ = campaign.await;
+    if lost {
+        return;
+    }
+    match leader::release(client, lease).await {
+        Ok(true) => info!(lease = %lease.name, "lease released"),
+        Ok(false) => {}
+        Err(e) => {
+            warn!(lease = %lease.name, error = %e, "could not release the lease; it expires by itself");
+        }
+    }
+}
+
 /// `pullkeeper run` (and `once`): returns the exit code.
 pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     let settings = settings(&args);
@@ -228,20 +304,7 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     let identity = leader::process_identity(args.identity.as_deref());
     let client = client(&args.kube, &identity).await?;
     let mut settings = settings;
-    if settings.recovery.mode != RecoveryMode::Off {
-        match may_recover(&client, settings.recovery.mode).await {
-            Ok(true) => info!(mode = ?settings.recovery.mode, "pod recovery enabled"),
-            Ok(false) => {
-                error!(mode = ?settings.recovery.mode,
-                    "pod recovery is enabled but not permitted: pullkeeper may not list, watch and (for `on`) delete pods in every namespace; install the optional pod-recovery RBAC (see deploy/README.md). Recovery stays off");
-                settings.recovery.mode = RecoveryMode::Off;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot check the pod-recovery permissions; recovery stays off");
-                settings.recovery.mode = RecoveryMode::Off;
-            }
-        }
-    }
+    settings.recovery.mode = permitted_recovery(&client, settings.recovery.mode).await;
     let metrics = Metrics::new().map_err(StartError::Metrics)?;
     let stop_signal = shutdown_signal()?;
     info!(
@@ -289,42 +352,12 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
         started.readiness(),
     ));
 
-    // Stop on a signal, or when leadership once held is lost (a restart begins as follower).
-    let stop = {
-        let lost = lost.clone();
-        let mut leader = leader_rx;
-        async move {
-            let leadership_lost = async {
-                if !elect {
-                    return std::future::pending().await;
-                }
-                let _ = leader.wait_for(|l| *l).await;
-                let _ = leader.wait_for(|l| !*l).await;
-            };
-            tokio::select! {
-                () = stop_signal => {}
-                () = leadership_lost => {
-                    lost.store(true, Ordering::SeqCst);
-                    error!("leadership lost; stopping so a restart begins as a follower");
-                }
-            }
-        }
-    };
+    let stop = stop_when(stop_signal, leader_rx, elect, lost.clone());
     started.run(stop).await;
 
     // Writes have stopped: give the Lease up so another replica takes over at once.
     if let Some(campaign) = campaign {
-        campaign.abort();
-        let _ = campaign.await;
-        if !lost.load(Ordering::SeqCst) {
-            match leader::release(&client, &lease).await {
-                Ok(true) => info!(lease = %lease.name, "lease released"),
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(lease = %lease.name, error = %e, "could not release the lease; it expires by itself");
-                }
-            }
-        }
+        hand_over(campaign, &client, &lease, lost.load(Ordering::SeqCst)).await;
         metrics.leader.set(false);
     }
     admin.abort();
@@ -520,6 +553,66 @@ pub async fn cleanup(args: CleanupArgs) -> i32 {
         eprintln!("pullkeeper cleanup: {line}");
     }
     report.exit_code()
+}
+
+/// `pullkeeper credential-provider`: one kubelet plugin invocation; 0 with a response on stdout
+/// (possibly with an empty `auth`), 1 with one line on stderr.
+pub async fn credential_provider(args: CredentialProviderArgs) -> i32 {
+    use crate::credential_provider::{self as plugin, Invocation, Settings};
+    use std::io::Read as _;
+    let started = std::time::Instant::now();
+    let mut record = Invocation {
+        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        image_host: None,
+        registry: None,
+        provider: None,
+        outcome: "",
+        login_server: None,
+        cache_duration_seconds: None,
+        elapsed_ms: 0,
+    };
+    let settings = Settings {
+        config_dir: &args.config.dir,
+        fetch_timeout: args.fetch_timeout,
+    };
+    let mut request = String::new();
+    let result = match std::io::stdin().lock().read_to_string(&mut request) {
+        Ok(_) => {
+            let mut out = std::io::stdout().lock();
+            plugin::serve(&settings, &request, &mut out, &mut record).await
+        }
+        Err(e) => Err(plugin::PluginError::Request(e.to_string())),
+    };
+    let code = match &result {
+        Ok(()) => 0,
+        Err(e) => {
+            record.outcome = e.category();
+            eprintln!("{}", plugin::error_line(e));
+            1
+        }
+    };
+    record.elapsed_ms = started.elapsed().as_millis();
+    if let Some(path) = &args.invocation_log
+        && let Err(e) = append_line(path, &record)
+    {
+        eprintln!(
+            "pullkeeper credential-provider: cannot append to {}: {e}",
+            path.display()
+        );
+    }
+    code
+}
+
+/// Appends one JSON line to a file (created when missing).
+fn append_line(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(&line)
 }
 
 /// `pullkeeper completions SHELL`: the completion script on stdout; 0, or 2 when it cannot be

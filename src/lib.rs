@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod credential;
+pub mod credential_provider;
 pub mod daemon;
 pub mod diagnose;
 pub mod events;

@@ -498,12 +498,9 @@ impl Builder {
     }
 }
 
-impl Metrics {
-    /// Registers every metric. The names are constants, so a registration failure is a
-    /// programming error caught by the unit test below.
-    pub fn new() -> prometheus::Result<Self> {
-        let b = Builder(Registry::new(), std::cell::RefCell::default());
-        let refresh = RefreshMetrics {
+impl RefreshMetrics {
+    fn registered(b: &Builder) -> prometheus::Result<Self> {
+        Ok(RefreshMetrics {
             refreshes: b.counter(
                 "pullkeeper_refresh_total",
                 "Credential refreshes by registry and result.",
@@ -549,8 +546,44 @@ impl Metrics {
                 "Credential verifications against the registry.",
                 &["registry", "result"],
             )?,
-        };
-        let inventory = InventoryMetrics {
+        })
+    }
+}
+
+impl SweepMetrics {
+    fn registered(b: &Builder) -> prometheus::Result<Self> {
+        Ok(SweepMetrics {
+            completed: b.counter(
+                "pullkeeper_sweeps_total",
+                "Completed sweeps over every namespace, by result.",
+                &["result"],
+            )?,
+            last_start: b.register(
+                "gauge",
+                Gauge::new(
+                    "pullkeeper_last_sweep_timestamp_seconds",
+                    "When the last completed sweep over every namespace started (unix seconds).",
+                )?,
+            )?,
+            duration: b.register(
+                "histogram",
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pullkeeper_sweep_duration_seconds",
+                        "Time to sync every namespace once.",
+                    )
+                    .buckets(vec![
+                        0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                    ]),
+                )?,
+            )?,
+        })
+    }
+}
+
+impl InventoryMetrics {
+    fn registered(b: &Builder) -> prometheus::Result<Self> {
+        Ok(InventoryMetrics {
             secrets: b.int_gauges(
                 "pullkeeper_managed_secrets",
                 "Namespaces where the registry's Secret is in place.",
@@ -566,7 +599,17 @@ impl Metrics {
                 "Same-named Secrets owned by someone else, left untouched.",
                 &["registry"],
             )?,
-        };
+        })
+    }
+}
+
+impl Metrics {
+    /// Registers every metric. The names are constants, so a registration failure is a
+    /// programming error caught by the unit test below.
+    pub fn new() -> prometheus::Result<Self> {
+        let b = Builder(Registry::new(), std::cell::RefCell::default());
+        let refresh = RefreshMetrics::registered(&b)?;
+        let inventory = InventoryMetrics::registered(&b)?;
         let writes = WriteMetrics {
             writes: b.counter(
                 "pullkeeper_writes_total",
@@ -600,32 +643,7 @@ impl Metrics {
                 &["result"],
             )?,
         };
-        let sweeps = SweepMetrics {
-            completed: b.counter(
-                "pullkeeper_sweeps_total",
-                "Completed sweeps over every namespace, by result.",
-                &["result"],
-            )?,
-            last_start: b.register(
-                "gauge",
-                Gauge::new(
-                    "pullkeeper_last_sweep_timestamp_seconds",
-                    "When the last completed sweep over every namespace started (unix seconds).",
-                )?,
-            )?,
-            duration: b.register(
-                "histogram",
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "pullkeeper_sweep_duration_seconds",
-                        "Time to sync every namespace once.",
-                    )
-                    .buckets(vec![
-                        0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-                    ]),
-                )?,
-            )?,
-        };
+        let sweeps = SweepMetrics::registered(&b)?;
         let recovery = RecoveryMetrics {
             recovered: b.counter(
                 "pullkeeper_pods_recovered_total",

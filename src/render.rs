@@ -81,6 +81,20 @@ pub fn logins_by_server<'a>(
     by_server
 }
 
+/// The login the kubelet gets for images on `host` (the credential provider route): the one
+/// [`logins_by_server`] puts under that key, else, for an ECR host the provider did not name
+/// (another account's registry in a fetched region), the login of its region.
+pub fn login_for_host<'a>(
+    registry: &'a Registry,
+    credential: &'a Credential,
+    host: &str,
+) -> Option<&'a Login> {
+    logins_by_server(registry, credential)
+        .get(host)
+        .copied()
+        .or_else(|| same_ecr_region(host, credential))
+}
+
 /// For a listed ECR host in another form than the one the provider named (dual-stack, FIPS):
 /// the login of the same region, since an ECR token opens the registries of its region only.
 fn same_ecr_region<'a>(server: &str, credential: &'a Credential) -> Option<&'a Login> {

@@ -32,6 +32,13 @@ impl From<String> for Sensitive {
     }
 }
 
+/// Read from JSON or YAML as a plain string (a request carrying a token), never printed back.
+impl<'de> serde::Deserialize<'de> for Sensitive {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
+
 impl fmt::Debug for Sensitive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")

@@ -503,7 +503,7 @@ async fn an_invalid_reload_keeps_the_old_config_and_removing_a_registry_prunes_i
     let d = daemon::start(&client, &dir, "info").await;
     support::wait_password(&client, &ns, "a-pull", "registry.a.test", "reload-pw").await;
     support::wait_password(&client, &ns, "b-pull", "registry.b.test", "reload-pw").await;
-    support::wait_pull_secrets(&client, &ns, "default", &["a-pull", "b-pull"]).await;
+    support::wait_pull_secrets_unordered(&client, &ns, "default", &["a-pull", "b-pull"]).await;
 
     // An invalid edit to b and the removal of a arrive together: rejected as a whole.
     write_config(&dir, "b.yaml", &format!("{b}secretNmae: typo\n"));

@@ -6,6 +6,8 @@
 //! - A registry file truncated mid-write, and one whose symlink dangles (a ConfigMap swap caught
 //!   half-way): the reload is rejected, the old config keeps running (it still repairs), nothing
 //!   is pruned, and a fixed file is taken.
+// A scenario test reads top to bottom as the story it checks; splitting it hides the order.
+#![allow(clippy::too_many_lines)]
 
 mod daemon;
 mod support;
@@ -20,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn token(password: &str) -> Answer {
+fn token_answer(password: &str) -> Answer {
     Answer::Token {
         username: "robot".into(),
         password: password.into(),
@@ -78,7 +80,7 @@ async fn a_hung_or_dripping_provider_times_out_while_other_registries_are_served
     let namespaces = support::TestNamespaces::new(client.clone(), test);
     let ns = namespaces.create().await;
     let selector = support::test_selector(test);
-    let good = TokenEndpoint::start(token("good-pw")).await;
+    let good = TokenEndpoint::start(token_answer("good-pw")).await;
     let dir = config_dir();
     write_config(
         &dir,
@@ -150,7 +152,7 @@ async fn a_truncated_or_dangling_registry_file_keeps_the_old_config_and_prunes_n
     let client = support::admin_client().await;
     let namespaces = support::TestNamespaces::new(client.clone(), test);
     let ns = namespaces.create().await;
-    let endpoint = TokenEndpoint::start(token("cfg-pw")).await;
+    let endpoint = TokenEndpoint::start(token_answer("cfg-pw")).await;
     let dir = config_dir();
     let text = endpoint.registry_file(
         "registry.cfg.test",
@@ -159,9 +161,22 @@ async fn a_truncated_or_dangling_registry_file_keeps_the_old_config_and_prunes_n
         SLOW,
     );
     write_config(&dir, "cfg.yaml", &text);
+    // A second registry keeps the directory valid without cfg.yaml: a broken cfg.yaml read as
+    // "no such registry" would then prune cfg-pull everywhere.
+    write_config(
+        &dir,
+        "other.yaml",
+        &endpoint.registry_file(
+            "registry.other.test",
+            "other-pull",
+            &support::test_selector(test),
+            SLOW,
+        ),
+    );
     let d = daemon::start(&client, &dir, "info").await;
     support::wait_password(&client, &ns, "cfg-pull", "registry.cfg.test", "cfg-pw").await;
-    support::wait_pull_secrets(&client, &ns, "default", &["cfg-pull"]).await;
+    support::wait_pull_secrets_unordered(&client, &ns, "default", &["cfg-pull", "other-pull"])
+        .await;
 
     type Breakage = (&'static str, Box<dyn Fn()>);
     let broken: [Breakage; 2] = [
@@ -202,11 +217,9 @@ async fn a_truncated_or_dangling_registry_file_keeps_the_old_config_and_prunes_n
             "{how}"
         );
         // Nothing pruned, and the old config still repairs its Secret.
-        assert_eq!(
-            support::pull_secrets(&client, &ns, "default").await,
-            vec!["cfg-pull".to_string()],
-            "{how}"
-        );
+        let mut listed = support::pull_secrets(&client, &ns, "default").await;
+        listed.sort();
+        assert_eq!(listed, ["cfg-pull", "other-pull"], "{how}");
         let old = support::get_secret(&client, &ns, "cfg-pull")
             .await
             .unwrap_or_else(|| panic!("{how}: cfg-pull was pruned"));
@@ -363,7 +376,7 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
             .await
             .expect("hand-made entry");
     }
-    let endpoint = TokenEndpoint::start(token("wave-1")).await;
+    let endpoint = TokenEndpoint::start(token_answer("wave-1")).await;
     let dir = config_dir();
     write_config(
         &dir,
@@ -390,7 +403,7 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
     eprintln!("first pass over {NAMESPACES} namespaces: {first:.1} s");
 
     // 1. kube-apiserver SIGKILLed in the middle of a rotation wave, restarted 3 s later.
-    endpoint.set(token("wave-2"));
+    endpoint.set(token_answer("wave-2"));
     support::wait_for_named("the wave began", Duration::from_mins(1), || async {
         for ns in &names {
             if let Ok(Some(s)) = Api::<Secret>::namespaced(client.clone(), ns)
@@ -414,7 +427,7 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
 
     // 2. etcd SIGKILLed, the credential rotated while it is down, etcd restarted 6 s later.
     plane.fault("etcd", "kill");
-    endpoint.set(token("wave-3"));
+    endpoint.set(token_answer("wave-3"));
     tokio::time::sleep(Duration::from_secs(6)).await;
     plane.fault("etcd", "start");
     let after_etcd = time_to_converge(&client, &names, "wave-3").await;
@@ -434,4 +447,406 @@ async fn the_api_server_killed_and_etcd_stopped_mid_rotation_lose_and_duplicate_
     );
     namespaces.cleanup().await;
     drop(plane);
+}
+
+/// The fault-injecting proxy (tests/faults/apiproxy.py) in front of the platform's API server;
+/// killed when dropped.
+struct FaultProxy {
+    child: std::process::Child,
+    state: std::path::PathBuf,
+    log: std::path::PathBuf,
+    port: u16,
+}
+
+impl FaultProxy {
+    async fn start(fail_share: f64) -> Self {
+        let state = support::scratch_path("apiproxy-state", ".json");
+        let log = support::scratch_path("apiproxy", ".log");
+        let port_file = support::scratch_path("apiproxy-port", "");
+        std::fs::write(&log, "").expect("proxy log");
+        let mut proxy = Self {
+            child: std::process::Command::new("python3")
+                .arg(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/faults/apiproxy.py"),
+                )
+                .args([
+                    support::env("PK_KUBE_SERVER"),
+                    support::env("PK_KUBE_CA_FILE"),
+                ])
+                .args([&state, &log, &port_file])
+                .spawn()
+                .expect("start apiproxy.py"),
+            state,
+            log,
+            port: 0,
+        };
+        proxy.set(fail_share);
+        proxy.port = support::wait_for_named("apiproxy.py listening", WAIT, || async {
+            std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u16>().ok())
+        })
+        .await;
+        proxy
+    }
+
+    fn set(&self, fail_share: f64) {
+        std::fs::write(&self.state, format!("{{\"fail_share\": {fail_share}}}")).expect("state");
+    }
+
+    /// (injected, forwarded) write requests to Secrets and ServiceAccounts so far.
+    fn writes(&self) -> (usize, usize) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let writes = |kind: &str| {
+            log.lines()
+                .filter(|l| l.starts_with(kind))
+                .filter(|l| {
+                    let mut words = l.split(' ');
+                    let method = words.nth(1).unwrap_or_default();
+                    let path = words.next().unwrap_or_default();
+                    matches!(method, "POST" | "PUT" | "PATCH")
+                        && (path.contains("/secrets") || path.contains("/serviceaccounts"))
+                })
+                .count()
+        };
+        (writes("INJECT"), writes("FWD"))
+    }
+
+    /// A kubeconfig of `kubeconfig`'s identity that goes through the proxy.
+    fn kubeconfig(&self, kubeconfig: &std::path::Path) -> std::path::PathBuf {
+        let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+        let mut doc: serde_json::Value = serde_yaml_ng::from_str(&text).expect("yaml");
+        let cluster = &mut doc["clusters"][0]["cluster"];
+        cluster["server"] = serde_json::json!(format!("https://127.0.0.1:{}", self.port));
+        cluster["insecure-skip-tls-verify"] = serde_json::json!(true);
+        if let Some(c) = cluster.as_object_mut() {
+            c.remove("certificate-authority-data");
+        }
+        support::write_scratch_file(
+            "kubeconfigs",
+            ".yaml",
+            &serde_yaml_ng::to_string(&doc).expect("yaml"),
+        )
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn writes_refused_with_429_and_503_are_retried_with_backoff_and_nothing_is_lost() {
+    const NAMESPACES: usize = 30;
+    let test = "faults-throttle";
+    let client = support::admin_client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let mut names = Vec::new();
+    for _ in 0..NAMESPACES {
+        names.push(namespaces.create().await);
+    }
+    let endpoint = TokenEndpoint::start(token_answer("busy-1")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "busy.yaml",
+        &endpoint.registry_file(
+            "registry.busy.test",
+            "busy-pull",
+            &support::test_selector(test),
+            "refresh:\n  minInterval: 1s\n  maxInterval: 3s\n  backoffInitial: 1s\n  backoffMax: 2s\n",
+        ),
+    );
+    // 30 % of pullkeeper's writes to Secrets and ServiceAccounts are refused, half 429, half 503.
+    let proxy = FaultProxy::start(0.3).await;
+    daemon::grant_config(&dir).await;
+    let kubeconfig = proxy.kubeconfig(&daemon::pullkeeper_kubeconfig(&client).await);
+    let d = daemon::spawn(
+        &kubeconfig,
+        &dir,
+        "info",
+        &daemon::unique_instance(),
+        &["--reload-interval", "1s"],
+        &[],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    for ns in &names {
+        support::wait_password(&client, ns, "busy-pull", "registry.busy.test", "busy-1").await;
+        support::wait_pull_secrets(&client, ns, "default", &["busy-pull"]).await;
+    }
+    let (injected, forwarded) = proxy.writes();
+    eprintln!(
+        "30 % refused: {NAMESPACES} namespaces in place after {:.1} s; {injected} writes refused, {forwarded} passed (needed: {})",
+        started.elapsed().as_secs_f64(),
+        2 * NAMESPACES
+    );
+    assert!(injected >= 3, "the proxy refused writes: {injected}");
+    assert!(
+        forwarded >= 2 * NAMESPACES,
+        "every Secret and ServiceAccount write got through once: {forwarded}"
+    );
+    assert!(
+        injected + forwarded <= 6 * NAMESPACES,
+        "retries stay bounded: {injected} + {forwarded}"
+    );
+
+    // Every write refused for 20 s while a new credential arrives: retried with backoff (1, 2,
+    // 4, 8 s…), not in a loop; then everything converges once the API server accepts again.
+    proxy.set(1.0);
+    let (before, _) = proxy.writes();
+    endpoint.set(token_answer("busy-2"));
+    let refused = std::time::Instant::now();
+    support::wait_for_named("the rotation's first refused write", WAIT, || async {
+        (proxy.writes().0 > before).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (during, _) = proxy.writes();
+    let attempts = during - before;
+    eprintln!(
+        "all refused for {:.0} s: {attempts} write attempts for {NAMESPACES} namespaces",
+        refused.elapsed().as_secs_f64()
+    );
+    assert!(
+        attempts <= 8 * NAMESPACES,
+        "no hot loop: {attempts} attempts in about 20 s"
+    );
+    proxy.set(0.0);
+    let healed = std::time::Instant::now();
+    for ns in &names {
+        support::wait_password(&client, ns, "busy-pull", "registry.busy.test", "busy-2").await;
+    }
+    eprintln!(
+        "accepted again: every namespace current {:.1} s later",
+        healed.elapsed().as_secs_f64()
+    );
+    for ns in &names {
+        assert_eq!(
+            support::pull_secrets(&client, ns, "default").await,
+            vec!["busy-pull".to_string()]
+        );
+    }
+    let logs = d.stop().await;
+    assert!(
+        !logs.contains("busy-1") && !logs.contains("busy-2"),
+        "no credential in the log"
+    );
+    namespaces.cleanup().await;
+}
+
+/// A ClusterRoleBinding of `role` to ServiceAccount `pullkeeper/sa`.
+fn binding(name: &str, role: &str, sa: &str) -> k8s_openapi::api::rbac::v1::ClusterRoleBinding {
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+    ClusterRoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: role.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: sa.into(),
+            namespace: Some(support::PULLKEEPER_NAMESPACE.into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// Whether `client`'s identity may patch Secret `name` in `ns` (a SelfSubjectAccessReview).
+async fn may_patch_secret(client: &kube::Client, ns: &str, name: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.into()),
+                verb: Some("patch".into()),
+                resource: Some("secrets".into()),
+                name: Some(name.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .is_some_and(|s| s.allowed)
+}
+
+#[tokio::test]
+async fn permissions_withdrawn_mid_run_give_clear_errors_and_full_recovery_once_restored() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+    let test = "faults-rbac";
+    let client = support::admin_client().await;
+    support::install_rbac(&client).await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let first = namespaces.create().await;
+    // An identity of this test's own, bound to the shipped base role and to its Secret name,
+    // so withdrawing its rights disturbs no other test.
+    let sa = format!("pk-faults-rbac-{}", support::random_string(5));
+    let pp = kube::api::PostParams::default();
+    Api::<ServiceAccount>::namespaced(client.clone(), support::PULLKEEPER_NAMESPACE)
+        .create(
+            &pp,
+            &ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(sa.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("service account");
+    let names_role = format!("{sa}-names");
+    Api::<ClusterRole>::all(client.clone())
+        .create(
+            &pp,
+            &ClusterRole {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(names_role.clone()),
+                    ..Default::default()
+                },
+                rules: Some(vec![PolicyRule {
+                    api_groups: Some(vec![String::new()]),
+                    resources: Some(vec!["secrets".into()]),
+                    resource_names: Some(vec!["rbac-pull".into()]),
+                    verbs: ["get", "list", "watch", "patch", "delete"]
+                        .map(String::from)
+                        .to_vec(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("names role");
+    let bindings = [
+        binding(&format!("{sa}-base"), "pullkeeper", &sa),
+        binding(&format!("{sa}-names"), &names_role, &sa),
+    ];
+    let crbs = Api::<ClusterRoleBinding>::all(client.clone());
+    for b in &bindings {
+        crbs.create(&pp, b).await.expect("binding");
+    }
+    let token = support::sa_token(&client, support::PULLKEEPER_NAMESPACE, &sa).await;
+    let own = support::client_for_token(&token).await;
+    support::wait_for_named("the bindings authorize", WAIT, || async {
+        may_patch_secret(&own, &first, "rbac-pull").await
+    })
+    .await;
+
+    let endpoint = TokenEndpoint::start(token_answer("pw-rbac-first")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "rbac.yaml",
+        &endpoint.registry_file(
+            "registry.rbac.test",
+            "rbac-pull",
+            &support::test_selector(test),
+            "refresh:\n  minInterval: 1s\n  maxInterval: 3s\n  backoffInitial: 1s\n  backoffMax: 2s\n",
+        ),
+    );
+    let mut d = daemon::spawn(
+        &support::kubeconfig_for_token(&token),
+        &dir,
+        "info",
+        &daemon::unique_instance(),
+        &["--reload-interval", "1s"],
+        &[],
+    )
+    .await;
+    support::wait_password(
+        &client,
+        &first,
+        "rbac-pull",
+        "registry.rbac.test",
+        "pw-rbac-first",
+    )
+    .await;
+    support::wait_pull_secrets(&client, &first, "default", &["rbac-pull"]).await;
+
+    // Withdrawn: both bindings deleted. A new credential and a new namespace arrive meanwhile.
+    for b in &bindings {
+        crbs.delete(
+            b.metadata.name.as_deref().expect("name"),
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("delete binding");
+    }
+    support::wait_for_named("the rights are gone", WAIT, || async {
+        !may_patch_secret(&own, &first, "rbac-pull").await
+    })
+    .await;
+    endpoint.set(token_answer("pw-rbac-second"));
+    let second = namespaces.create().await;
+    let errors = support::wait_for_named("writes refused and said so", WAIT, || async {
+        let logs = d.logs();
+        let forbidden = logs
+            .lines()
+            .filter(|l| l.contains("forbidden") || l.contains("Forbidden"))
+            .count();
+        (forbidden >= 2).then_some(forbidden)
+    })
+    .await;
+    eprintln!("rights withdrawn: {errors} log lines name the refusal so far");
+    // Still running (no crash loop): it answers its metrics and has not exited.
+    assert!(
+        d.child.try_wait().expect("try_wait").is_none(),
+        "the daemon still runs"
+    );
+
+    // Restored: everything converges, the namespace created meanwhile included.
+    let restored = std::time::Instant::now();
+    for b in &bindings {
+        crbs.create(&pp, b).await.expect("binding again");
+    }
+    for ns in [&first, &second] {
+        support::wait_password(
+            &client,
+            ns,
+            "rbac-pull",
+            "registry.rbac.test",
+            "pw-rbac-second",
+        )
+        .await;
+        support::wait_pull_secrets(&client, ns, "default", &["rbac-pull"]).await;
+    }
+    eprintln!(
+        "rights restored: both namespaces current {:.1} s later",
+        restored.elapsed().as_secs_f64()
+    );
+    let logs = d.stop().await;
+    assert!(
+        !logs.contains("pw-rbac-first") && !logs.contains("pw-rbac-second"),
+        "no credential in the log"
+    );
+    for b in &bindings {
+        let _ = crbs
+            .delete(
+                b.metadata.name.as_deref().expect("name"),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+    let _ = Api::<ClusterRole>::all(client.clone())
+        .delete(&names_role, &DeleteParams::default())
+        .await;
+    namespaces.cleanup().await;
 }

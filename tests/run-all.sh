@@ -84,6 +84,9 @@ pk_log "control-plane binary ready in $((SECONDS - t)) s"
 # The demo runs on a platform of its own with the node, which is one per machine: before ours.
 run "tests/checks/demo.sh" bash tests/checks/demo.sh
 
+# The node's kubelet execs the built binary as its image credential provider
+# (tests/credential_provider.rs): the debug build the steps above made.
+export PK_CREDENTIAL_PROVIDER=${PK_CREDENTIAL_PROVIDER:-${CARGO_TARGET_DIR:-$root/target}/debug/pullkeeper}
 step "starting the control plane and peers in $dir"
 t=$SECONDS
 tests/cluster/up "$dir" || pk_die "tests/cluster/up failed"

@@ -434,21 +434,7 @@ impl Report {
                     .as_deref()
                     .map(|r| format!(" (registry {r})"))
                     .unwrap_or_default();
-                let (mark, what) = match s.action {
-                    Action::Create => ("+", "create".to_string()),
-                    Action::Update => {
-                        // A new content always comes with a new hash annotation: say it once.
-                        let content = s.reasons.iter().any(|r| r.starts_with("content"));
-                        let reasons: Vec<&str> = s
-                            .reasons
-                            .iter()
-                            .filter(|r| !(content && **r == "annotations"))
-                            .map(|r| reason_text(r))
-                            .collect();
-                        ("~", format!("update ({})", reasons.join(", ")))
-                    }
-                    Action::Prune => ("-", "prune".to_string()),
-                };
+                let (mark, what) = secret_change_text(s);
                 let _ = writeln!(out, "  {mark} Secret {}{registry}: {what}", s.name);
             }
             for a in &ns.service_accounts {
@@ -507,5 +493,24 @@ impl Report {
             );
         }
         out
+    }
+}
+
+/// The mark and the words of one Secret's change in `plan`'s text.
+fn secret_change_text(s: &SecretReport) -> (&'static str, String) {
+    match s.action {
+        Action::Create => ("+", "create".to_string()),
+        Action::Update => {
+            // A new content always comes with a new hash annotation: say it once.
+            let content = s.reasons.iter().any(|r| r.starts_with("content"));
+            let reasons: Vec<&str> = s
+                .reasons
+                .iter()
+                .filter(|r| !(content && **r == "annotations"))
+                .map(|r| reason_text(r))
+                .collect();
+            ("~", format!("update ({})", reasons.join(", ")))
+        }
+        Action::Prune => ("-", "prune".to_string()),
     }
 }

@@ -61,6 +61,8 @@ pub struct AzureConfig {
 impl AzureConfig {
     /// Checks the registry host, the scheme and that the fields fit the source; fields are
     /// relative to `provider`.
+    // One check per field of the three identity sources, in the order the file reads them.
+    #[allow(clippy::too_many_lines)]
     pub fn validate(&self, problems: &mut FieldProblems) {
         match self.registry.as_deref() {
             None | Some("") => problems.push(

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::web::is_http_url;
 use super::{Provider, ProviderError};
 use crate::problems::FieldProblems;
+use crate::sensitive::Sensitive;
 
 /// The registry host of ECR Public.
 pub const ECR_PUBLIC_HOST: &str = "public.ecr.aws";
@@ -37,6 +38,11 @@ pub struct EcrConfig {
     /// Endpoint for every AWS call of this provider (ECR and the assume-role STS call); for tests
     /// and private endpoints. `AWS_ENDPOINT_URL_ECR` / `AWS_ENDPOINT_URL_STS` also work.
     pub endpoint_url: Option<String>,
+    /// Credential-provider route only (KEP-4412): the annotation of the pulling Pod's
+    /// ServiceAccount naming the role to assume with the Pod's own token
+    /// (`AssumeRoleWithWebIdentity`), e.g. `eks.amazonaws.com/role-arn`. The kubelet's
+    /// `tokenAttributes` must pass that annotation. Not with `roleArn`.
+    pub pod_role_annotation: Option<String>,
 }
 
 /// `provider:` of `type: ecr-public`.
@@ -115,6 +121,19 @@ impl EcrConfig {
 
     /// Checks the regions, the role and the endpoint; fields are relative to `provider`.
     pub fn validate(&self, problems: &mut FieldProblems) {
+        if self.pod_role_annotation.is_some() && self.role_arn.is_some() {
+            problems.push(
+                "podRoleAnnotation",
+                "not with `roleArn`: the role comes from the pulling Pod's ServiceAccount",
+            );
+        }
+        if self
+            .pod_role_annotation
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            problems.push("podRoleAnnotation", "name an annotation key");
+        }
         if self.regions.is_empty() {
             problems.push("regions", "name at least one AWS region (e.g. `eu-west-1`)");
         }
@@ -166,6 +185,64 @@ impl EcrConfig {
         }
     }
 
+    /// Builds the provider for one credential-provider request. With `podRoleAnnotation`, the
+    /// role named in that annotation of the pulling Pod's ServiceAccount is assumed with the
+    /// Pod's token (`AssumeRoleWithWebIdentity`, per-workload identity); a request without the
+    /// token or the annotation fails, saying which. Without it, as [`EcrConfig::build`].
+    pub async fn build_for_pod(
+        &self,
+        pod_token: Option<&Sensitive>,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        let Some(key) = self.pod_role_annotation.as_deref() else {
+            return self.build().await;
+        };
+        let local = |m: String| ProviderError::new(crate::providers::ErrorCategory::LocalInput, m);
+        let token = pod_token.ok_or_else(|| {
+            local(
+                "`podRoleAnnotation` needs the pulling Pod's ServiceAccount token, which only the kubelet \
+                 hands the credential provider (its tokenAttributes must name an audience)"
+                    .to_string(),
+            )
+        })?;
+        let role = annotations.get(key).ok_or_else(|| {
+            local(format!(
+                "the pulling Pod's ServiceAccount has no annotation `{key}` (or the kubelet's tokenAttributes \
+                 do not pass it): no role to assume"
+            ))
+        })?;
+        if !is_role_arn(role) {
+            return Err(local(format!(
+                "annotation `{key}` is `{role}`, not an IAM role ARN (arn:PARTITION:iam::ACCOUNT:role/NAME)"
+            )));
+        }
+        #[cfg(feature = "ecr")]
+        {
+            let fallback = self
+                .regions
+                .first()
+                .map_or(ECR_PUBLIC_REGION, String::as_str);
+            let base = client::default_sdk_config(fallback).await;
+            let mut id = self.identity();
+            id.role_arn = None;
+            let sdk = client::effective_sdk_config(&base, id).await;
+            let session = self.session_name.as_deref().unwrap_or("pullkeeper");
+            let credentials = client::web_identity(&sdk, role, session, token).await?;
+            let sdk = sdk
+                .into_builder()
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+                )
+                .build();
+            Ok(self.clients(&sdk))
+        }
+        #[cfg(not(feature = "ecr"))]
+        {
+            let _ = (token, role);
+            Err(without_feature())
+        }
+    }
+
     /// Builds the provider on top of a given AWS SDK configuration instead of the process
     /// environment: lets tests pin the identity chain's environment without touching the
     /// process-wide one.
@@ -176,17 +253,23 @@ impl EcrConfig {
         base: &aws_config::SdkConfig,
     ) -> Result<Arc<dyn Provider>, ProviderError> {
         let sdk = client::effective_sdk_config(base, self.identity()).await;
+        Ok(self.clients(&sdk))
+    }
+
+    /// One ECR client per region on an SDK configuration.
+    #[cfg(feature = "ecr")]
+    fn clients(&self, sdk: &aws_config::SdkConfig) -> Arc<dyn Provider> {
         let clients = self
             .regions
             .iter()
             .map(|region| {
-                let conf = aws_sdk_ecr::config::Builder::from(&sdk)
+                let conf = aws_sdk_ecr::config::Builder::from(sdk)
                     .region(aws_config::Region::new(region.clone()))
                     .build();
                 (region.clone(), aws_sdk_ecr::Client::from_conf(conf))
             })
             .collect();
-        Ok(Arc::new(client::EcrProvider { clients }))
+        Arc::new(client::EcrProvider { clients })
     }
 }
 
@@ -457,6 +540,37 @@ mod client {
         sdk.into_builder()
             .credentials_provider(SharedCredentialsProvider::new(assumed))
             .build()
+    }
+
+    /// Temporary credentials for `role` from the pulling Pod's token
+    /// (`sts:AssumeRoleWithWebIdentity`, an unsigned call): per-workload identity.
+    pub(super) async fn web_identity(
+        sdk: &SdkConfig,
+        role: &str,
+        session: &str,
+        token: &Sensitive,
+    ) -> Result<aws_credential_types::Credentials, ProviderError> {
+        let out = aws_sdk_sts::Client::new(sdk)
+            .assume_role_with_web_identity()
+            .role_arn(role)
+            .role_session_name(session)
+            .web_identity_token(token.expose())
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(&e, "sts:AssumeRoleWithWebIdentity"))?;
+        let c = out.credentials.ok_or_else(|| {
+            bad(
+                "sts:AssumeRoleWithWebIdentity",
+                "the answer holds no credentials",
+            )
+        })?;
+        Ok(aws_credential_types::Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            Some(c.session_token),
+            std::time::SystemTime::try_from(c.expiration).ok(),
+            "pullkeeper-pod-web-identity",
+        ))
     }
 
     pub(super) struct EcrProvider {

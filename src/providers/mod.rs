@@ -245,6 +245,22 @@ impl ProviderSpec {
         }
     }
 
+    /// Whether this provider names `host` itself, so a registry file without that host in
+    /// `servers` still serves it: an ECR host (without a port) of a region it fetches, ECR
+    /// Public's host, its Azure registry. Providers that learn their host only by fetching
+    /// (an HTTP response's registry field) say no: the host must be listed.
+    pub fn names_host(&self, host: &str) -> bool {
+        match self {
+            Self::Ecr(c) => {
+                !host.contains(':')
+                    && ecr::ecr_host_region(host).is_some_and(|r| c.regions.iter().any(|x| x == r))
+            }
+            Self::EcrPublic(_) => host == ecr::ECR_PUBLIC_HOST,
+            Self::Azure(c) => c.registry.as_deref() == Some(host),
+            Self::Static(_) | Self::Http(_) | Self::Gcp(_) => false,
+        }
+    }
+
     /// Why a host listed in the registry file's `servers` cannot work with this provider (an
     /// ECR host of a region not fetched, another Azure registry), if it cannot.
     pub fn server_problem(&self, server: &str) -> Option<String> {
@@ -278,6 +294,31 @@ impl ProviderSpec {
             Self::EcrPublic(c) => c.validate(problems),
             Self::Gcp(c) => c.validate(problems),
             Self::Azure(c) => c.validate(problems),
+        }
+    }
+
+    /// Builds the provider for one credential-provider request: as [`ProviderSpec::build`],
+    /// with the pulling Pod's ServiceAccount token the kubelet passed (KEP-4412) for providers
+    /// that can present it (`http` with `auth: podServiceAccountToken`).
+    pub async fn build_for_pod(
+        &self,
+        pod_token: Option<Sensitive>,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        match self {
+            Self::Http(c) => c.build_for_pod(pod_token).await,
+            Self::Ecr(c) => c.build_for_pod(pod_token.as_ref(), annotations).await,
+            _ => self.build().await,
+        }
+    }
+
+    /// Whether the provider needs the pulling Pod's ServiceAccount token, which only the
+    /// credential-provider route has.
+    pub fn needs_pod_token(&self) -> bool {
+        match self {
+            Self::Http(c) => c.auth == http::EndpointAuth::PodServiceAccountToken,
+            Self::Ecr(c) => c.pod_role_annotation.is_some(),
+            _ => false,
         }
     }
 

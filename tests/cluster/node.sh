@@ -277,6 +277,65 @@ pk_start_scheduler() {
     --v 1 ${PK_SCHEDULER_EXTRA_ARGS:-}
 }
 
+# --- the image credential provider (PK_CREDENTIAL_PROVIDER=path to a pullkeeper binary) -----------
+# The kubelet gets --image-credential-provider-config and --image-credential-provider-bin-dir: it
+# execs `pullkeeper credential-provider --config DIR` for images on any host under
+# $PK_CREDENTIAL_PROVIDER_DOMAIN (matchImages without a port, so no registry port is needed now).
+# Tests put one registry file per host into the config dir, and give containerd the host as an
+# alias of a loopback registry (certs.d/HOST/hosts.toml, `server = "http://127.0.0.1:PORT"`). The
+# plugin appends one JSON line per invocation to invocations.log (no credential in it).
+PK_CREDENTIAL_PROVIDER_DOMAIN=pullkeeper.test
+PK_CREDENTIAL_PROVIDER_AUDIENCE=credential-broker.pullkeeper.test
+# The node may request ServiceAccount tokens only for audiences it is granted
+# (ServiceAccountNodeAudienceRestriction): this role grants the plugin's one.
+pk_node_credential_provider_audience_rbac() {
+  local api=$server/apis/rbac.authorization.k8s.io/v1 body
+  for body in \
+    '{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"pullkeeper-test-credential-provider-audience"},"rules":[{"apiGroups":[""],"resources":["'"$PK_CREDENTIAL_PROVIDER_AUDIENCE"'"],"verbs":["request-serviceaccounts-token-audience"]}]}' \
+    '{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"pullkeeper-test-credential-provider-audience"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"pullkeeper-test-credential-provider-audience"},"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"system:nodes"}]}'; do
+    local kind=clusterroles
+    [[ $body == *ClusterRoleBinding* ]] && kind=clusterrolebindings
+    # 201 created, 409 already there (a DIR whose etcd kept it from an earlier up).
+    local status
+    status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --cacert "$pki/ca.crt" \
+      -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+      -X POST --data "$body" "$api/$kind") || status=000
+    [[ $status == 201 || $status == 409 ]] ||
+      pk_die "creating the node's token-audience RBAC ($kind) failed: HTTP $status"
+  done
+}
+pk_node_credential_provider() {
+  local cp=$1/credential-provider
+  [[ -x $PK_CREDENTIAL_PROVIDER ]] || pk_die "PK_CREDENTIAL_PROVIDER=$PK_CREDENTIAL_PROVIDER is not an executable (build pullkeeper first)"
+  mkdir -p "$cp/bin" "$cp/config"
+  # The provider's name is the executable's name in the bin dir. A copy: a rebuild while the
+  # node runs must not swap the binary under a running kubelet's exec.
+  cp -f "$PK_CREDENTIAL_PROVIDER" "$cp/bin/pullkeeper"
+  : >>"$cp/invocations.log"
+  cat >"$cp/config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+  - name: pullkeeper
+    apiVersion: credentialprovider.kubelet.k8s.io/v1
+    matchImages: ["*.$PK_CREDENTIAL_PROVIDER_DOMAIN"]
+    # Used only when a response gives no cacheDuration (pullkeeper always gives one).
+    defaultCacheDuration: 1m
+    args: [credential-provider, --config, $cp/config]
+    # KEP-4412: the kubelet hands the plugin the pulling Pod's own ServiceAccount token for this
+    # audience (auth: podServiceAccountToken of the http provider presents it to a broker).
+    tokenAttributes:
+      serviceAccountTokenAudience: $PK_CREDENTIAL_PROVIDER_AUDIENCE
+      # Answers depend on the ServiceAccount only: cached per ServiceAccount, not per Pod token.
+      cacheType: ServiceAccount
+      requireServiceAccount: false
+    env:
+      - name: PULLKEEPER_CREDENTIAL_PROVIDER_LOG
+        value: $cp/invocations.log
+EOF
+  printf '%s' "--image-credential-provider-config $cp/config.yaml --image-credential-provider-bin-dir $cp/bin"
+}
+
 # --- up --------------------------------------------------------------------------------------------
 pk_node_up() {
   local node=$dir/node host_state=$dir/node/host-state node_ip kubelet_port healthz_port s
@@ -407,11 +466,16 @@ rotateCertificates: false
 serverTLSBootstrap: false
 registerNode: true
 EOF
+  local credential_provider_args=""
+  if [[ -n ${PK_CREDENTIAL_PROVIDER:-} ]]; then
+    credential_provider_args=$(pk_node_credential_provider "$node")
+    pk_node_credential_provider_audience_rbac
+  fi
   # shellcheck disable=SC2086 # extra flags split on purpose
   pk_start kubelet "$logs/kubelet.log" "$pids/kubelet.pid" \
     "${pk_in_node_cgroup[@]}" "$bin" kubelet --config "$node/kubelet.yaml" --kubeconfig "$node/kubelet.kubeconfig" \
     --root-dir "$node/kubelet" --hostname-override "$PK_NODE_NAME" --node-ip "$node_ip" \
-    --v 1 ${PK_KUBELET_EXTRA_ARGS:-}
+    --v 1 $credential_provider_args ${PK_KUBELET_EXTRA_ARGS:-}
   local t_kubelet=$SECONDS rc=0
   pk_wait_until 120 "$pids/kubelet.pid" pk_node_ready || rc=$?
   if [[ $rc -ne 0 ]]; then
@@ -429,7 +493,16 @@ export PK_NODE_NAME=$PK_NODE_NAME
 export PK_NODE_POD_LOGS_DIR=$node/pod-logs
 export PK_NODE_KUBELET_ROOT=$node/kubelet
 export PK_NODE_CONTAINERD_SOCK=$dir/containerd.sock
+export PK_NODE_CERTS_D=$node/certs.d
 EOF
+  if [[ -n ${PK_CREDENTIAL_PROVIDER:-} ]]; then
+    cat >>"$dir/env" <<EOF
+export PK_CREDENTIAL_PROVIDER_DOMAIN=$PK_CREDENTIAL_PROVIDER_DOMAIN
+export PK_CREDENTIAL_PROVIDER_AUDIENCE=$PK_CREDENTIAL_PROVIDER_AUDIENCE
+export PK_CREDENTIAL_PROVIDER_CONFIG_DIR=$node/credential-provider/config
+export PK_CREDENTIAL_PROVIDER_LOG=$node/credential-provider/invocations.log
+EOF
+  fi
 }
 
 # --- down ------------------------------------------------------------------------------------------

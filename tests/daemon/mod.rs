@@ -22,7 +22,7 @@ use crate::support;
 
 /// A running daemon.
 pub struct Daemon {
-    child: Child,
+    pub child: Child,
     pub admin: SocketAddr,
     pub log: PathBuf,
     pub config_dir: PathBuf,

@@ -1004,6 +1004,23 @@ pub fn account_pull_secrets(sa: &ServiceAccount) -> Vec<String> {
         .collect()
 }
 
+/// Waits until ServiceAccount `ns/sa` lists exactly the names in `want`, each once, in any
+/// order (registries whose credentials arrive in either order append in that order).
+pub async fn wait_pull_secrets_unordered(client: &Client, ns: &str, sa: &str, want: &[&str]) {
+    let mut sorted_want: Vec<&str> = want.to_vec();
+    sorted_want.sort_unstable();
+    wait_for_named(
+        &format!("serviceaccount {ns}/{sa} imagePullSecrets == {want:?} in any order"),
+        WAIT,
+        || async {
+            let mut got = pull_secrets(client, ns, sa).await;
+            got.sort();
+            got == sorted_want
+        },
+    )
+    .await;
+}
+
 /// Waits until ServiceAccount `ns/sa` lists exactly `want`, in that order.
 pub async fn wait_pull_secrets(client: &Client, ns: &str, sa: &str, want: &[&str]) {
     wait_for_named(

@@ -22,12 +22,24 @@ impl HttpConfig {
     /// Builds the provider: one HTTP client (timeout, extra CA) reused by every fetch. Fails
     /// only on the CA file, which is read now, or on settings `validate` would have refused.
     pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
-        build(self).await
+        build(self, None).await
+    }
+
+    /// Builds the provider for one credential-provider request, with the pulling Pod's
+    /// ServiceAccount token the kubelet passed (used by `auth: podServiceAccountToken`).
+    pub async fn build_for_pod(
+        &self,
+        pod_token: Option<Sensitive>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        build(self, pod_token).await
     }
 }
 
 /// Builds the provider from a config whose settings parsed (see [`HttpConfig::validate`]).
-async fn build(config: &HttpConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+async fn build(
+    config: &HttpConfig,
+    pod_token: Option<Sensitive>,
+) -> Result<Arc<dyn Provider>, ProviderError> {
     let (Some(url), Some(method), Some(timeout)) = (
         config.url.value(),
         config.method.value(),
@@ -60,6 +72,7 @@ async fn build(config: &HttpConfig) -> Result<Arc<dyn Provider>, ProviderError> 
         headers,
         body: config.body.clone(),
         auth: config.auth.clone(),
+        pod_token,
         mapping: (*config.response).clone(),
     }))
 }
@@ -83,6 +96,8 @@ struct HttpProvider {
     headers: HeaderMap,
     body: Option<String>,
     auth: EndpointAuth,
+    /// The pulling Pod's ServiceAccount token (credential-provider route, KEP-4412).
+    pod_token: Option<Sensitive>,
     mapping: ResponseMapping,
 }
 
@@ -116,6 +131,15 @@ impl HttpProvider {
                 let token = read_part(token, "bearer token", what).await?;
                 request.bearer_auth(token.expose().trim())
             }
+            EndpointAuth::PodServiceAccountToken => match &self.pod_token {
+                Some(token) => request.bearer_auth(token.expose().trim()),
+                None => {
+                    return Err(config_error(format!(
+                        "{what}: `auth: podServiceAccountToken` needs the pulling Pod's ServiceAccount token, \
+                         which only the kubelet hands the credential provider (its tokenAttributes must name an audience)"
+                    )));
+                }
+            },
         };
         // Fails only on header values that cannot be sent, i.e. a token with control characters.
         request.build().map_err(|_| {

@@ -197,6 +197,10 @@ pub enum EndpointAuth {
     Basic(BasicAuth),
     /// `Authorization: Bearer …`, the token read on every call (projected tokens rotate).
     Bearer(TextSource),
+    /// `Authorization: Bearer` with the pulling Pod's ServiceAccount token, which the kubelet
+    /// hands the credential provider (KEP-4412, `tokenAttributes`): per-workload identity at the
+    /// broker. Credential-provider route only (`auth: podServiceAccountToken`).
+    PodServiceAccountToken,
 }
 
 // By hand because YAML deserializers write enums as tags (`!basic`); the file format is the
@@ -209,13 +213,17 @@ impl<'de> Deserialize<'de> for EndpointAuth {
             type Value = EndpointAuth;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`none`, {basic: {username: …, password: …}} or {bearer: {file: …}}")
+                f.write_str("`none`, `podServiceAccountToken`, {basic: {username: …, password: …}} or {bearer: {file: …}}")
             }
 
             fn visit_str<E: de::Error>(self, s: &str) -> Result<EndpointAuth, E> {
                 match s {
                     "none" => Ok(EndpointAuth::None),
-                    other => Err(E::unknown_variant(other, &["none", "basic", "bearer"])),
+                    "podServiceAccountToken" => Ok(EndpointAuth::PodServiceAccountToken),
+                    other => Err(E::unknown_variant(
+                        other,
+                        &["none", "podServiceAccountToken", "basic", "bearer"],
+                    )),
                 }
             }
 
@@ -253,8 +261,9 @@ impl JsonSchema for EndpointAuth {
         let map = generator.subschema_for::<AuthMap>();
         json_schema!({
             "description": "How pullkeeper authenticates to the endpoint: `none` (the default), \
+                `podServiceAccountToken` (the pulling Pod's token, credential-provider route only), \
                 {basic: {username, password}} or {bearer: {file|env}}.",
-            "anyOf": [{"const": "none"}, map]
+            "anyOf": [{"const": "none"}, {"const": "podServiceAccountToken"}, map]
         })
     }
 }
@@ -335,7 +344,7 @@ impl HttpConfig {
             problems.require_file("caFile", path);
         }
         problems.scoped("auth", |p| match &self.auth {
-            EndpointAuth::None => {}
+            EndpointAuth::None | EndpointAuth::PodServiceAccountToken => {}
             EndpointAuth::Basic(basic) => p.scoped("basic", |p| {
                 basic.username.validate(p, "username", false);
                 basic.password.validate(p, "password", true);
