@@ -460,6 +460,31 @@ fn origin<'a>(
     if own { p } else { dp }
 }
 
+/// One refresh duration (`field` in `refresh`), or its problem reported and `None`.
+fn refresh_duration(field: &str, text: &str, p: &mut FieldProblems) -> Option<Duration> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d > MAX_REFRESH_DURATION => {
+            p.push(
+                format!("refresh.{field}"),
+                "must be at most 3650d (ten years)",
+            );
+            None
+        }
+        Ok(d) if !d.is_zero() => Some(d),
+        Ok(_) => {
+            p.push(format!("refresh.{field}"), "must be longer than zero");
+            None
+        }
+        Err(e) => {
+            p.push(
+                format!("refresh.{field}"),
+                format!("{text:?} is not a duration like \"90s\" or \"6h\": {e}"),
+            );
+            None
+        }
+    }
+}
+
 /// The refresh policy from the registry file's `refresh`, field by field over the defaults
 /// file's. A value's own problem is reported in the file it is written in (`dp`: the defaults
 /// file); one between two values, in the registry file.
@@ -479,27 +504,7 @@ fn refresh(
                 (None, Some(text)) => (text, &mut *dp),
                 (None, None) => return fallback,
             };
-            match humantime::parse_duration(text) {
-                Ok(d) if d > MAX_REFRESH_DURATION => {
-                    p.push(
-                        format!("refresh.{field}"),
-                        "must be at most 3650d (ten years)",
-                    );
-                    fallback
-                }
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    p.push(format!("refresh.{field}"), "must be longer than zero");
-                    fallback
-                }
-                Err(e) => {
-                    p.push(
-                        format!("refresh.{field}"),
-                        format!("{text:?} is not a duration like \"90s\" or \"6h\": {e}"),
-                    );
-                    fallback
-                }
-            }
+            refresh_duration(field, text, p).unwrap_or(fallback)
         };
     let min_interval = duration(
         "minInterval",
