@@ -22,3 +22,10 @@ bench:
 .PHONY: bench-recovery
 bench-recovery:
 	bench/recovery.sh
+
+# `make fuzz` (not part of `make test`) runs each fuzz target of fuzz/ with cargo-fuzz on the
+# nightly toolchain for PK_FUZZ_SECONDS (default 600) and prints CPU seconds, runs and crashes
+# per target (fuzz/README.md; figures in tests/RELIABILITY.md).
+.PHONY: fuzz
+fuzz:
+	fuzz/run.sh

@@ -13,6 +13,8 @@ pub mod credential_provider;
 pub mod daemon;
 pub mod diagnose;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod leader;
 pub mod logging;

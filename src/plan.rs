@@ -563,3 +563,6 @@ fn add_op(tokens: &[&str], value: Value) -> PatchOperation {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

@@ -10,6 +10,13 @@ fn to_delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
+/// `t + d`, saturating at the calendar's end instead of panicking (a lifetime or interval can
+/// reach past it).
+fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(to_delta(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 fn to_std(d: TimeDelta) -> Duration {
     d.to_std().unwrap_or(Duration::ZERO)
 }
@@ -39,15 +46,15 @@ pub fn next_refresh(
     unit: f64,
 ) -> DateTime<Utc> {
     let lifetime = effective_lifetime(policy, issued_at, expires_at);
-    let renew = issued_at + to_delta(lifetime.mul_f64(policy.renew_at));
-    let mut at = renew.min(now + to_delta(policy.max_interval));
+    let renew = add(issued_at, lifetime.mul_f64(policy.renew_at));
+    let mut at = renew.min(add(now, policy.max_interval));
     if let Some(cron) = policy.schedule.as_ref().and_then(|s| s.after(&now).next()) {
         at = at.min(cron);
     }
     let delay = to_std(at - now);
     let jittered = delay.mul_f64((1.0 + policy.jitter * unit.clamp(-1.0, 1.0)).max(0.0));
-    let at = (now + to_delta(jittered)).min(renew.max(now));
-    at.max(now + to_delta(policy.min_interval))
+    let at = add(now, jittered).min(renew.max(now));
+    at.max(add(now, policy.min_interval))
 }
 
 /// The wait before retry number `attempt` (1-based) after a failure: exponential from
@@ -106,6 +113,20 @@ mod tests {
         let now = t("2026-01-01T00:10:00Z");
         let next = next_refresh(&p, now, now, Some(t("2026-01-01T12:10:00Z")), 0.0);
         assert_eq!(next, t("2026-01-01T00:30:00Z"));
+    }
+
+    #[test]
+    fn lifetimes_and_intervals_past_the_calendars_end_saturate_instead_of_panicking() {
+        let mut p = policy();
+        p.max_interval = Duration::from_secs(u64::MAX / 4);
+        p.min_interval = Duration::from_secs(u64::MAX / 4);
+        p.default_lifetime = Duration::from_secs(u64::MAX / 4);
+        let now = t("2026-01-01T00:00:00Z");
+        let far = Some(DateTime::<Utc>::MAX_UTC);
+        for expiry in [None, far] {
+            let next = next_refresh(&p, now, now, expiry, 1.0);
+            assert_eq!(next, DateTime::<Utc>::MAX_UTC);
+        }
     }
 
     #[test]

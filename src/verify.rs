@@ -430,7 +430,7 @@ fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
 
 /// Parses `Scheme k=v, k="v, with comma", Other k=v` (RFC 9110 §11.6.1) into schemes and their
 /// parameters.
-fn parse_challenges(text: &str) -> Vec<(String, Vec<(String, String)>)> {
+pub(crate) fn parse_challenges(text: &str) -> Vec<(String, Vec<(String, String)>)> {
     let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
     let bytes = text.as_bytes();
     let mut i = 0;

@@ -7,8 +7,9 @@
 #   1. Debian packages (only those missing): docker-registry skopeo prometheus openssl
 #      apache2-utils curl containerd runc containernetworking-plugins iptables iproute2; PyPI:
 #      moto[server] (only when python3 cannot import it)
-#   2. cargo fmt --check; cargo clippy --all-targets --all-features -- -D warnings; the tests
-#      compiled; cargo build --no-default-features
+#   2. cargo fmt --check; cargo clippy --all-targets --all-features -- -D warnings; cargo deny
+#      (licenses, bans, sources; advisories offline against the RustSec snapshot, see
+#      tests/advisories.sh); the tests compiled; cargo build --no-default-features
 #   3. tests/cluster/build (cached outside the clone), tests/cluster/up (control plane and the one
 #      test node: needs root, one per machine), tests/peers/up (after it: it tells the node's
 #      containerd about the registries)
@@ -48,6 +49,7 @@ run() {
 run "cargo fmt --check" cargo fmt --all --check
 run "cargo clippy" cargo clippy --all-targets --all-features -- -D warnings
 run "cargo deny (licenses, bans, sources)" cargo deny check licenses bans sources
+run "cargo deny (advisories, offline RustSec snapshot)" bash tests/advisories.sh
 run "compile the tests" cargo test --all-features --no-run
 run "cargo build --no-default-features" cargo build --no-default-features
 # helm (installed here when missing) is used by tests/in_cluster.rs too, so it runs before them.

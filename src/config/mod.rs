@@ -27,6 +27,14 @@ use crate::providers::ProviderSpec;
 use crate::verify::VerifySpec;
 use raw::{RawDefaults, RawNamespaces, RawRefresh, RawRegistry};
 
+/// The longest refresh duration accepted: longer ones mean nothing to a rotation schedule and
+/// would take the scheduler's times past the calendar's end.
+const MAX_REFRESH_DURATION: Duration = Duration::from_hours(24 * 3650);
+
+/// The largest config file read: a ConfigMap holds at most 1 MiB, and a bigger file is not a
+/// registry file written by hand.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// Name of the optional daemon-wide defaults file inside the config directory.
 pub const DEFAULTS_FILE: &str = "defaults.yaml";
 
@@ -144,7 +152,12 @@ pub fn load_dir(dir: &Path) -> Result<Config, Vec<Problem>> {
 /// [`load_dir`], optionally without checking that the files the config names exist (to
 /// validate, outside the pod, a config whose mounted files exist only inside it).
 pub fn load_dir_with(dir: &Path, check_files: bool) -> Result<Config, Vec<Problem>> {
-    let files = list_files(dir)?;
+    load_files(&list_files(dir)?, check_files)
+}
+
+/// Validates config files already read, as (path, text) sorted by path: what [`load_dir_with`]
+/// does after reading the directory (the fuzz targets start here).
+pub fn load_files(files: &[(PathBuf, String)], check_files: bool) -> Result<Config, Vec<Problem>> {
     let mut hasher = Sha256::new();
     let mut problems = Vec::new();
     let mut defaults = RawDefaults::default();
@@ -153,7 +166,7 @@ pub fn load_dir_with(dir: &Path, check_files: bool) -> Result<Config, Vec<Proble
         .iter()
         .find(|(p, _)| p.file_name().is_some_and(|n| n == DEFAULTS_FILE))
         .map_or("", |(_, t)| t.as_str());
-    for (path, text) in &files {
+    for (path, text) in files {
         hasher.update(path.as_os_str().as_encoded_bytes());
         hasher.update([0]);
         hasher.update(text.as_bytes());
@@ -174,14 +187,28 @@ pub fn load_dir_with(dir: &Path, check_files: bool) -> Result<Config, Vec<Proble
             }
         }
     }
+    let defaults_path = files
+        .iter()
+        .map(|(p, _)| p.as_path())
+        .find(|p| p.file_name().is_some_and(|n| n == DEFAULTS_FILE))
+        .map_or_else(|| PathBuf::from(DEFAULTS_FILE), Path::to_path_buf);
     let mut registries = Vec::new();
     for (path, source_hash, raw) in raws {
-        match validate_registry(&path, source_hash, raw, &defaults, check_files) {
+        match validate_registry(
+            &path,
+            source_hash,
+            raw,
+            (&defaults, &defaults_path),
+            check_files,
+        ) {
             Ok(r) => registries.push(r),
             Err(p) => problems.extend(p),
         }
     }
     problems.extend(cross_check(&registries));
+    // A defaults value every registry inherits is reported by each: once is enough.
+    let mut seen = BTreeSet::new();
+    problems.retain(|p| seen.insert(p.to_string()));
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -242,12 +269,12 @@ fn list_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<Problem>> {
             });
             continue;
         }
-        match std::fs::read_to_string(&path) {
+        match read_text(&path) {
             Ok(text) => files.push((path, text)),
-            Err(e) => problems.push(Problem {
+            Err(message) => problems.push(Problem {
                 file: path,
                 field: String::new(),
-                message: format!("cannot read file: {e}"),
+                message,
             }),
         }
     }
@@ -258,11 +285,34 @@ fn list_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<Problem>> {
     }
 }
 
+/// A config file's text: at most [`MAX_FILE_BYTES`], UTF-8. The size is checked while reading,
+/// so a file growing (or a device) is not read whole.
+fn read_text(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "larger than {} KiB; a config file is at most that (a ConfigMap's limit)",
+            MAX_FILE_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (the first bad byte is at offset {}); save it as UTF-8",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 fn validate_registry(
     path: &Path,
     source_hash: String,
     raw: RawRegistry,
-    defaults: &RawDefaults,
+    (defaults, defaults_path): (&RawDefaults, &Path),
     check_files: bool,
 ) -> Result<Registry, Vec<Problem>> {
     let mut p = FieldProblems::new(path).with_file_checks(check_files);
@@ -301,21 +351,23 @@ fn validate_registry(
             p.push(format!("servers[{i}]"), why);
         }
     }
-    let namespaces = namespaces(
-        raw.namespaces.as_ref().or(defaults.namespaces.as_ref()),
-        &mut p,
-    );
-    let service_accounts = service_accounts(
-        raw.service_accounts
-            .as_ref()
-            .or(defaults.service_accounts.as_ref()),
-        &mut p,
-    );
+    // Problems of values inherited from the defaults file are that file's (once: the caller
+    // drops the copies other registry files report).
+    let mut dp = FieldProblems::new(defaults_path).with_file_checks(check_files);
+    let namespaces = match &raw.namespaces {
+        Some(own) => namespaces(Some(own), &mut p),
+        None => namespaces(defaults.namespaces.as_ref(), &mut dp),
+    };
+    let service_accounts = match &raw.service_accounts {
+        Some(own) => service_accounts(Some(own), &mut p),
+        None => service_accounts(defaults.service_accounts.as_ref(), &mut dp),
+    };
     let refresh = refresh(
         raw.refresh.as_ref(),
         defaults.refresh.as_ref(),
         raw.provider.default_lifetime(),
         &mut p,
+        &mut dp,
     );
     if let Some(v) = &raw.verify {
         p.scoped("verify", |p| v.validate(p));
@@ -334,8 +386,10 @@ fn validate_registry(
             );
         }
     }
-    if !p.is_empty() {
-        return Err(p.into_vec());
+    if !p.is_empty() || !dp.is_empty() {
+        let mut all = p.into_vec();
+        all.extend(dp.into_vec());
+        return Err(all);
     }
     Ok(Registry {
         name,
@@ -369,9 +423,23 @@ fn namespaces(raw: Option<&RawNamespaces>, p: &mut FieldProblems) -> NamespaceTa
             LabelSelector::default()
         }
     };
+    let exclude = raw.exclude.unwrap_or_default();
+    for (field, list) in [("include", &include), ("exclude", &exclude)] {
+        for (i, pattern) in list.iter().enumerate() {
+            if !is_namespace_pattern(pattern) {
+                p.push(
+                    format!("namespaces.{field}[{i}]"),
+                    format!(
+                        "{pattern:?} can never match a namespace name: use lowercase letters, \
+                         digits and '-', with `*` for any run and `?` for one character"
+                    ),
+                );
+            }
+        }
+    }
     NamespaceTargets {
         include,
-        exclude: raw.exclude.unwrap_or_default(),
+        exclude,
         selector,
     }
 }
@@ -406,34 +474,61 @@ fn service_accounts(raw: Option<&Vec<String>>, p: &mut FieldProblems) -> Service
     ServiceAccountTargets::Names(list.iter().cloned().collect())
 }
 
+/// Where a value's problem goes: the registry file's list when the value is its own, else the
+/// defaults file's.
+fn origin<'a>(
+    own: bool,
+    p: &'a mut FieldProblems,
+    dp: &'a mut FieldProblems,
+) -> &'a mut FieldProblems {
+    if own { p } else { dp }
+}
+
+/// One refresh duration (`field` in `refresh`), or its problem reported and `None`.
+fn refresh_duration(field: &str, text: &str, p: &mut FieldProblems) -> Option<Duration> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d > MAX_REFRESH_DURATION => {
+            p.push(
+                format!("refresh.{field}"),
+                "must be at most 3650d (ten years)",
+            );
+            None
+        }
+        Ok(d) if !d.is_zero() => Some(d),
+        Ok(_) => {
+            p.push(format!("refresh.{field}"), "must be longer than zero");
+            None
+        }
+        Err(e) => {
+            p.push(
+                format!("refresh.{field}"),
+                format!("{text:?} is not a duration like \"90s\" or \"6h\": {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// The refresh policy from the registry file's `refresh`, field by field over the defaults
+/// file's. A value's own problem is reported in the file it is written in (`dp`: the defaults
+/// file); one between two values, in the registry file.
 fn refresh(
     raw: Option<&RawRefresh>,
     defaults: Option<&RawRefresh>,
     provider_lifetime: Duration,
     p: &mut FieldProblems,
+    dp: &mut FieldProblems,
 ) -> RefreshPolicy {
     let empty = RawRefresh::default();
     let (r, d) = (raw.unwrap_or(&empty), defaults.unwrap_or(&empty));
     let mut duration =
-        |field: &str, own: &Option<String>, def: &Option<String>, fallback: Duration| match own
-            .as_ref()
-            .or(def.as_ref())
-        {
-            None => fallback,
-            Some(text) => match humantime::parse_duration(text) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    p.push(format!("refresh.{field}"), "must be longer than zero");
-                    fallback
-                }
-                Err(e) => {
-                    p.push(
-                        format!("refresh.{field}"),
-                        format!("{text:?} is not a duration like \"90s\" or \"6h\": {e}"),
-                    );
-                    fallback
-                }
-            },
+        |field: &str, own: &Option<String>, def: &Option<String>, fallback: Duration| {
+            let (text, p) = match (own, def) {
+                (Some(text), _) => (text, &mut *p),
+                (None, Some(text)) => (text, &mut *dp),
+                (None, None) => return fallback,
+            };
+            refresh_duration(field, text, p).unwrap_or(fallback)
         };
     let min_interval = duration(
         "minInterval",
@@ -476,14 +571,14 @@ fn refresh(
     }
     let renew_at = r.renew_at.or(d.renew_at).unwrap_or(2.0 / 3.0);
     if !(renew_at > 0.0 && renew_at < 1.0) {
-        p.push(
+        origin(r.renew_at.is_some(), p, dp).push(
             "refresh.renewAt",
             format!("{renew_at} must be a fraction of the lifetime between 0 and 1"),
         );
     }
     let jitter = r.jitter.or(d.jitter).unwrap_or(0.1);
     if !(0.0..0.5).contains(&jitter) {
-        p.push(
+        origin(r.jitter.is_some(), p, dp).push(
             "refresh.jitter",
             format!("{jitter} must be at least 0 and below 0.5"),
         );
@@ -493,7 +588,7 @@ fn refresh(
         Some(expr) => match parse_cron(expr) {
             Ok(s) => Some(s),
             Err(why) => {
-                p.push("refresh.schedule", why);
+                origin(r.schedule.is_some(), p, dp).push("refresh.schedule", why);
                 None
             }
         },
@@ -569,6 +664,16 @@ fn check_server(server: &str) -> Result<(), String> {
         return Err(format!("{server:?} has an invalid port"));
     }
     Ok(())
+}
+
+/// A namespace name or glob that some namespace name could match: 1 to 63 characters of
+/// lowercase letters, digits, '-' and the wildcards `*` and `?`.
+fn is_namespace_pattern(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'*' | b'?')
+        })
 }
 
 fn is_dns_label(s: &str) -> bool {

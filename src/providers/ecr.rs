@@ -485,7 +485,7 @@ mod client {
     use aws_config::{BehaviorVersion, Region, SdkConfig};
     use aws_credential_types::provider::SharedCredentialsProvider;
     use aws_credential_types::provider::error::CredentialsError;
-    use aws_sdk_ecr::error::{ConnectorError, DisplayErrorContext, ErrorMetadata, SdkError};
+    use aws_sdk_ecr::error::{ConnectorError, ErrorMetadata, SdkError};
     use base64::Engine as _;
     use chrono::{DateTime, Utc};
 
@@ -778,7 +778,7 @@ mod client {
             .or(by_io)
             .or(by_credentials)
             .unwrap_or(fallback);
-        let mut detail = DisplayErrorContext(err).to_string();
+        let mut detail = error_chain(err);
         truncate(&mut detail, 600);
         ProviderError::new(category, format!("{what} failed: {detail}"))
     }
@@ -810,6 +810,24 @@ mod client {
             }
             _ => ErrorCategory::BadResponse,
         }
+    }
+
+    /// The error and its sources, each by its `Display`. Never the `Debug` form (which the
+    /// SDK's `DisplayErrorContext` appends): for a response error it holds the raw HTTP
+    /// response, body included, and the body of a malformed success is the token itself.
+    fn error_chain(err: &(dyn StdError + 'static)) -> String {
+        let mut out = err.to_string();
+        let mut source = err.source();
+        while let Some(e) = source {
+            let text = e.to_string();
+            // Wrappers often repeat their source's text: say it once.
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            source = e.source();
+        }
+        out
     }
 
     fn truncate(s: &mut String, max: usize) {

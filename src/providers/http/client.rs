@@ -9,7 +9,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
-use serde_json::Value;
 use url::Url;
 
 use super::config::{EndpointAuth, HttpConfig};
@@ -184,19 +183,7 @@ impl Provider for HttpProvider {
             return Err(status_error(status, response.headers(), what, received));
         }
         let bytes = read_body(response, what).await?;
-        // serde_json's syntax errors carry a position, never the input; still only the position
-        // is kept, so no part of the body can reach the message.
-        let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ProviderError::new(
-                ErrorCategory::BadResponse,
-                format!(
-                    "the response from {what} is not valid JSON (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
-        self.mapping.extract(&body, received, what)
+        self.mapping.map_body(&bytes, received, what)
     }
 }
 
@@ -212,7 +199,7 @@ mod tests {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use chrono::TimeDelta;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::providers::http::testing::{

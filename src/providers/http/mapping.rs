@@ -204,6 +204,25 @@ impl ResponseMapping {
         }
     }
 
+    /// Turns the bytes of a successful answer into a credential: JSON, then [`Self::extract`].
+    pub fn map_body(
+        &self,
+        bytes: &[u8],
+        received: DateTime<Utc>,
+        what: &str,
+    ) -> Result<Credential, ProviderError> {
+        // serde_json's syntax errors carry a position, never the input; still only the position
+        // is kept, so no part of the body can reach the message.
+        let body: Value = serde_json::from_slice(bytes).map_err(|e| {
+            bad_response(format!(
+                "the response from {what} is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        self.extract(&body, received, what)
+    }
+
     /// Turns a response body into a credential. `received` is when the response arrived (the
     /// base of `expiresIn`); `what` names the request in errors.
     pub(super) fn extract(
