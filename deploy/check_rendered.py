@@ -6,6 +6,10 @@ usage: check_rendered.py kustomize BASE.yaml MONITORED.yaml OVERLAY_NAME=OVERLAY
        check_rendered.py helm DEFAULT.yaml FULL.yaml KUSTOMIZE_BASE.yaml
        check_rendered.py config-dir RENDERED.yaml OUT_DIR
            (writes the ConfigMap's registry files into OUT_DIR, for `pullkeeper check`)
+       check_rendered.py installer KUSTOMIZE_BASE.yaml KUSTOMIZE_WITH.yaml HELM_DEFAULT.yaml HELM_WITH.yaml OUT_DIR
+           (KUSTOMIZE_WITH: the base with components/credential-provider-installer and a node
+           ConfigMap; HELM_WITH: credentialProvider.installer.enabled; writes the kustomize
+           installer's registry files into OUT_DIR)
 
 Prints one line per problem and exits 1 if there is any.
 """
@@ -354,6 +358,138 @@ def helm(default_path, full_path, kustomize_path):
                f"helm: container {field} differs from the kustomize base")
 
 
+INSTALLER_OWN = ("Namespace", "DaemonSet", "ConfigMap")
+
+
+def flag(args, name):
+    """The value of `--name VALUE` or `--name=VALUE` in a container's args."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a[len(name) + 1:]
+    return None
+
+
+def installer_objects(objs):
+    """The credential-provider installer's objects: everything in its DaemonSet's namespace, and
+    that Namespace."""
+    ds = objs.get("DaemonSet", [])
+    ns = ds[0]["metadata"].get("namespace") if ds else None
+    return ns, {k: [d for d in v if d["metadata"].get("namespace") == ns or (k == "Namespace" and d["metadata"]["name"] == ns)]
+                for k, v in objs.items()}
+
+
+def check_installer(objs, where):
+    """The node installer DaemonSet: its own namespace (Pod Security "privileged", not
+    pullkeeper's), no API token, root without any capability or privilege, read-only root
+    filesystem, exactly two hostPath directories — the kubelet's provider bin dir and the
+    directory of its provider config — mounted under --host-prefix, the config ConfigMap read-only."""
+    ds = one(objs, "DaemonSet", where)
+    ns = ds.get("metadata", {}).get("namespace")
+    expect(ns and ns != "pullkeeper", f"{where}: the installer runs in pullkeeper's namespace {ns!r} (restricted) instead of its own")
+    namespaces = [n for n in objs.get("Namespace", []) if n["metadata"]["name"] == ns]
+    expect(len(namespaces) == 1, f"{where}: no Namespace {ns} for the installer")
+    for n in namespaces:
+        expect(n["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") == "privileged",
+               f"{where}: namespace {ns} does not say it enforces the privileged Pod Security level")
+    pod = ds.get("spec", {}).get("template", {}).get("spec", {})
+    expect(pod.get("automountServiceAccountToken") is False, f"{where}: the installer mounts a ServiceAccount token")
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        expect(not pod.get(host), f"{where}: the installer uses {host}")
+    expect({"operator": "Exists"} in pod.get("tolerations", []), f"{where}: the installer does not tolerate tainted nodes")
+    psc = pod.get("securityContext", {})
+    expect(psc.get("runAsUser") == 0, f"{where}: the installer does not run as root (it writes root-owned files)")
+    expect(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: installer seccomp not RuntimeDefault")
+    expect(not pod.get("initContainers"), f"{where}: the installer has init containers")
+    containers = pod.get("containers", [])
+    expect(len(containers) == 1, f"{where}: the installer has {len(containers)} containers")
+    if not containers:
+        return
+    c = containers[0]
+    sc = c.get("securityContext", {})
+    expect(sc.get("privileged") is False, f"{where}: the installer is privileged")
+    expect(sc.get("allowPrivilegeEscalation") is False, f"{where}: installer allowPrivilegeEscalation not false")
+    expect(sc.get("readOnlyRootFilesystem") is True, f"{where}: installer readOnlyRootFilesystem not true")
+    expect(sc.get("capabilities", {}).get("drop") == ["ALL"] and not sc.get("capabilities", {}).get("add"),
+           f"{where}: the installer keeps capabilities")
+    expect(c.get("resources", {}).get("limits", {}).get("memory"), f"{where}: installer has no memory limit")
+    args = c.get("args", [])
+    expect(args[:1] == ["node-install"], f"{where}: the installer does not run node-install: {args}")
+    prefix = flag(args, "--host-prefix")
+    bin_dir, config = flag(args, "--bin-dir"), flag(args, "--provider-config")
+    node_dir, images = flag(args, "--node-config-dir"), flag(args, "--match-images")
+    expect(prefix and bin_dir and config and node_dir and images, f"{where}: installer args lack a path or --match-images: {args}")
+    if not (prefix and bin_dir and config and node_dir):
+        return
+    wanted = {bin_dir, str(Path(config).parent)}
+    host_paths = {}
+    for v in pod.get("volumes", []):
+        if "hostPath" in v:
+            host_paths[v["name"]] = v["hostPath"]
+            expect(v["hostPath"].get("type") == "Directory", f"{where}: hostPath {v['hostPath'].get('path')} is not type Directory")
+        else:
+            expect(set(v) == {"name", "configMap"}, f"{where}: the installer has a volume other than hostPath and its ConfigMap: {v}")
+    expect({h.get("path") for h in host_paths.values()} == wanted,
+           f"{where}: the installer mounts host paths {sorted(h.get('path') for h in host_paths.values())}, expected only {sorted(wanted)}")
+    expect(any(node_dir.startswith(d.rstrip("/") + "/") for d in wanted),
+           f"{where}: --node-config-dir {node_dir} lies outside the mounted host directories")
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    for name, h in host_paths.items():
+        expect(mounts.get(name, {}).get("mountPath") == prefix.rstrip("/") + h.get("path", ""),
+               f"{where}: hostPath {h.get('path')} is not mounted at {prefix}{h.get('path')}")
+    cms = [v for v in pod.get("volumes", []) if "configMap" in v]
+    expect(len(cms) == 1 and mounts.get(cms[0]["name"] if cms else "", {}).get("mountPath") == flag(args, "--config")
+           and mounts.get(cms[0]["name"] if cms else "", {}).get("readOnly") is True,
+           f"{where}: the installer's ConfigMap is not mounted read-only at --config")
+
+
+def installer_config_map(objs, where):
+    ds = one(objs, "DaemonSet", where)
+    names = [v["configMap"]["name"] for v in ds.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []) if "configMap" in v]
+    found = [c for c in objs.get("ConfigMap", []) if c["metadata"]["name"] in names
+             and c["metadata"].get("namespace") == ds["metadata"].get("namespace")]
+    expect(len(found) == 1, f"{where}: expected one ConfigMap mounted by the installer in its namespace, found {len(found)}")
+    return found[0] if found else {}
+
+
+def installer(base_path, with_path, helm_default_path, helm_with_path, out_dir):
+    base = by_kind(load(base_path))
+    with_ = by_kind(load(with_path))
+    where = "kustomize base + components/credential-provider-installer"
+    ns, own = installer_objects(with_)
+    check_installer(own, where)
+    rest = {k: [d for d in v if d not in own.get(k, [])] for k, v in with_.items()}
+    rest = {k: v for k, v in rest.items() if v}
+    expect(rest == base, f"{where}: the component changes more than it adds")
+    expect({k for k, v in own.items() if v} <= set(INSTALLER_OWN), f"{where}: the component adds {sorted(k for k, v in own.items() if v)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, text in (installer_config_map(own, where).get("data") or {}).items():
+        (out / key).write_text(text)
+
+    default = by_kind(load(helm_default_path))
+    expect("DaemonSet" not in default, "helm defaults: the installer DaemonSet is rendered although off by default")
+    helm_with = by_kind(load(helm_with_path))
+    hwhere = "helm credentialProvider.installer.enabled"
+    hns, hown = installer_objects(helm_with)
+    check_installer(hown, hwhere)
+    expect(hns == ns, f"{hwhere}: the installer's namespace {hns} differs from the component's {ns}")
+    hpod = one(hown, "DaemonSet", hwhere).get("spec", {}).get("template", {}).get("spec", {})
+    kpod = one(own, "DaemonSet", where).get("spec", {}).get("template", {}).get("spec", {})
+    for field in ("securityContext", "automountServiceAccountToken", "enableServiceLinks", "tolerations", "nodeSelector"):
+        expect(hpod.get(field) == kpod.get(field), f"helm: installer pod {field} differs from the kustomize component")
+    strip = lambda vols: [{k: v for k, v in vol.items() if k != "configMap"} for vol in vols]
+    expect(strip(hpod.get("volumes", [])) == strip(kpod.get("volumes", [])), "helm: installer hostPath volumes differ from the kustomize component")
+    for field in ("args", "securityContext", "resources", "volumeMounts"):
+        expect(hpod["containers"][0].get(field) == kpod["containers"][0].get(field),
+               f"helm: installer container {field} differs from the kustomize component")
+    expect(one(hown, "Namespace", hwhere)["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce")
+           == one(own, "Namespace", where)["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce"),
+           "helm: the installer namespace's Pod Security level differs from the kustomize component's")
+    expect(bool(installer_config_map(hown, hwhere).get("data")), f"{hwhere}: the node ConfigMap holds no registry file")
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "kustomize" and len(sys.argv) >= 4:
@@ -365,6 +501,8 @@ def main():
         objs = by_kind(load(sys.argv[2]))
         check_common(objs, "user overlay", with_monitoring=False)
         expect(bool(config_secret_names(objs, "user overlay")), "user overlay: no registry file")
+    elif mode == "installer" and len(sys.argv) == 7:
+        installer(*sys.argv[2:])
     elif mode == "config-dir" and len(sys.argv) == 4:
         out = Path(sys.argv[3])
         out.mkdir(parents=True, exist_ok=True)

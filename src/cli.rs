@@ -149,6 +149,17 @@ pub enum Command {
     /// stdout (an empty `auth` when no file serves it). The same files as the Secret route.
     /// Errors: one line on stderr and exit 1, never a credential.
     CredentialProvider(CredentialProviderArgs),
+    /// Install the credential-provider route on this node, from a DaemonSet Pod whose image has
+    /// no shell: copy this executable into the kubelet's provider bin dir as `pullkeeper`, the
+    /// config directory's registry files into --node-config-dir, and merge the `providers`
+    /// entry named `pullkeeper` into the kubelet's CredentialProviderConfig (YAML or JSON;
+    /// every other provider kept; created when absent; a file of another kind refused). Writes
+    /// only what differs, each file atomically; then checks again every --interval (a ConfigMap
+    /// update, a node bootstrap rewriting the file) until SIGTERM, or exits with --once. The
+    /// kubelet must already be started with --image-credential-provider-config and
+    /// --image-credential-provider-bin-dir naming these paths; it reads them at start. Exit 1
+    /// on an error (nothing of that run's later steps written).
+    NodeInstall(NodeInstallArgs),
     /// Print a shell completion script: `source <(pullkeeper completions bash)`, or save it
     /// where the shell loads completions from (zsh: a `_pullkeeper` file on `$fpath`; fish:
     /// `~/.config/fish/completions/pullkeeper.fish`).
@@ -187,6 +198,40 @@ pub struct CredentialProviderArgs {
     /// outcome, cacheDuration and elapsed milliseconds (never a credential).
     #[arg(long, env = "PULLKEEPER_CREDENTIAL_PROVIDER_LOG", value_name = "FILE")]
     pub invocation_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeInstallArgs {
+    /// The registry files to install (the mounted ConfigMap); checked first.
+    #[command(flatten)]
+    pub config: ConfigDir,
+    /// The kubelet's --image-credential-provider-bin-dir, as a path on the node.
+    #[arg(long, value_name = "NODE_DIR")]
+    pub bin_dir: PathBuf,
+    /// The kubelet's --image-credential-provider-config, as a path on the node.
+    #[arg(long, value_name = "NODE_FILE")]
+    pub provider_config: PathBuf,
+    /// Where on the node the registry files go (pullkeeper's alone: files it did not install
+    /// are removed); the entry's `args` name it.
+    #[arg(long, value_name = "NODE_DIR")]
+    pub node_config_dir: PathBuf,
+    /// Where this process reaches the node's paths: the DaemonSet mounts each host directory
+    /// at this prefix plus its node path.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub host_prefix: PathBuf,
+    /// The entry's `matchImages`, comma-separated (the kubelet's patterns, e.g.
+    /// `*.dkr.ecr.*.amazonaws.com,registry.example.com`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub match_images: Vec<String>,
+    /// The entry's `defaultCacheDuration` (used only when a response gives none).
+    #[arg(long, default_value = "1m")]
+    pub default_cache_duration: String,
+    /// How often to check again after installing.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Install once and exit (0 installed or unchanged, 1 error).
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::cli::{
     CleanupArgs, CompletionsArgs, CredentialProviderArgs, DiagnoseArgs, KubeArgs, ManArgs,
-    OutputFormat, PlanArgs, RecoveryMode, RunArgs,
+    NodeInstallArgs, OutputFormat, PlanArgs, RecoveryMode, RunArgs,
 };
 use crate::config::{self, LoadOptions};
 use crate::daemon::{self, RecoverySettings, Settings};
@@ -601,6 +601,69 @@ pub async fn credential_provider(args: CredentialProviderArgs) -> i32 {
         );
     }
     code
+}
+
+/// `pullkeeper node-install`: installs, then (without --once) checks again every interval
+/// until SIGTERM. 0 on a clean stop or a successful --once, 1 on an error.
+pub async fn node_install(args: NodeInstallArgs) -> i32 {
+    use crate::node_install::{Entry, Settings, install};
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            error!(error = %e, "cannot find this executable to copy");
+            return 1;
+        }
+    };
+    let settings = Settings {
+        exe,
+        source_config_dir: args.config.dir.clone(),
+        bin_dir: args.bin_dir.clone(),
+        provider_config: args.provider_config.clone(),
+        host_prefix: args.host_prefix.clone(),
+        entry: Entry {
+            match_images: args.match_images.clone(),
+            node_config_dir: args.node_config_dir.clone(),
+            default_cache_duration: args.default_cache_duration.clone(),
+        },
+    };
+    let stop = match shutdown_signal() {
+        Ok(stop) => stop,
+        Err(e) => {
+            error!(error = %error_chain(&e), "cannot start");
+            return 1;
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        match install(&settings) {
+            Ok(report) if report.changed() => {
+                let show = |paths: &[std::path::PathBuf]| {
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                info!(
+                    written = %show(&report.written),
+                    removed = %show(&report.removed),
+                    "credential provider installed on the node; the kubelet reads its provider config at start"
+                );
+            }
+            Ok(_) => info!("credential provider on the node is up to date"),
+            Err(e) => {
+                error!(error = %error_chain(&e), "cannot install the credential provider on the node");
+                return 1;
+            }
+        }
+        if args.once {
+            return 0;
+        }
+        tokio::select! {
+            () = &mut stop => return 0,
+            () = tokio::time::sleep(args.interval) => {}
+        }
+    }
 }
 
 /// Appends one JSON line to a file (created when missing).

@@ -19,6 +19,7 @@ pub mod index;
 pub mod leader;
 pub mod logging;
 pub mod metrics;
+pub mod node_install;
 pub mod ownership;
 pub mod plan;
 pub mod preview;

@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Diagnose(args) => pullkeeper::commands::diagnose(args).await,
         Command::Cleanup(args) => pullkeeper::commands::cleanup(args).await,
         Command::CredentialProvider(args) => pullkeeper::commands::credential_provider(args).await,
+        Command::NodeInstall(args) => pullkeeper::commands::node_install(args).await,
         Command::Completions(args) => pullkeeper::commands::completions(&args),
         Command::Man(args) => pullkeeper::commands::man(&args),
     };

@@ -75,6 +75,54 @@ python3 deploy/check_rendered.py config-dir "$tmp/full.yaml" "$tmp/config" || fa
 out="$("${CARGO_TARGET_DIR:-target}/debug/pullkeeper" check --config "$tmp/config" 2>&1)" \
   || fail "registry files rendered from ci/full-values.yaml do not pass pullkeeper check: $out"
 
+# The credential-provider installer (off by default): the kustomize component in a user overlay
+# (its node ConfigMap and --match-images, as the component's comment tells) and the chart with
+# credentialProvider.installer.enabled render the same DaemonSet — own namespace labelled for the
+# privileged Pod Security level, no API token, root without capabilities, read-only root
+# filesystem, exactly the two host directories — and the component adds nothing else to the base.
+mkdir -p "$tmp/installer"
+cp config/examples/ecr.yaml "$tmp/installer/ecr.yaml"
+component="$(python3 -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$PWD/deploy/kustomize/components/credential-provider-installer" "$tmp/installer")"
+base="$(python3 -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$PWD/deploy/kustomize/base" "$tmp/installer")"
+cat >"$tmp/installer/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [$base]
+components: [$component]
+configMapGenerator:
+  - name: pullkeeper-node-config
+    namespace: pullkeeper-node
+    files: [ecr.yaml]
+patches:
+  - target: {kind: DaemonSet, name: pullkeeper-node-installer}
+    patch: |-
+      - op: replace
+        path: /spec/template/spec/containers/0/args/10
+        value: --match-images=*.registry.invalid
+EOF
+kubectl kustomize "$tmp/installer" >"$tmp/kustomize-installer.yaml" \
+  || fail "kubectl kustomize of the base with components/credential-provider-installer failed"
+installer_values=(--set credentialProvider.installer.enabled=true
+  --set 'credentialProvider.installer.matchImages={*.registry.invalid}'
+  --set credentialProvider.installer.registries.ecr.provider.type=ecr
+  --set 'credentialProvider.installer.registries.ecr.provider.regions={eu-west-1}')
+"$helm" lint --strict "$chart" "${installer_values[@]}" || fail "helm lint (installer enabled) failed"
+"$helm" template pullkeeper "$chart" --namespace pullkeeper "${installer_values[@]}" >"$tmp/helm-installer.yaml" \
+  || fail "helm template with credentialProvider.installer.enabled failed"
+python3 deploy/check_rendered.py installer "$tmp/kustomize.yaml" "$tmp/kustomize-installer.yaml" "$tmp/default.yaml" \
+  "$tmp/helm-installer.yaml" "$tmp/installer.config" || fail "the credential-provider installer renders are not as expected"
+out="$("${CARGO_TARGET_DIR:-target}/debug/pullkeeper" check --no-file-checks --config "$tmp/installer.config" 2>&1)" \
+  || fail "the installer overlay's registry files do not pass pullkeeper check: $out"
+# Enabled without the images or the registry files to serve, the chart refuses to render, saying which.
+for missing in matchImages registries; do
+  set_args=(--set credentialProvider.installer.enabled=true)
+  [[ $missing == registries ]] && set_args+=(--set 'credentialProvider.installer.matchImages={a.example.com}')
+  if out="$("$helm" template pullkeeper "$chart" "${set_args[@]}" 2>&1)"; then
+    fail "credentialProvider.installer.enabled without $missing was accepted"
+  fi
+  grep -q "credentialProvider.installer.$missing" <<<"$out" || fail "installer without $missing refused without naming it: $out"
+done
+
 # Bad registry names are refused at render time, with a message naming the problem.
 for bad in defaults 'bad/name'; do
   if out="$("$helm" template pullkeeper "$chart" --set "registries.${bad//./\\.}.provider.type=static" 2>&1)"; then
