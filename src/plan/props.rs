@@ -413,7 +413,6 @@ fn plan_of(w: &World) -> NamespacePlan {
             secrets: &w.secrets,
             service_accounts: &accounts,
             frozen: &w.frozen,
-            now: now(),
         },
     )
 }
