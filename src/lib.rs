@@ -4,14 +4,12 @@
 pub mod access;
 pub mod admin;
 pub mod apply;
-pub mod cleanup;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod credential;
 pub mod credential_provider;
 pub mod daemon;
-pub mod diagnose;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -22,7 +20,6 @@ pub mod metrics;
 pub mod node_install;
 pub mod ownership;
 pub mod plan;
-pub mod preview;
 pub mod problems;
 pub mod providers;
 pub mod queue;

@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Event, LocalObjectReference, Namespace, Pod, Secret, ServiceAccount,
+};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
@@ -264,8 +266,6 @@ fn containers(pod: &Pod, all: bool) -> Vec<(String, String, Option<String>)> {
 
 /// The findings for one Pod. `all` explains every container that does not run (a Pod named
 /// on the command line), otherwise only those waiting to pull.
-// Still to be split by cause (issue 18 item 4): one rule chain, read top to bottom today.
-#[allow(clippy::too_many_lines)]
 pub fn diagnose_pod(
     registries: &[Arc<Registry>],
     view: &PodView<'_>,
@@ -276,238 +276,299 @@ pub fn diagnose_pod(
     let sa_name = spec
         .and_then(|s| s.service_account_name.clone())
         .unwrap_or_else(|| "default".into());
-    let pod_refs: BTreeSet<String> = spec
-        .and_then(|s| s.image_pull_secrets.as_ref())
+    let pod_refs = names(spec.and_then(|s| s.image_pull_secrets.as_ref()));
+    let sa_refs = names(
+        view.service_account
+            .and_then(|sa| sa.image_pull_secrets.as_ref()),
+    );
+    containers(view.pod, all)
         .into_iter()
-        .flatten()
-        .map(|r| r.name.clone())
-        .collect();
-    let sa_refs: BTreeSet<String> = view
-        .service_account
-        .and_then(|sa| sa.image_pull_secrets.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|r| r.name.clone())
-        .collect();
-    let mut findings = Vec::new();
-    for (container, image, waiting) in containers(view.pod, all) {
-        let host = image_host(&image).to_string();
-        let kubelet = kubelet_failure(view.events, &image).map(String::from);
-        // A registry serves the host when its file lists it, or when its Secret here holds it
-        // (hosts a provider names itself, such as ECR's). Of those, the one whose scope takes
-        // this namespace is the one `run` acts on (several files may serve one host for
-        // different namespaces); only when none does is the first one's scope the cause.
-        let serving: Vec<&Arc<Registry>> = registries
-            .iter()
-            .filter(|r| {
-                r.servers.iter().any(|s| s == &host)
-                    || view
-                        .secrets
-                        .get(&r.secret_name)
-                        .is_some_and(|s| s.managed && s.hosts.iter().any(|h| h == &host))
-            })
-            .collect();
-        let registry = serving
-            .iter()
-            .find(|r| out_of_scope(r, view.namespace).is_none())
-            .or(serving.first())
-            .copied();
-        let mut f = Finding {
-            container,
-            image,
-            host: host.clone(),
-            waiting,
-            cause: Cause::Other,
-            message: String::new(),
-            fix: String::new(),
-            registry: registry.map(|r| r.name.clone()),
-            secret: registry.map(|r| r.secret_name.clone()),
-            secret_hosts: Vec::new(),
-            expires_at: None,
-            kubelet: kubelet.clone(),
-        };
-        let not_found = kubelet
-            .as_deref()
-            .is_some_and(|m| mentions(m, &["not found", "manifest unknown", "404"]));
-        let refused = kubelet
-            .as_deref()
-            .is_some_and(|m| mentions(m, &["401", "403", "unauthorized", "denied", "forbidden"]));
-        let Some(reg) = registry else {
-            let served: BTreeSet<&str> = registries
-                .iter()
-                .flat_map(|r| r.servers.iter().map(String::as_str))
-                .collect();
-            if not_found {
-                set(
-                    &mut f,
-                    Cause::ImageNotFound,
-                    format!("the registry {host} has no such image or tag"),
-                    "check the image name and tag; this is not a credential problem",
-                );
-            } else {
-                set(
-                    &mut f,
-                    Cause::UnmanagedRegistry,
-                    format!(
-                        "registry {host} is not managed by pullkeeper (its registry files serve: {})",
-                        served.into_iter().collect::<Vec<_>>().join(", ")
-                    ),
-                    "add a registry file for this host, or check the image's registry name",
-                );
-            }
-            findings.push(f);
-            continue;
-        };
-        let ns_name = view.namespace.name_any();
-        let secret_name = reg.secret_name.clone();
-        let secret = view.secrets.get(&secret_name).cloned().unwrap_or_default();
-        f.secret_hosts.clone_from(&secret.hosts);
-        f.expires_at = secret.expires_at.map(|t| t.to_rfc3339());
-        if let Some(why) = out_of_scope(reg, view.namespace) {
-            set(
-                &mut f,
-                Cause::NamespaceOutOfScope,
-                format!(
-                    "registry {} does not target namespace {ns_name}: {why}",
-                    reg.name
-                ),
-                format!(
-                    "widen namespaces in {} if this namespace should get Secret {secret_name}",
-                    reg.file.display()
-                ),
-            );
-        } else if !reg.service_accounts.matches(&sa_name) {
-            set(
-                &mut f,
-                Cause::ServiceAccountNotTargeted,
-                format!(
-                    "registry {} does not target ServiceAccount {sa_name}, which the Pod runs as",
-                    reg.name
-                ),
-                format!(
-                    "add {sa_name} to serviceAccounts in {}, or run the Pod as a targeted ServiceAccount",
-                    reg.file.display()
-                ),
-            );
-        } else if secret.exists && !secret.managed {
-            set(
-                &mut f,
-                Cause::ForeignSecret,
-                format!(
-                    "Secret {ns_name}/{secret_name} exists and is not pullkeeper's, so pullkeeper leaves it alone"
-                ),
-                format!(
-                    "delete or rename that Secret (pullkeeper then writes its own), or give registry {} another secretName",
-                    reg.name
-                ),
-            );
-        } else if !secret.exists {
-            match view.failing.get(&reg.name) {
-                Some(failing) => set(
-                    &mut f,
-                    Cause::SecretMissing,
-                    format!(
-                        "Secret {ns_name}/{secret_name} does not exist: registry {} has been failing since {}: {}",
-                        reg.name, failing.since, failing.last
-                    ),
-                    format!(
-                        "fix what registry {}'s refresh reports (pullkeeper_refresh_failures_total by category); the Secret is written at the next successful refresh",
-                        reg.name
-                    ),
-                ),
-                None => set(
-                    &mut f,
-                    Cause::SecretMissing,
-                    format!(
-                        "Secret {ns_name}/{secret_name} does not exist: pullkeeper has not written it here"
-                    ),
-                    format!(
-                        "check that pullkeeper runs and that registry {} refreshes (pullkeeper_refresh_failures_total, its RotationFailed Events)",
-                        reg.name
-                    ),
-                ),
-            }
-        } else if !secret.hosts.iter().any(|h| h == &host) {
-            set(
-                &mut f,
-                Cause::NoAuthsEntry,
-                format!(
-                    "Secret {ns_name}/{secret_name} has no auths entry for {host} (it has: {})",
-                    secret.hosts.join(", ")
-                ),
-                format!("list {host} in servers of {}", reg.file.display()),
-            );
-        } else if !pod_refs.contains(&secret_name) && !sa_refs.contains(&secret_name) {
-            set(
-                &mut f,
-                Cause::ServiceAccountLacksSecret,
-                format!("neither the Pod nor ServiceAccount {sa_name} lists Secret {secret_name}"),
-                "wait for pullkeeper to patch the ServiceAccount (check its logs), then recreate the Pod",
-            );
-        } else if !pod_refs.contains(&secret_name) {
-            set(
-                &mut f,
-                Cause::CreatedBeforeServiceAccount,
-                format!(
-                    "the Pod was created before ServiceAccount {sa_name} listed Secret {secret_name}; admission copies imagePullSecrets only at creation"
-                ),
-                "delete the Pod so its controller recreates it (or run pullkeeper with --pod-recovery on)",
-            );
-        } else if not_found {
-            set(
-                &mut f,
-                Cause::ImageNotFound,
-                format!("registry {host} has no such image or tag"),
-                "check the image name and tag; the credential is in place, this is not a credential problem",
-            );
-        } else if refused {
-            // The annotation holds the expiry the provider stated when this content was
-            // written (it is rewritten only with new content); the live expiry of a credential
-            // re-issued unchanged is the daemon's gauge.
-            let expired = secret.expires_at.is_some_and(|t| t <= now);
-            let when = secret
-                .expires_at
-                .map(|t| {
-                    format!(
-                        " (issued with an expiry of {}, the Secret's {EXPIRES_ANNOTATION})",
-                        t.to_rfc3339()
-                    )
-                })
+        .map(|(container, image, waiting)| {
+            let host = image_host(&image).to_string();
+            let kubelet = kubelet_failure(view.events, &image).map(String::from);
+            let pull = Pull {
+                host: &host,
+                sa_name: &sa_name,
+                pod_refs: &pod_refs,
+                sa_refs: &sa_refs,
+                not_found: kubelet
+                    .as_deref()
+                    .is_some_and(|m| mentions(m, &["not found", "manifest unknown", "404"])),
+                refused: kubelet.as_deref().is_some_and(|m| {
+                    mentions(m, &["401", "403", "unauthorized", "denied", "forbidden"])
+                }),
+            };
+            let registry = serving_registry(registries, view, &host);
+            let secret = registry
+                .and_then(|r| view.secrets.get(&r.secret_name))
+                .cloned()
                 .unwrap_or_default();
-            set(
-                &mut f,
-                Cause::CredentialRefused,
-                if expired {
-                    format!(
-                        "registry {host} refused the credential in Secret {secret_name}: the expiry stated when it was written has passed{when}"
-                    )
-                } else {
-                    format!("registry {host} refused the credential in Secret {secret_name}{when}")
-                },
-                format!(
-                    "check registry {}'s refreshes (pullkeeper_refresh_failures_total; the credential's current expiry is pullkeeper_credential_expiry_timestamp_seconds) and the provider's account; the kubelet retries with the Secret as it is updated",
-                    reg.name
-                ),
-            );
-        } else {
-            set(
-                &mut f,
-                Cause::Other,
-                format!(
-                    "the Pod references Secret {secret_name}, which holds {host}; nothing pullkeeper controls is missing"
-                ),
-                "read the kubelet's message below",
-            );
-        }
-        findings.push(f);
-    }
-    findings
+            let verdict = match registry {
+                None => unmanaged(registries, &pull),
+                Some(reg) => scope_verdict(reg, view, &pull)
+                    .or_else(|| secret_verdict(reg, view, &secret, &pull))
+                    .or_else(|| reference_verdict(reg, &pull))
+                    .unwrap_or_else(|| pull_verdict(reg, &secret, &pull, now)),
+            };
+            Finding {
+                container,
+                image,
+                host: host.clone(),
+                waiting,
+                cause: verdict.cause,
+                message: verdict.message,
+                fix: verdict.fix,
+                registry: registry.map(|r| r.name.clone()),
+                secret: registry.map(|r| r.secret_name.clone()),
+                // Empty when no registry serves the host (the default view).
+                secret_hosts: secret.hosts.clone(),
+                expires_at: secret.expires_at.map(|t| t.to_rfc3339()),
+                kubelet,
+            }
+        })
+        .collect()
 }
 
-fn set(f: &mut Finding, cause: Cause, message: impl Into<String>, fix: impl Into<String>) {
-    f.cause = cause;
-    f.message = message.into();
-    f.fix = fix.into();
+/// The names of a list of references.
+fn names(refs: Option<&Vec<LocalObjectReference>>) -> BTreeSet<String> {
+    refs.into_iter().flatten().map(|r| r.name.clone()).collect()
+}
+
+/// What the rules know about one container's pull.
+struct Pull<'a> {
+    host: &'a str,
+    /// The ServiceAccount the Pod runs as.
+    sa_name: &'a str,
+    /// The Secrets the Pod itself lists.
+    pod_refs: &'a BTreeSet<String>,
+    /// The Secrets its ServiceAccount lists.
+    sa_refs: &'a BTreeSet<String>,
+    /// The kubelet said the image or tag does not exist.
+    not_found: bool,
+    /// The kubelet said the registry refused the credential.
+    refused: bool,
+}
+
+/// One cause, what it means here and the fix.
+struct Verdict {
+    cause: Cause,
+    message: String,
+    fix: String,
+}
+
+fn verdict(cause: Cause, message: impl Into<String>, fix: impl Into<String>) -> Verdict {
+    Verdict {
+        cause,
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The registry `run` acts on for this host here. A registry serves the host when its file
+/// lists it, or when its Secret here holds it (hosts a provider names itself, such as ECR's).
+/// Of those, the one whose scope takes this namespace is the one `run` acts on (several files
+/// may serve one host for different namespaces); only when none does is the first one's scope
+/// the cause.
+fn serving_registry<'r>(
+    registries: &'r [Arc<Registry>],
+    view: &PodView<'_>,
+    host: &str,
+) -> Option<&'r Arc<Registry>> {
+    let serving: Vec<&Arc<Registry>> = registries
+        .iter()
+        .filter(|r| {
+            r.servers.iter().any(|s| s == host)
+                || view
+                    .secrets
+                    .get(&r.secret_name)
+                    .is_some_and(|s| s.managed && s.hosts.iter().any(|h| h == host))
+        })
+        .collect();
+    serving
+        .iter()
+        .find(|r| out_of_scope(r, view.namespace).is_none())
+        .or(serving.first())
+        .copied()
+}
+
+/// No registry file serves the host.
+fn unmanaged(registries: &[Arc<Registry>], pull: &Pull<'_>) -> Verdict {
+    let host = pull.host;
+    if pull.not_found {
+        return verdict(
+            Cause::ImageNotFound,
+            format!("the registry {host} has no such image or tag"),
+            "check the image name and tag; this is not a credential problem",
+        );
+    }
+    let served: BTreeSet<&str> = registries
+        .iter()
+        .flat_map(|r| r.servers.iter().map(String::as_str))
+        .collect();
+    verdict(
+        Cause::UnmanagedRegistry,
+        format!(
+            "registry {host} is not managed by pullkeeper (its registry files serve: {})",
+            served.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+        "add a registry file for this host, or check the image's registry name",
+    )
+}
+
+/// The registry's scope leaves out the namespace or the Pod's ServiceAccount.
+fn scope_verdict(reg: &Registry, view: &PodView<'_>, pull: &Pull<'_>) -> Option<Verdict> {
+    let ns_name = view.namespace.name_any();
+    let (name, file, secret_name) = (&reg.name, reg.file.display(), &reg.secret_name);
+    if let Some(why) = out_of_scope(reg, view.namespace) {
+        return Some(verdict(
+            Cause::NamespaceOutOfScope,
+            format!("registry {name} does not target namespace {ns_name}: {why}"),
+            format!("widen namespaces in {file} if this namespace should get Secret {secret_name}"),
+        ));
+    }
+    let sa_name = pull.sa_name;
+    (!reg.service_accounts.matches(sa_name)).then(|| {
+        verdict(
+            Cause::ServiceAccountNotTargeted,
+            format!(
+                "registry {name} does not target ServiceAccount {sa_name}, which the Pod runs as"
+            ),
+            format!(
+                "add {sa_name} to serviceAccounts in {file}, or run the Pod as a targeted ServiceAccount"
+            ),
+        )
+    })
+}
+
+/// The Secret here is another's, missing, or lacks the host.
+fn secret_verdict(
+    reg: &Registry,
+    view: &PodView<'_>,
+    secret: &SecretView,
+    pull: &Pull<'_>,
+) -> Option<Verdict> {
+    let ns_name = view.namespace.name_any();
+    let (name, secret_name, host) = (&reg.name, &reg.secret_name, pull.host);
+    if secret.exists && !secret.managed {
+        return Some(verdict(
+            Cause::ForeignSecret,
+            format!(
+                "Secret {ns_name}/{secret_name} exists and is not pullkeeper's, so pullkeeper leaves it alone"
+            ),
+            format!(
+                "delete or rename that Secret (pullkeeper then writes its own), or give registry {name} another secretName"
+            ),
+        ));
+    }
+    if !secret.exists {
+        return Some(match view.failing.get(name) {
+            Some(failing) => verdict(
+                Cause::SecretMissing,
+                format!(
+                    "Secret {ns_name}/{secret_name} does not exist: registry {name} has been failing since {}: {}",
+                    failing.since, failing.last
+                ),
+                format!(
+                    "fix what registry {name}'s refresh reports (pullkeeper_refresh_failures_total by category); the Secret is written at the next successful refresh"
+                ),
+            ),
+            None => verdict(
+                Cause::SecretMissing,
+                format!(
+                    "Secret {ns_name}/{secret_name} does not exist: pullkeeper has not written it here"
+                ),
+                format!(
+                    "check that pullkeeper runs and that registry {name} refreshes (pullkeeper_refresh_failures_total, its RotationFailed Events)"
+                ),
+            ),
+        });
+    }
+    (!secret.hosts.iter().any(|h| h == host)).then(|| {
+        verdict(
+            Cause::NoAuthsEntry,
+            format!(
+                "Secret {ns_name}/{secret_name} has no auths entry for {host} (it has: {})",
+                secret.hosts.join(", ")
+            ),
+            format!("list {host} in servers of {}", reg.file.display()),
+        )
+    })
+}
+
+/// Neither the Pod nor its ServiceAccount, or only the ServiceAccount, lists the Secret.
+fn reference_verdict(reg: &Registry, pull: &Pull<'_>) -> Option<Verdict> {
+    let (secret_name, sa_name) = (&reg.secret_name, pull.sa_name);
+    if pull.pod_refs.contains(secret_name) {
+        return None;
+    }
+    Some(if pull.sa_refs.contains(secret_name) {
+        verdict(
+            Cause::CreatedBeforeServiceAccount,
+            format!(
+                "the Pod was created before ServiceAccount {sa_name} listed Secret {secret_name}; admission copies imagePullSecrets only at creation"
+            ),
+            "delete the Pod so its controller recreates it (or run pullkeeper with --pod-recovery on)",
+        )
+    } else {
+        verdict(
+            Cause::ServiceAccountLacksSecret,
+            format!("neither the Pod nor ServiceAccount {sa_name} lists Secret {secret_name}"),
+            "wait for pullkeeper to patch the ServiceAccount (check its logs), then recreate the Pod",
+        )
+    })
+}
+
+/// Everything pullkeeper controls is in place: what the registry answered.
+fn pull_verdict(
+    reg: &Registry,
+    secret: &SecretView,
+    pull: &Pull<'_>,
+    now: DateTime<Utc>,
+) -> Verdict {
+    let (host, secret_name) = (pull.host, &reg.secret_name);
+    if pull.not_found {
+        return verdict(
+            Cause::ImageNotFound,
+            format!("registry {host} has no such image or tag"),
+            "check the image name and tag; the credential is in place, this is not a credential problem",
+        );
+    }
+    if !pull.refused {
+        return verdict(
+            Cause::Other,
+            format!(
+                "the Pod references Secret {secret_name}, which holds {host}; nothing pullkeeper controls is missing"
+            ),
+            "read the kubelet's message below",
+        );
+    }
+    // The annotation holds the expiry the provider stated when this content was written (it is
+    // rewritten only with new content); the live expiry of a credential re-issued unchanged is
+    // the daemon's gauge.
+    let expired = secret.expires_at.is_some_and(|t| t <= now);
+    let when = secret
+        .expires_at
+        .map(|t| {
+            format!(
+                " (issued with an expiry of {}, the Secret's {EXPIRES_ANNOTATION})",
+                t.to_rfc3339()
+            )
+        })
+        .unwrap_or_default();
+    verdict(
+        Cause::CredentialRefused,
+        if expired {
+            format!(
+                "registry {host} refused the credential in Secret {secret_name}: the expiry stated when it was written has passed{when}"
+            )
+        } else {
+            format!("registry {host} refused the credential in Secret {secret_name}{when}")
+        },
+        format!(
+            "check registry {}'s refreshes (pullkeeper_refresh_failures_total; the credential's current expiry is pullkeeper_credential_expiry_timestamp_seconds) and the provider's account; the kubelet retries with the Secret as it is updated",
+            reg.name
+        ),
+    )
 }
 
 /// Which Pods to diagnose.

@@ -1,6 +1,13 @@
 //! The commands, as library functions returning the process exit code. `run` is the one place
 //! where the daemon is wired: client, metrics, leader election, admin server, daemon, and the
-//! order in which they stop.
+//! order in which they stop. The operator commands live in the submodules, each in one shape —
+//! read the cluster, decide with a pure function, hand back a [`Report`] — and end through
+//! [`finish`]: `plan` (what `run` would change), `diagnose` (why a Pod cannot pull), `cleanup`
+//! (what an uninstalled installation left).
+
+pub mod cleanup;
+pub mod diagnose;
+pub mod plan;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +27,6 @@ use crate::events::PodIdentity;
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::ownership::Owner;
-use crate::preview::{self, Credentials};
 use crate::recover::Limits;
 use crate::refresh::error_chain;
 use crate::reload;
@@ -365,19 +371,95 @@ pub async fn run(args: RunArgs, once: bool) -> Result<i32, StartError> {
     Ok(i32::from(lost.load(Ordering::SeqCst)))
 }
 
-/// Writes a command's report to stdout: text for people, or one JSON document and a newline.
-fn print_report(
-    output: OutputFormat,
-    text: impl FnOnce() -> String,
-    json: impl FnOnce() -> Result<String, serde_json::Error>,
-) -> Result<(), Box<dyn std::error::Error>> {
+/// What an operator command (`plan`, `diagnose`, `cleanup`) found, in one shape: each reads
+/// the cluster, decides with a pure function, and hands back a report that prints as text for
+/// people or one JSON document, says its exit code (0 nothing to do, 1 something found or to
+/// change, 2 an error or a refusal) and the lines that go to stderr.
+pub trait Report {
+    fn to_text(&self) -> String;
+    fn to_json(&self) -> Result<String, serde_json::Error>;
+    fn exit_code(&self) -> i32;
+    /// Lines for stderr after the report (errors met on the way).
+    fn errors(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl Report for plan::report::Report {
+    fn to_text(&self) -> String {
+        self.to_text()
+    }
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        self.to_json()
+    }
+    fn exit_code(&self) -> i32 {
+        i32::from(self.summary.changes)
+    }
+}
+
+impl Report for diagnose::Report {
+    fn to_text(&self) -> String {
+        self.to_text()
+    }
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        self.to_json()
+    }
+    fn exit_code(&self) -> i32 {
+        i32::from(self.found())
+    }
+}
+
+impl Report for cleanup::Report {
+    fn to_text(&self) -> String {
+        self.to_text()
+    }
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        self.to_json()
+    }
+    fn exit_code(&self) -> i32 {
+        self.exit_code()
+    }
+    fn errors(&self) -> Vec<String> {
+        self.errors()
+    }
+}
+
+/// One line on stderr naming the command, and exit code 2.
+fn fail(command: &str, e: &dyn std::error::Error) -> i32 {
+    eprintln!("pullkeeper {command}: {}", error_chain(e));
+    2
+}
+
+/// The end every operator command shares: its cluster work within `limit` (`0`: no limit),
+/// then the report on stdout in `format`, its errors on stderr, and its exit code; 2 when the
+/// work failed, ran out of time or the report could not be written.
+async fn finish<R: Report, E: std::error::Error>(
+    command: &str,
+    limit: std::time::Duration,
+    format: OutputFormat,
+    work: impl std::future::Future<Output = Result<R, E>>,
+) -> i32 {
     use std::io::Write as _;
-    let out = match output {
-        OutputFormat::Text => text(),
-        OutputFormat::Json => json()? + "\n",
+    let report = match within(command, limit, work).await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return fail(command, &e),
+        None => return 2,
     };
-    std::io::stdout().lock().write_all(out.as_bytes())?;
-    Ok(())
+    let out = match format {
+        OutputFormat::Text => Ok(report.to_text()),
+        OutputFormat::Json => report.to_json().map(|j| j + "\n"),
+    };
+    let written = match out {
+        Ok(out) => std::io::stdout().lock().write_all(out.as_bytes()),
+        Err(e) => return fail(command, &e),
+    };
+    if let Err(e) = written {
+        return fail(command, &e);
+    }
+    for line in report.errors() {
+        eprintln!("pullkeeper {command}: {line}");
+    }
+    report.exit_code()
 }
 
 /// Runs a read-only command's cluster work within `--request-timeout` (`0`: no limit); `None`
@@ -401,6 +483,15 @@ async fn within<T>(
     None
 }
 
+/// The config problems on stderr, and exit code 2.
+fn invalid_config(problems: &[crate::problems::Problem]) -> i32 {
+    for p in problems {
+        eprintln!("{p}");
+    }
+    eprintln!("{} problem(s); config is invalid", problems.len());
+    2
+}
+
 /// `pullkeeper plan`: prints what `run` would change; 0 when nothing, 1 when something, 2 on
 /// an invalid config, an unreachable cluster or a failed `--fetch`.
 pub async fn plan(args: PlanArgs) -> i32 {
@@ -410,46 +501,40 @@ pub async fn plan(args: PlanArgs) -> i32 {
     };
     let generation = match reload::load_first(&args.config.dir, options).await {
         Ok(g) => g,
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            eprintln!("{} problem(s); config is invalid", problems.len());
-            return 2;
-        }
-    };
-    let failed = |e: &dyn std::error::Error| {
-        eprintln!("pullkeeper plan: {}", error_chain(e));
-        2
+        Err(problems) => return invalid_config(&problems),
     };
     let client = match client(&args.kube, "plan").await {
         Ok(c) => c,
-        Err(e) => return failed(&e),
+        Err(e) => return fail("plan", &e),
     };
     let metrics = match Metrics::new() {
         Ok(m) => m,
-        Err(e) => return failed(&StartError::Metrics(e)),
+        Err(e) => return fail("plan", &StartError::Metrics(e)),
     };
     let credentials = if args.fetch {
-        Credentials::Fetch {
+        plan::Credentials::Fetch {
             generation: &generation,
             metrics: &metrics.refresh,
             timeout: args.fetch_timeout,
         }
     } else {
-        Credentials::Assumed
+        plan::Credentials::Assumed
     };
     let owner = Owner::new(args.instance.name.clone());
-    let work = preview::preview(&client, &owner, &generation.config.registries, credentials);
-    let report = match within("plan", args.deadline.request_timeout, work).await {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => return failed(&e),
-        None => return 2,
-    };
-    if let Err(e) = print_report(args.output.format, || report.to_text(), || report.to_json()) {
-        return failed(e.as_ref());
-    }
-    i32::from(report.summary.changes)
+    // Boxed: the listing and planning state is large for a future held on the stack.
+    let work = Box::pin(plan::preview(
+        &client,
+        &owner,
+        &generation.config.registries,
+        credentials,
+    ));
+    finish(
+        "plan",
+        args.deadline.request_timeout,
+        args.output.format,
+        work,
+    )
+    .await
 }
 
 /// `pullkeeper diagnose`: prints the causes; 0 when nothing is wrong, 1 when a cause was found,
@@ -461,75 +546,48 @@ pub async fn diagnose(args: DiagnoseArgs) -> i32 {
     };
     let config = match config::load(&args.config.dir, options) {
         Ok(c) => c,
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            eprintln!("{} problem(s); config is invalid", problems.len());
-            return 2;
-        }
+        Err(problems) => return invalid_config(&problems),
     };
     let client = match client(&args.kube, "diagnose").await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("pullkeeper diagnose: {}", error_chain(&e));
-            return 2;
-        }
+        Err(e) => return fail("diagnose", &e),
     };
     let target = match (args.namespace, args.pod) {
-        (Some(namespace), Some(name)) => crate::diagnose::Target::Pod { namespace, name },
-        (Some(ns), None) => crate::diagnose::Target::Namespace(ns),
-        (None, _) => crate::diagnose::Target::All,
+        (Some(namespace), Some(name)) => diagnose::Target::Pod { namespace, name },
+        (Some(ns), None) => diagnose::Target::Namespace(ns),
+        (None, _) => diagnose::Target::All,
     };
     let owner = Owner::new(args.instance.name);
-    let work = crate::diagnose::diagnose(
+    let work = diagnose::diagnose(
         &client,
         &owner,
         &config.registries,
         &target,
         chrono::Utc::now(),
     );
-    let report = match within("diagnose", args.deadline.request_timeout, work).await {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => {
-            eprintln!("pullkeeper diagnose: {}", error_chain(&e));
-            return 2;
-        }
-        None => return 2,
-    };
-    let text = match args.output.format {
-        OutputFormat::Json => match report.to_json() {
-            Ok(j) => j + "\n",
-            Err(e) => {
-                eprintln!("pullkeeper diagnose: {e}");
-                return 2;
-            }
-        },
-        OutputFormat::Text => report.to_text(),
-    };
-    print!("{text}");
-    i32::from(report.found())
+    finish(
+        "diagnose",
+        args.deadline.request_timeout,
+        args.output.format,
+        work,
+    )
+    .await
 }
 
 /// `pullkeeper cleanup`: removes what the installation left behind; 0 when nothing is (left)
 /// to clean, 1 with `--dry-run` when something would be removed, 2 on an error or a refusal.
 pub async fn cleanup(args: CleanupArgs) -> i32 {
-    use crate::cleanup::{self, LeaseRef, Options};
-    let failed = |e: &dyn std::error::Error| {
-        eprintln!("pullkeeper cleanup: {}", error_chain(e));
-        2
-    };
     let client = match client(&args.kube, "cleanup").await {
         Ok(c) => c,
-        Err(e) => return failed(&e),
+        Err(e) => return fail("cleanup", &e),
     };
     let metrics = match Metrics::new() {
         Ok(m) => m,
-        Err(e) => return failed(&StartError::Metrics(e)),
+        Err(e) => return fail("cleanup", &StartError::Metrics(e)),
     };
     let owner = Owner::new(args.instance.name);
-    let lease = LeaseRef::of(&owner, args.lease_namespace);
-    let options = Options {
+    let lease = cleanup::LeaseRef::of(&owner, args.lease_namespace);
+    let options = cleanup::Options {
         dry_run: args.dry_run,
         force: args.force,
         wait: args.wait,
@@ -541,18 +599,7 @@ pub async fn cleanup(args: CleanupArgs) -> i32 {
         args.deadline.request_timeout + args.wait
     };
     let work = cleanup::cleanup(&client, &owner, &lease, metrics.writes, options);
-    let report = match within("cleanup", limit, work).await {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => return failed(&e),
-        None => return 2,
-    };
-    if let Err(e) = print_report(args.output.format, || report.to_text(), || report.to_json()) {
-        return failed(e.as_ref());
-    }
-    for line in report.errors() {
-        eprintln!("pullkeeper cleanup: {line}");
-    }
-    report.exit_code()
+    finish("cleanup", limit, args.output.format, work).await
 }
 
 /// `pullkeeper credential-provider`: one kubelet plugin invocation; 0 with a response on stdout

@@ -21,12 +21,12 @@ use serde::Serialize;
 
 use crate::access;
 use crate::apply::{Applier, WriteError};
+use crate::commands::plan::PreviewError;
 use crate::leader;
 use crate::metrics::WriteMetrics;
 use crate::ownership::Owner;
 use crate::ownership::owned_entries;
 use crate::plan::{self, AccountChange, AccountState};
-use crate::preview::PreviewError;
 use crate::refresh::error_chain;
 
 /// The `apiVersion` and `kind` of the JSON document.
