@@ -320,6 +320,12 @@ pub struct RunArgs {
     /// Time limit of one provider call.
     #[arg(long, env = "PULLKEEPER_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
+    /// Longest a watch request stays open: the API server then ends it and pullkeeper watches
+    /// on from where it was. A watch that delivers nothing for this long plus 5 s (a
+    /// connection that stalled silently) is dropped and opened again, so no change waits
+    /// longer than that to be seen.
+    #[arg(long, env = "PULLKEEPER_WATCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub watch_timeout: Duration,
     /// How long `once` waits for its watches to list (an unreachable API server or a watch the
     /// role forbids then ends it with exit 2, naming what did not list); also bounds the
     /// permission review at start.

@@ -65,7 +65,18 @@ pub struct Settings {
     pub fetch_timeout: Duration,
     /// How long `once` waits for the watches' first listing.
     pub sync_timeout: Duration,
+    /// How long one watch request stays open (see [`watch_config`]).
+    pub watch_timeout: Duration,
     pub recovery: RecoverySettings,
+}
+
+/// A watcher config whose requests the API server ends after `timeout` (at least a second).
+/// The watcher drops a watch that delivered nothing (not even a bookmark) for `timeout` plus
+/// 5 s — a connection that stalled silently, since the API server would have ended it — and
+/// watches again from the last version it saw; kube's default would wait 295 s.
+fn watch_config(timeout: Duration) -> watcher::Config {
+    let seconds = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
+    watcher::Config::default().timeout(seconds)
 }
 
 /// A namespace as its watch delivers it: metadata only.
@@ -96,6 +107,8 @@ struct WatchContext {
     sweep: Arc<Notify>,
     /// Woken when a Secret watch listed for the first time.
     listed: Arc<Notify>,
+    /// How long one watch request stays open.
+    timeout: Duration,
 }
 
 impl WatchContext {
@@ -147,7 +160,7 @@ impl<T> Listing<T> {
 async fn watch_namespaces(ctx: WatchContext, synced: Arc<AtomicBool>) {
     let stream = watcher(
         Api::<NamespaceMeta>::all(ctx.client.clone()),
-        watcher::Config::default().any_semantic(),
+        watch_config(ctx.timeout).any_semantic(),
     )
     .default_backoff();
     futures::pin_mut!(stream);
@@ -187,7 +200,7 @@ async fn watch_namespaces(ctx: WatchContext, synced: Arc<AtomicBool>) {
 async fn watch_accounts(ctx: WatchContext, synced: Arc<AtomicBool>) {
     let stream = watcher(
         Api::<ServiceAccount>::all(ctx.client.clone()),
-        watcher::Config::default().any_semantic(),
+        watch_config(ctx.timeout).any_semantic(),
     )
     .default_backoff();
     futures::pin_mut!(stream);
@@ -235,7 +248,7 @@ async fn watch_accounts(ctx: WatchContext, synced: Arc<AtomicBool>) {
 async fn watch_secrets(ctx: WatchContext, name: String, synced: Arc<AtomicBool>) {
     let stream = watcher(
         Api::<Secret>::all(ctx.client.clone()),
-        watcher::Config::default()
+        watch_config(ctx.timeout)
             .fields(&format!("metadata.name={name}"))
             .any_semantic(),
     )
@@ -422,6 +435,7 @@ pub async fn start(
         ready: ready.clone(),
         sweep: sweep.clone(),
         listed: Arc::new(Notify::new()),
+        timeout: settings.watch_timeout,
     };
     let namespaces_synced = Arc::new(AtomicBool::new(false));
     // Only Pods not yet running can be stuck pulling: the field selector keeps the cache small.
@@ -430,7 +444,7 @@ pub async fn start(
         let (pods, pod_writer) = reflector::store();
         let stream = watcher(
             Api::<Pod>::all(client.clone()),
-            watcher::Config::default().fields("status.phase=Pending"),
+            watch_config(settings.watch_timeout).fields("status.phase=Pending"),
         )
         .default_backoff()
         .modify(slim)

@@ -187,6 +187,7 @@ fn settings(args: &RunArgs) -> Settings {
         home_namespace: args.lease_namespace.clone(),
         fetch_timeout: args.fetch_timeout,
         sync_timeout: args.sync_timeout,
+        watch_timeout: args.watch_timeout,
         recovery: RecoverySettings {
             mode: args.pod_recovery,
             interval: args.recovery_interval,

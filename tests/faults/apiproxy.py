@@ -5,8 +5,12 @@ It terminates TLS with a throw-away certificate, forwards every request to the r
 (streaming the answer, so watches work), and answers a share of the writes to Secrets and
 ServiceAccounts itself with 429 Too Many Requests (Retry-After: 1) or 503, as an overloaded API
 server does. The share is read from STATE (JSON {"fail_share": 0.3}) on every request, so a test
-changes it while the proxy runs. Every request is logged to LOG as one line:
-"INJECT|FWD METHOD PATH CODE".
+changes it while the proxy runs. With "stall_before": T (seconds since the epoch) in STATE, every
+watch request that started before T stalls silently, as a half-dead connection does: the next time
+its answer would move on (an event, or the API server ending it), the proxy forwards nothing more
+and keeps the connection open without a byte, forever. Watches started after T are forwarded.
+Every request is logged to LOG as one line: "INJECT|FWD METHOD PATH CODE"; a stalled watch as
+"STALL METHOD PATH".
 
 usage: apiproxy.py UPSTREAM CA_FILE STATE LOG PORT_FILE
 """
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 
 UPSTREAM, CA, STATE, LOG, PORT_FILE = sys.argv[1:6]
@@ -38,12 +43,29 @@ def log(line):
         f.write(line + "\n")
 
 
-def share():
+def state():
     try:
         with open(STATE) as f:
-            return float(json.load(f).get("fail_share", 0))
+            return json.load(f)
     except (OSError, ValueError):
+        return {}
+
+
+def share():
+    try:
+        return float(state().get("fail_share", 0))
+    except (TypeError, ValueError):
         return 0.0
+
+
+def stalled(started):
+    before = state().get("stall_before")
+    return isinstance(before, (int, float)) and started < before
+
+
+def is_watch(path):
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+    return query.get("watch", [""])[0] in ("true", "1")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -53,6 +75,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def handle_any(self):
+        started = time.time()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         if self.command in ("POST", "PUT", "PATCH") and WRITE.match(self.path) \
@@ -84,9 +107,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header(k, v)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        watch = is_watch(self.path)
         try:
             while True:
                 chunk = resp.read1(65536)
+                if watch and stalled(started):
+                    conn.close()
+                    log(f"STALL {self.command} {self.path}")
+                    threading.Event().wait()
                 if not chunk:
                     break
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
