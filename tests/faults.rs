@@ -6,6 +6,13 @@
 //! - A registry file truncated mid-write, and one whose symlink dangles (a ConfigMap swap caught
 //!   half-way): the reload is rejected, the old config keeps running (it still repairs), nothing
 //!   is pruned, and a fixed file is taken.
+//! - The API server (or etcd) killed mid-rotation, writes refused with 429/503, the role's
+//!   bindings withdrawn, and a watch that stalls silently: everything converges afterwards,
+//!   nothing lost or duplicated.
+//! - The provider down for longer than the credential's lifetime: the last good Secret stays,
+//!   retries back off, and the expiry alert fires in a real Prometheus before the expiry.
+//! - An upgrade in place from the previous release (`PK_PREVIOUS_BIN`, built by
+//!   tests/upgrade/build-previous), both running during the rollout: nothing is rewritten.
 // A scenario test reads top to bottom as the story it checks; splitting it hides the order.
 #![allow(clippy::too_many_lines)]
 
@@ -499,6 +506,28 @@ impl FaultProxy {
         std::fs::write(&self.state, format!("{{\"fail_share\": {fail_share}}}")).expect("state");
     }
 
+    /// Every watch open now stalls silently from its next event on; later watches pass.
+    fn stall_watches(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        std::fs::write(
+            &self.state,
+            format!("{{\"fail_share\": 0, \"stall_before\": {now}}}"),
+        )
+        .expect("state");
+    }
+
+    /// The proxy's log lines so far.
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
     /// (injected, forwarded) write requests to Secrets and ServiceAccounts so far.
     fn writes(&self) -> (usize, usize) {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -639,6 +668,474 @@ async fn writes_refused_with_429_and_503_are_retried_with_backoff_and_nothing_is
         !logs.contains("busy-1") && !logs.contains("busy-2"),
         "no credential in the log"
     );
+    namespaces.cleanup().await;
+}
+
+/// Whether `line` of the proxy's log is a namespace watch.
+fn namespace_watch(line: &str) -> bool {
+    line.split(' ')
+        .nth(2)
+        .is_some_and(|path| path.starts_with("/api/v1/namespaces?") && path.contains("watch=true"))
+}
+
+#[tokio::test]
+async fn a_watch_that_stalls_silently_is_dropped_and_a_namespace_created_meanwhile_is_served() {
+    // The API server ends each watch request after this; the watcher drops one silent for 5 s
+    // more (a stalled connection) and watches again from where it was.
+    const WATCH_TIMEOUT_S: u64 = 10;
+    let test = "faults-stall";
+    let client = support::admin_client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let first = namespaces.create().await;
+    let endpoint = TokenEndpoint::start(token_answer("pw-stall-first")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "stall.yaml",
+        &endpoint.registry_file(
+            "registry.stall.test",
+            "stall-pull",
+            &support::test_selector(test),
+            SLOW,
+        ),
+    );
+    let proxy = FaultProxy::start(0.0).await;
+    daemon::grant_config(&dir).await;
+    let kubeconfig = proxy.kubeconfig(&daemon::pullkeeper_kubeconfig(&client).await);
+    let d = daemon::spawn(
+        &kubeconfig,
+        &dir,
+        "info",
+        &daemon::unique_instance(),
+        &["--watch-timeout", &format!("{WATCH_TIMEOUT_S}s")],
+        &[],
+    )
+    .await;
+    support::wait_password(
+        &client,
+        &first,
+        "stall-pull",
+        "registry.stall.test",
+        "pw-stall-first",
+    )
+    .await;
+    support::wait_pull_secrets(&client, &first, "default", &["stall-pull"]).await;
+
+    // Every watch pullkeeper has open goes silent, its connection kept open: the new
+    // namespace's event reaches the namespace watch and is never forwarded.
+    proxy.stall_watches();
+    let stalled = std::time::Instant::now();
+    let late = namespaces.create().await;
+    let at = support::wait_for_named("the proxy stalling the namespace watch", WAIT, || async {
+        proxy
+            .lines()
+            .iter()
+            .position(|l| l.starts_with("STALL") && namespace_watch(l))
+    })
+    .await;
+    support::wait_password(
+        &client,
+        &late,
+        "stall-pull",
+        "registry.stall.test",
+        "pw-stall-first",
+    )
+    .await;
+    support::wait_pull_secrets(&client, &late, "default", &["stall-pull"]).await;
+    eprintln!(
+        "watches stalled silently: the namespace created meanwhile served {:.1} s later (--watch-timeout {WATCH_TIMEOUT_S}s: a watch silent for {} s is dropped)",
+        stalled.elapsed().as_secs_f64(),
+        WATCH_TIMEOUT_S + 5
+    );
+    // It was the dropped watch, opened again, that brought the namespace.
+    assert!(
+        proxy.lines()[at..]
+            .iter()
+            .any(|l| l.starts_with("FWD") && namespace_watch(l)),
+        "the namespace watch was opened again after it stalled"
+    );
+    let logs = d.stop().await;
+    assert!(!logs.contains("pw-stall-first"), "no credential in the log");
+    namespaces.cleanup().await;
+}
+
+/// Debian's Prometheus on loopback, scraping one daemon every second with dashboards/alerts.yaml,
+/// `PullkeeperCredentialExpiresSoon`'s `for` compressed from 5 m to 5 s (the credential lives
+/// 2 minutes, not 12 hours); killed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Prometheus {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let rules = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/alerts.yaml"),
+        )
+        .expect("dashboards/alerts.yaml");
+        let (head, tail) = rules
+            .split_once("alert: PullkeeperCredentialExpiresSoon")
+            .expect("the expiry alert");
+        assert!(tail.contains("for: 5m"), "the expiry alert waits 5m");
+        let rules = format!(
+            "{head}alert: PullkeeperCredentialExpiresSoon{}",
+            tail.replacen("for: 5m", "for: 5s", 1)
+        );
+        let rules = support::write_scratch_file("prometheus", ".rules.yaml", &rules);
+        let port = daemon::free_port();
+        let config = support::write_scratch_file(
+            "prometheus",
+            ".yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: pullkeeper\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                rules.display()
+            ),
+        );
+        let tsdb = support::scratch_path("prometheus", ".tsdb");
+        let log = std::fs::File::create(support::scratch_path("prometheus", ".log")).expect("log");
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--storage.tsdb.path={}", tsdb.display()))
+            .arg("--log.level=warn")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus (Debian's package; tests/run-all.sh installs it)");
+        let url = format!("http://127.0.0.1:{port}");
+        support::wait_for_named("prometheus ready", WAIT, || async {
+            reqwest::get(format!("{url}/-/ready"))
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        })
+        .await;
+        Self { child, url }
+    }
+
+    /// The state (`pending`, `firing`) of `alert` for `registry`, if it is active.
+    async fn alert(&self, alert: &str, registry: &str) -> Option<String> {
+        let doc: serde_json::Value = reqwest::get(format!("{}/api/v1/alerts", self.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        doc["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == alert && a["labels"]["registry"] == registry)
+            .and_then(|a| a["state"].as_str().map(String::from))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_provider_down_past_the_credentials_lifetime_keeps_the_last_secret_and_the_expiry_alert_fires_before_expiry()
+ {
+    const NAMESPACES: usize = 3;
+    const LIFETIME_S: u64 = 120;
+    let test = "faults-outage";
+    let client = support::admin_client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let mut names = Vec::new();
+    for _ in 0..NAMESPACES {
+        names.push(namespaces.create().await);
+    }
+    let endpoint = TokenEndpoint::start(Answer::Token {
+        username: "robot".into(),
+        password: "pw-outage-first".into(),
+        expires_in: LIFETIME_S,
+    })
+    .await;
+    let dir = config_dir();
+    // Renewal at 2/3 of the 2-minute lifetime; retries from 2 s doubling to 8 s, and at most a
+    // quarter of the time left before expiry.
+    write_config(
+        &dir,
+        "outage.yaml",
+        &endpoint.registry_file(
+            "registry.outage.test",
+            "outage-pull",
+            &support::test_selector(test),
+            "refresh:\n  minInterval: 1s\n  backoffInitial: 2s\n  backoffMax: 8s\n",
+        ),
+    );
+    daemon::grant_config(&dir).await;
+    let kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
+    let d = daemon::spawn(
+        &kubeconfig,
+        &dir,
+        "info",
+        &daemon::unique_instance(),
+        &[],
+        &[],
+    )
+    .await;
+    for ns in &names {
+        support::wait_password(
+            &client,
+            ns,
+            "outage-pull",
+            "registry.outage.test",
+            "pw-outage-first",
+        )
+        .await;
+    }
+    let expiry = d
+        .sample("pullkeeper_credential_expiry_timestamp_seconds{registry=\"outage\"}")
+        .await;
+    assert!(expiry > 0.0, "the daemon states the credential's expiry");
+    let prometheus = Prometheus::start(d.admin).await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64()
+    };
+    // The provider goes down now, long before the renewal, and stays down past the expiry.
+    endpoint.set(Answer::Status(503));
+    let calls_before = endpoint.calls();
+    let down = now();
+    let mut fired_at = None;
+    let mut saw_inactive = false;
+    while now() < expiry + 20.0 {
+        let state = prometheus
+            .alert("PullkeeperCredentialExpiresSoon", "outage")
+            .await;
+        if state.is_none() && now() < expiry - 0.25 * LIFETIME_S as f64 - 2.0 {
+            saw_inactive = true;
+        }
+        if fired_at.is_none() && state.as_deref() == Some("firing") {
+            fired_at = Some(now());
+        }
+        // The last good Secret stays, never overwritten nor emptied.
+        for ns in &names {
+            let secret = support::get_secret(&client, ns, "outage-pull")
+                .await
+                .unwrap_or_else(|| panic!("Secret {ns}/outage-pull is gone during the outage"));
+            assert_eq!(
+                support::password_in(&secret, "registry.outage.test").as_deref(),
+                Some("pw-outage-first"),
+                "Secret {ns}/outage-pull keeps the last good credential"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let outage = now() - down;
+    let calls = endpoint.calls() - calls_before;
+    let fired_at = fired_at.expect("PullkeeperCredentialExpiresSoon fired during the outage");
+    eprintln!(
+        "provider down {outage:.0} s (credential lifetime {LIFETIME_S} s): {calls} failed fetches, the expiry alert firing {:.1} s before expiry; every Secret kept",
+        expiry - fired_at
+    );
+    assert!(
+        saw_inactive,
+        "the alert was quiet while most of the lifetime was left"
+    );
+    assert!(
+        fired_at < expiry,
+        "the alert fired before the credential expired"
+    );
+    assert!(calls >= 3, "the refresh kept retrying: {calls} calls");
+    assert!(
+        calls as f64 <= outage,
+        "retries follow the backoff, never faster than one a second: {calls} in {outage:.0} s"
+    );
+    assert!(
+        d.sample("pullkeeper_refresh_total{registry=\"outage\",result=\"failure\"}")
+            .await
+            >= 3.0,
+        "the failures are counted"
+    );
+
+    // The first successful fetch afterwards reaches every namespace.
+    endpoint.set(Answer::Token {
+        username: "robot".into(),
+        password: "pw-outage-second".into(),
+        expires_in: 3600,
+    });
+    let healed = std::time::Instant::now();
+    for ns in &names {
+        support::wait_password(
+            &client,
+            ns,
+            "outage-pull",
+            "registry.outage.test",
+            "pw-outage-second",
+        )
+        .await;
+    }
+    eprintln!(
+        "provider back: every namespace current {:.1} s later",
+        healed.elapsed().as_secs_f64()
+    );
+    drop(prometheus);
+    let logs = d.stop().await;
+    assert!(
+        !logs.contains("pw-outage-first") && !logs.contains("pw-outage-second"),
+        "no credential in the log"
+    );
+    namespaces.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_in_place_from_the_previous_release_rewrites_nothing() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    const NAMESPACES: usize = 20;
+    let test = "faults-upgrade";
+    let previous_bin = support::env("PK_PREVIOUS_BIN");
+    let client = support::admin_client().await;
+    let namespaces = support::TestNamespaces::new(client.clone(), test);
+    let mut names = Vec::new();
+    for _ in 0..NAMESPACES {
+        names.push(namespaces.create().await);
+    }
+    let endpoint = TokenEndpoint::start(token_answer("pw-upgrade-first")).await;
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "upgrade.yaml",
+        &endpoint.registry_file(
+            "registry.upgrade.test",
+            "upgrade-pull",
+            &support::test_selector(test),
+            SLOW,
+        ),
+    );
+    daemon::grant_config(&dir).await;
+    let current_kubeconfig = daemon::pullkeeper_kubeconfig(&client).await;
+    // The previous release ran with the role it shipped (every Secret readable); an identity of
+    // this test's own bound to cluster-admin stands in for it. Its writes are a ServiceAccount's,
+    // so the audit log sees them.
+    let sa = format!("pk-faults-previous-{}", support::random_string(5));
+    let pp = kube::api::PostParams::default();
+    Api::<ServiceAccount>::namespaced(client.clone(), support::PULLKEEPER_NAMESPACE)
+        .create(
+            &pp,
+            &ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(sa.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("service account");
+    let crbs = Api::<ClusterRoleBinding>::all(client.clone());
+    crbs.create(&pp, &binding(&sa, "cluster-admin", &sa))
+        .await
+        .expect("binding");
+    let previous_kubeconfig = support::kubeconfig_for_token(
+        &support::sa_token(&client, support::PULLKEEPER_NAMESPACE, &sa).await,
+    );
+    let instance = daemon::unique_instance();
+    let elect = ["--leader-elect"];
+    let started = chrono::Utc::now();
+    let mut previous = daemon::spawn_bin(
+        std::path::Path::new(&previous_bin),
+        &previous_kubeconfig,
+        &dir,
+        "info",
+        &instance,
+        &elect,
+        &[],
+    )
+    .await;
+    for ns in &names {
+        support::wait_password(
+            &client,
+            ns,
+            "upgrade-pull",
+            "registry.upgrade.test",
+            "pw-upgrade-first",
+        )
+        .await;
+        support::wait_pull_secrets(&client, ns, "default", &["upgrade-pull"]).await;
+    }
+    // The audit log saw the previous release's writes: the count after the upgrade is not
+    // vacuous.
+    let before = support::audit_writes(&names, started);
+    assert!(
+        before.len() >= 2 * NAMESPACES,
+        "a Secret and a ServiceAccount write per namespace by the previous release: {before:#?}"
+    );
+
+    // The rollout: the current release starts beside it, as the Deployment's new Pod does, and
+    // waits for the Lease; then the old Pod is stopped (SIGTERM: it releases the Lease).
+    let rollout = chrono::Utc::now();
+    let current = daemon::spawn(
+        &current_kubeconfig,
+        &dir,
+        "info",
+        &instance,
+        &["--leader-elect", "--resync-interval", "5s"],
+        &[],
+    )
+    .await;
+    support::wait_for_named("the current release following", WAIT, || async {
+        current
+            .metrics()
+            .await
+            .lines()
+            .any(|l| l == "pullkeeper_leader 0")
+    })
+    .await;
+    let status = previous.terminate().await;
+    assert!(
+        status.success(),
+        "the previous release stops cleanly: {status}"
+    );
+    support::wait_for_named("the current release leading", WAIT, || async {
+        current.sample("pullkeeper_leader").await >= 1.0
+    })
+    .await;
+    let leading = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    // Two full sweeps as leader (every 5 s here) look at every namespace.
+    for _ in 0..2 {
+        let after = current
+            .sample("pullkeeper_last_sweep_timestamp_seconds")
+            .await;
+        support::wait_for_named("a sweep as leader", WAIT, || async {
+            let at = current
+                .sample("pullkeeper_last_sweep_timestamp_seconds")
+                .await;
+            (at > after && at > leading).then_some(())
+        })
+        .await;
+    }
+    let writes = support::audit_writes(&names, rollout);
+    eprintln!(
+        "upgrade from {}: {NAMESPACES} namespaces, {} writes by the previous release, {} during and after the rollout (audit log)",
+        previous_bin,
+        before.len(),
+        writes.len()
+    );
+    assert!(
+        writes.is_empty(),
+        "the upgrade rewrote Secrets or ServiceAccounts: {writes:#?}"
+    );
+    for ns in &names {
+        assert_eq!(
+            support::pull_secrets(&client, ns, "default").await,
+            vec!["upgrade-pull".to_string()]
+        );
+    }
+    let logs = current.stop().await;
+    assert!(!logs.contains("pw-upgrade-first"), "no credential in the log");
+    let _ = crbs.delete(&sa, &DeleteParams::default()).await;
     namespaces.cleanup().await;
 }
 

@@ -9,7 +9,8 @@
 #      moto[server] (only when python3 cannot import it)
 #   2. cargo fmt --check; cargo clippy --all-targets --all-features -- -D warnings; cargo deny
 #      (licenses, bans, sources; advisories offline against the RustSec snapshot, see
-#      tests/advisories.sh); the tests compiled; cargo build --no-default-features
+#      tests/advisories.sh); the tests compiled; cargo build --no-default-features; the previous
+#      release built for the upgrade test (tests/upgrade/build-previous)
 #   3. tests/cluster/build (cached outside the clone), tests/cluster/up (control plane and the one
 #      test node: needs root, one per machine), tests/peers/up (after it: it tells the node's
 #      containerd about the registries)
@@ -59,6 +60,10 @@ export PK_HELM=${PULLKEEPER_BIN:-$HOME/.cache/pullkeeper/bin}/helm
 # explicitly so a newer default toolchain cannot hide a build that needs more than it says.
 rust_version=$(awk -F'"' '/^rust-version/ {print $2; exit}' Cargo.toml)
 run "cargo build at rust-version $rust_version" cargo "+$rust_version" build --all-features
+# The release tests/faults.rs upgrades from (tests/upgrade/previous-release), in the same target
+# dir under another executable name.
+run "build the previous release (tests/upgrade/build-previous)" bash -c 'tests/upgrade/build-previous >/dev/null'
+export PK_PREVIOUS_BIN=${CARGO_TARGET_DIR:-$root/target}/debug/pullkeeper-prev
 
 # --- 3. platform ---------------------------------------------------------------------------------
 dir=${PK_TEST_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/pullkeeper-test.XXXXXX")}

@@ -37,7 +37,7 @@ pub fn unique_instance() -> String {
     format!("t{:012x}", n & 0xffff_ffff_ffff)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -152,10 +152,32 @@ pub async fn spawn(
     extra: &[&str],
     envs: &[(&str, &str)],
 ) -> Daemon {
+    spawn_bin(
+        Path::new(env!("CARGO_BIN_EXE_pullkeeper")),
+        kubeconfig,
+        config_dir,
+        log_filter,
+        instance,
+        extra,
+        envs,
+    )
+    .await
+}
+
+/// [`spawn`] with another pullkeeper executable (an earlier release, for the upgrade test).
+pub async fn spawn_bin(
+    bin: &Path,
+    kubeconfig: &Path,
+    config_dir: &Path,
+    log_filter: &str,
+    instance: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Daemon {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = support::scratch_path("daemon", ".log");
     let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
+    let child = Command::new(bin)
         .arg("run")
         .arg("--config")
         .arg(config_dir)
@@ -179,7 +201,7 @@ pub async fn spawn(
         .stderr(Stdio::from(file))
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn pullkeeper");
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     let d = Daemon {
         child,
         admin,
