@@ -2,8 +2,9 @@
 # Proves the image's build without a container engine: runs deploy/image/build-static.sh (the
 # script the Dockerfile's build stage runs), then checks that the binary is fully static (no
 # program interpreter, no shared-library dependencies) and that it starts as UID 65532 in an empty
-# root directory, as it does on distroless/static or scratch, and there accepts the kustomize
-# base's registry files with `pullkeeper check`. Prints the binary's size.
+# root directory, as it does on distroless/static or scratch, and there checks the kustomize
+# base's ConfigMap with `pullkeeper check` (refused: it ships no registry file; accepted with one).
+# Prints the binary's size.
 #
 # The release build is slow when cold; its target dir defaults to a cache outside the clone
 # ($HOME/.cache/pullkeeper/static-target, or STATIC_TARGET_DIR) so later runs only rebuild
@@ -61,8 +62,11 @@ esac
 root="$tmp/root"
 mkdir -p "$root"
 cp "$bin" "$root/pullkeeper"
-# The kustomize base's registry files at the image's config path, validated by the static binary
-# (`pullkeeper check`, the config code the image's CMD runs).
+# The kustomize base's ConfigMap at the image's config path, validated by the static binary
+# (`pullkeeper check`, the config code the image's CMD runs). The base ships no registry file on
+# purpose, so the binary must refuse it with the empty-config guard's message; with a user's
+# registry file added (config/examples/ecr.yaml, as the overlay pattern in deploy/README.md
+# merges it) it must accept it.
 kubectl kustomize deploy/kustomize/base > "$tmp/base.yaml" || fail "kubectl kustomize deploy/kustomize/base failed"
 python3 deploy/check_rendered.py config-dir "$tmp/base.yaml" "$root/etc/pullkeeper" || fail "no ConfigMap in the base"
 if [ "$(id -u)" = 0 ]; then
@@ -76,9 +80,15 @@ out="$(in_root /pullkeeper --help 2>&1)" || fail "the binary does not start $how
 grep -q 'check' <<<"$out" || fail "unexpected --help output: $out"
 conf=/etc/pullkeeper
 [ "$(id -u)" = 0 ] || conf="$root/etc/pullkeeper"
+if out="$(in_root /pullkeeper check --config "$conf" 2>&1)"; then
+  fail "the static binary accepts the base's empty ConfigMap $how (the empty-config guard is off): $out"
+fi
+grep -q 'no registry file' <<<"$out" || fail "the base's empty ConfigMap is refused for another reason $how: $out"
+echo "static-build.sh: starts $how and refuses the base's empty ConfigMap: $(head -1 <<<"$out" | sed 's/^[^:]*: //' | cut -c1-80)…"
+cp config/examples/ecr.yaml "$root/etc/pullkeeper/ecr.yaml"
 out="$(in_root /pullkeeper check --config "$conf" 2>&1)" \
-  || fail "the static binary rejects the base's registry files $how: $out"
-echo "static-build.sh: starts $how and accepts the base's registry files: $(head -1 <<<"$out" | sed 's/^[^:]*: //')"
+  || fail "the static binary rejects the base with a registry file $how: $out"
+echo "static-build.sh: accepts the base with config/examples/ecr.yaml: $(head -1 <<<"$out" | sed 's/^[^:]*: //')"
 
 size=$(stat -c %s "$bin")
 echo "static-build.sh: binary size $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }') MiB)"
