@@ -1134,7 +1134,10 @@ async fn an_upgrade_in_place_from_the_previous_release_rewrites_nothing() {
         );
     }
     let logs = current.stop().await;
-    assert!(!logs.contains("pw-upgrade-first"), "no credential in the log");
+    assert!(
+        !logs.contains("pw-upgrade-first"),
+        "no credential in the log"
+    );
     let _ = crbs.delete(&sa, &DeleteParams::default()).await;
     namespaces.cleanup().await;
 }
