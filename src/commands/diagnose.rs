@@ -803,28 +803,15 @@ pub async fn diagnose(
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-    use kube::api::ObjectMeta;
 
     use crate::config::LabelSelector;
     use crate::ownership::OPT_OUT_ANNOTATION;
 
     fn ns(name: &str, labels: &[(&str, &str)], opted_out: bool) -> Namespace {
-        Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-                        .collect(),
-                ),
-                annotations: opted_out.then(|| {
-                    BTreeMap::from([(OPT_OUT_ANNOTATION.to_string(), "true".to_string())])
-                }),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        }
+        let mut ns = crate::testing::namespace(name, labels);
+        ns.metadata.annotations = opted_out
+            .then(|| BTreeMap::from([(OPT_OUT_ANNOTATION.to_string(), "true".to_string())]));
+        ns
     }
 
     fn scoped(include: &[&str], exclude: &[&str], selector: &str) -> Registry {
