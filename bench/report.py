@@ -128,7 +128,7 @@ def tables(rows, apf_limits):
         tag = f"N={r['n']} C={r['c']} rate={rate_name(r['rate'])}"
         out.append(f"- {tag} pullkeeper: ready {r.get('ready_s')} s, first write seen {r.get('first_write_s')} s, "
                    f"all Secrets {r.get('secrets_s')} s, all references {r.get('refs_s')} s after start; "
-                   f"API-server writes by resource/verb/code: {r.get('w_detail')}; "
+                   f"API-server writes (and GETs) by resource/verb/code: {r.get('w_detail')}; "
                    f"pullkeeper_writes_total: {r.get('pk')} ({r.get('pk_detail')}); "
                    f"RSS at the end {r.get('rss')} MiB; `once` peak RSS {r.get('once_hwm')} MiB, exit {r.get('once_rc')}; "
                    f"restart ready {r.get('restart_ready')} s, peak RSS {r.get('restart_hwm')} MiB; "

@@ -240,7 +240,8 @@ apf_pid=$!
 
 # --- measuring helpers ---------------------------------------------------------------------------
 # Sum of write requests on secrets and serviceaccounts (no subresources) in the API server's
-# /metrics; also writes a "resource verb code count" breakdown to $1 when given.
+# /metrics; also writes a "resource verb code count" breakdown to $1 when given, which also holds
+# the single-object reads (GET), so a look-up before each write would show.
 write_count() {
   api /metrics | python3 -c '
 import re, sys
@@ -252,10 +253,11 @@ for line in sys.stdin:
     labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", line[: line.rindex("}")]))
     if labels.get("resource") not in ("secrets", "serviceaccounts") or labels.get("subresource"):
         continue
-    if labels.get("group", "") != "" or labels.get("verb") not in writes:
+    if labels.get("group", "") != "" or labels.get("verb") not in writes | {"GET"}:
         continue
     value = int(float(line.rsplit(" ", 1)[1]))
-    total += value
+    if labels["verb"] != "GET":
+        total += value
     key = (labels["resource"], labels["verb"], labels.get("code", "?"))
     parts[key] = parts.get(key, 0) + value
 print(total)
