@@ -38,13 +38,19 @@ for t in $targets; do
   start=$SECONDS
   rc=0
   # GNU time reports the CPU seconds (user + system) of the run and its workers.
+  # With -jobs, libFuzzer forks its workers and sends their output (the final stats included) to
+  # fuzz-N.log in the working directory instead: only ask for them when more than one is wanted.
+  parallel=()
+  ((jobs > 1)) && parallel=(-jobs="$jobs" -workers="$jobs")
   /usr/bin/time -f '%U %S' -o "$cpu_file" cargo +nightly fuzz run --sanitizer none "$t" "corpus/$t" -- \
-    -max_total_time="$seconds" -jobs="$jobs" -workers="$jobs" -rss_limit_mb=2048 \
+    -max_total_time="$seconds" "${parallel[@]}" -rss_limit_mb=2048 \
     -max_len=4096 -timeout=10 -print_final_stats=1 >"$log" 2>&1 || rc=$?
   wall=$((SECONDS - start))
   cpu=$(awk 'END {printf "%d", $1 + $2}' "$cpu_file" 2>/dev/null || echo "?")
-  runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' |
-    awk '{s += $1} END {print s + 0}')
+  logs=("$log")
+  ((jobs > 1)) && logs+=(fuzz-*.log)
+  runs=$({ grep -hEo 'stat::number_of_executed_units: *[0-9]+' "${logs[@]}" 2>/dev/null || true; } |
+    grep -Eo '[0-9]+$' | awk '{s += $1} END {print s + 0}')
   size=$(find "corpus/$t" -type f | wc -l)
   if ((rc == 0)); then result=ok; else result="CRASH (rc $rc, log $log)"; crashed+=("$t"); fi
   printf '%-18s %8s %8s %12s %8s  %s\n' "$t" "$wall" "$cpu" "$runs" "$size" "$result"
