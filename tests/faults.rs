@@ -508,10 +508,7 @@ impl FaultProxy {
 
     /// Every watch open now stalls silently from its next event on; later watches pass.
     fn stall_watches(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs_f64();
+        let now = unix_now();
         std::fs::write(
             &self.state,
             format!("{{\"fail_share\": 0, \"stall_before\": {now}}}"),
@@ -894,12 +891,7 @@ async fn a_provider_down_past_the_credentials_lifetime_keeps_the_last_secret_and
         .await;
     assert!(expiry > 0.0, "the daemon states the credential's expiry");
     let prometheus = Prometheus::start(d.admin).await;
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs_f64()
-    };
+    let now = unix_now;
     // The provider goes down now, long before the renewal, and stays down past the expiry.
     endpoint.set(Answer::Status(503));
     let calls_before = endpoint.calls();
@@ -988,7 +980,6 @@ async fn a_provider_down_past_the_credentials_lifetime_keeps_the_last_secret_and
 
 #[tokio::test]
 async fn an_upgrade_in_place_from_the_previous_release_rewrites_nothing() {
-    use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
     const NAMESPACES: usize = 20;
     let test = "faults-upgrade";
@@ -1018,19 +1009,7 @@ async fn an_upgrade_in_place_from_the_previous_release_rewrites_nothing() {
     // so the audit log sees them.
     let sa = format!("pk-faults-previous-{}", support::random_string(5));
     let pp = kube::api::PostParams::default();
-    Api::<ServiceAccount>::namespaced(client.clone(), support::PULLKEEPER_NAMESPACE)
-        .create(
-            &pp,
-            &ServiceAccount {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(sa.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("service account");
+    create_service_account(&client, &sa).await;
     let crbs = Api::<ClusterRoleBinding>::all(client.clone());
     crbs.create(&pp, &binding(&sa, "cluster-admin", &sa))
         .await
@@ -1099,10 +1078,7 @@ async fn an_upgrade_in_place_from_the_previous_release_rewrites_nothing() {
         current.sample("pullkeeper_leader").await >= 1.0
     })
     .await;
-    let leading = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs_f64();
+    let leading = unix_now();
     // Two full sweeps as leader (every 5 s here) look at every namespace.
     for _ in 0..2 {
         let after = current
@@ -1140,6 +1116,32 @@ async fn an_upgrade_in_place_from_the_previous_release_rewrites_nothing() {
     );
     let _ = crbs.delete(&sa, &DeleteParams::default()).await;
     namespaces.cleanup().await;
+}
+
+/// Seconds since the epoch, as the daemon's timestamp gauges and the proxy's state state them.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+/// ServiceAccount `pullkeeper/name`: an identity of a test's own.
+async fn create_service_account(client: &kube::Client, name: &str) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    Api::<ServiceAccount>::namespaced(client.clone(), support::PULLKEEPER_NAMESPACE)
+        .create(
+            &kube::api::PostParams::default(),
+            &ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("service account");
 }
 
 /// A ClusterRoleBinding of `role` to ServiceAccount `pullkeeper/sa`.
@@ -1192,7 +1194,6 @@ async fn may_patch_secret(client: &kube::Client, ns: &str, name: &str) -> bool {
 
 #[tokio::test]
 async fn permissions_withdrawn_mid_run_give_clear_errors_and_full_recovery_once_restored() {
-    use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
     let test = "faults-rbac";
     let client = support::admin_client().await;
@@ -1203,19 +1204,7 @@ async fn permissions_withdrawn_mid_run_give_clear_errors_and_full_recovery_once_
     // so withdrawing its rights disturbs no other test.
     let sa = format!("pk-faults-rbac-{}", support::random_string(5));
     let pp = kube::api::PostParams::default();
-    Api::<ServiceAccount>::namespaced(client.clone(), support::PULLKEEPER_NAMESPACE)
-        .create(
-            &pp,
-            &ServiceAccount {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(sa.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("service account");
+    create_service_account(&client, &sa).await;
     let names_role = format!("{sa}-names");
     Api::<ClusterRole>::all(client.clone())
         .create(
