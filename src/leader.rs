@@ -9,6 +9,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::metrics::{LeaderMetrics, LeaseLook};
@@ -22,6 +23,10 @@ pub struct LeaseConfig {
     pub duration: Duration,
     /// How often the leader renews.
     pub renew_every: Duration,
+    /// How long a leader keeps leading without a renewal that the API server confirmed: past
+    /// it, it steps down. Shorter than `duration`, so it has stopped before another replica
+    /// can take the Lease, even when its connection to the API server went silent.
+    pub renew_deadline: Duration,
     /// How often a follower looks whether the Lease became free (a released Lease is taken
     /// within this time).
     pub retry_every: Duration,
@@ -29,8 +34,8 @@ pub struct LeaseConfig {
 
 impl LeaseConfig {
     /// The Lease of installation `instance` in `namespace` (what `run` holds and `cleanup`
-    /// removes), with the timings every replica uses: held 15 s, renewed every 5 s, a free
-    /// Lease looked for every 2 s.
+    /// removes), with the timings every replica uses: held 15 s, renewed every 5 s, given up
+    /// 10 s after the last confirmed renewal, a free Lease looked for every 2 s.
     pub fn of(instance: &str, namespace: impl Into<String>, identity: String) -> Self {
         Self {
             namespace: namespace.into(),
@@ -38,6 +43,7 @@ impl LeaseConfig {
             identity,
             duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
+            renew_deadline: Duration::from_secs(10),
             retry_every: Duration::from_secs(2),
         }
     }
@@ -127,8 +133,11 @@ async fn try_lead(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Step, kube::Err
 }
 
 /// Campaigns for the Lease and keeps it renewed, publishing leadership on `tx`. Returns when
-/// leadership, once held, is lost (the caller stops writing and exits so a restart begins as
-/// a follower).
+/// leadership, once held, is lost: another replica holds the Lease, or no renewal was
+/// confirmed within the renew deadline (the caller stops writing and exits so a restart begins
+/// as a follower). Every look at the Lease is bounded in time: a connection that stopped
+/// answering (a network cut drops packets, it does not refuse them) must not keep a leader
+/// waiting on its renewal while believing it still leads.
 pub async fn run(
     client: Client,
     cfg: LeaseConfig,
@@ -136,10 +145,20 @@ pub async fn run(
     tx: watch::Sender<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
-    let mut last_renewed: Option<tokio::time::Instant> = None;
+    // When the last renewal the API server confirmed was sent (its renewTime is no earlier).
+    let mut last_renewed: Option<Instant> = None;
     loop {
-        let step = try_lead(&api, &cfg).await;
         let leading = *tx.borrow();
+        let sent = Instant::now();
+        let bound = look_bound(&cfg, leading, last_renewed, sent);
+        let step = match tokio::time::timeout(bound, try_lead(&api, &cfg)).await {
+            Ok(Ok(step)) => Ok(step),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer from the API server within {:.1} s",
+                bound.as_secs_f64()
+            )),
+        };
         metrics.looked(match &step {
             Ok(Step::Lead) => LeaseLook::Lead,
             Ok(Step::Follow) => LeaseLook::Follow,
@@ -147,7 +166,7 @@ pub async fn run(
         });
         match step {
             Ok(Step::Lead) => {
-                last_renewed = Some(tokio::time::Instant::now());
+                last_renewed = Some(sent);
                 if !leading {
                     info!(lease = %cfg.name, identity = %cfg.identity, "became leader");
                     metrics.set(true);
@@ -161,23 +180,51 @@ pub async fn run(
             Ok(Step::Follow) => {}
             Err(e) => {
                 warn!(lease = %cfg.name, error = %e, "lease renewal failed");
-                // Still leading only while the last renewal is younger than the lease.
-                if leading && last_renewed.is_none_or(|t| t.elapsed() >= cfg.duration) {
-                    warn!(lease = %cfg.name, "lease expired without renewal");
+                if leading && past_deadline(&cfg, last_renewed, Instant::now()) {
+                    warn!(lease = %cfg.name, "lease not renewed within its renew deadline; stepping down");
                     break;
                 }
             }
         }
         let leading = *tx.borrow();
-        tokio::time::sleep(if leading {
+        let pause = if leading {
+            // Wake up at the deadline at the latest, to step down on time.
             cfg.renew_every
+                .min(until_deadline(&cfg, last_renewed, Instant::now()))
         } else {
             cfg.retry_every
-        })
-        .await;
+        };
+        tokio::time::sleep(pause).await;
     }
     metrics.set(false);
     let _ = tx.send(false);
+}
+
+/// How long one look at the Lease may take: a leader's ends at its renew deadline, a
+/// follower's after the renew deadline too (a slow look only delays a take-over).
+fn look_bound(
+    cfg: &LeaseConfig,
+    leading: bool,
+    last_renewed: Option<Instant>,
+    now: Instant,
+) -> Duration {
+    if leading {
+        until_deadline(cfg, last_renewed, now)
+    } else {
+        cfg.renew_deadline
+    }
+}
+
+/// Time left before a leader whose last confirmed renewal was sent at `last_renewed` must step
+/// down (none when it never renewed).
+fn until_deadline(cfg: &LeaseConfig, last_renewed: Option<Instant>, now: Instant) -> Duration {
+    last_renewed.map_or(Duration::ZERO, |t| {
+        (t + cfg.renew_deadline).saturating_duration_since(now)
+    })
+}
+
+fn past_deadline(cfg: &LeaseConfig, last_renewed: Option<Instant>, now: Instant) -> bool {
+    until_deadline(cfg, last_renewed, now).is_zero()
 }
 
 /// Gives the Lease up if this replica holds it, so another replica takes over at its next
@@ -264,6 +311,35 @@ mod tests {
         assert!(can_take(&spec(Some("me"), 1), "me", now));
         assert!(!can_take(&spec(Some("other"), 5), "me", now));
         assert!(can_take(&spec(Some("other"), 30), "me", now));
+    }
+
+    #[test]
+    fn a_leader_steps_down_before_its_lease_can_be_taken() {
+        let cfg = LeaseConfig::of("pk", "pullkeeper", "me".into());
+        assert!(cfg.renew_deadline < cfg.duration);
+        assert!(cfg.renew_every < cfg.renew_deadline);
+        let renewed = Instant::now();
+        let at = |secs| renewed + Duration::from_secs(secs);
+        // A look by the leader may last only until the deadline of its last renewal.
+        assert_eq!(
+            look_bound(&cfg, true, Some(renewed), at(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            look_bound(&cfg, true, Some(renewed), at(12)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            look_bound(&cfg, false, None, at(0)),
+            cfg.renew_deadline,
+            "a follower's look is bounded too"
+        );
+        assert!(!past_deadline(&cfg, Some(renewed), at(9)));
+        assert!(past_deadline(&cfg, Some(renewed), at(10)));
+        assert!(
+            past_deadline(&cfg, None, at(0)),
+            "never renewed: never leading"
+        );
     }
 
     #[test]

@@ -852,9 +852,176 @@ async fn kill_hard(pod: &Pod) {
     .await;
 }
 
+/// The `kubernetes` Service address, which the node makes local: a Pod's only path to the API
+/// server (tests/cluster/node.sh).
+const SERVICE_IP: &str = "10.0.0.1";
+
+/// A network cut between one Pod and the API server: every packet from the Pod to the Service
+/// address and back is dropped (iptables on the host, where the bridge delivers them), as a
+/// partition would. Nothing is refused: open connections go silent. Heals on drop.
+struct Cut {
+    rules: Vec<Vec<String>>,
+}
+
+impl Cut {
+    async fn start(pod: &Pod) -> Self {
+        let ip = pod_ip(pod);
+        let comment = format!("pullkeeper in-cluster test: cut {}", pod_name(pod));
+        let rule = |chain: &str, from: &str, to: &str, port: &str| -> Vec<String> {
+            [
+                chain,
+                "-s",
+                from,
+                "-d",
+                to,
+                "-p",
+                "tcp",
+                port,
+                "443",
+                "-m",
+                "comment",
+                "--comment",
+                &comment,
+                "-j",
+                "DROP",
+            ]
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+        };
+        let rules = vec![
+            rule("INPUT", &ip, SERVICE_IP, "--dport"),
+            rule("OUTPUT", SERVICE_IP, &ip, "--sport"),
+        ];
+        let cut = Self { rules };
+        for r in &cut.rules {
+            let mut args = vec!["-w".to_string(), "-I".to_string()];
+            args.push(r[0].clone());
+            args.push("1".to_string());
+            args.extend(r[1..].iter().cloned());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("iptables", &args).await;
+        }
+        cut
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for r in &self.rules {
+            let status = std::process::Command::new("iptables")
+                .args(["-w", "-D"])
+                .args(r)
+                .status();
+            if !status.as_ref().is_ok_and(std::process::ExitStatus::success) {
+                eprintln!("could not remove the cut rule {r:?}: {status:?}");
+            }
+        }
+    }
+}
+
+/// How often the container of `pod` has been restarted, as its Pod's status says now.
+async fn restarts(client: &Client, ns: &str, pod: &Pod) -> i32 {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .get(&pod_name(pod))
+        .await
+        .expect("get the Pod")
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.first().map(|c| c.restart_count))
+        .unwrap_or_default()
+}
+
+/// Waits until the last write to `ns` is at least two seconds old and the drifted Secret is
+/// back: nothing of the leader's is on the wire.
+async fn quiet(client: &Client, ns: &str, drift_ns: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), drift_ns);
+    support::wait_for_named("no write for 2 s", WAIT, || async {
+        if secrets.get_opt(SECRET).await.ok().flatten().is_none() {
+            return Err("the Secret is not back yet".to_string());
+        }
+        let last = writes(ns, "pullkeeper", Utc::now() - chrono::Duration::seconds(2));
+        if last.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} writes in the last 2 s", last.len()))
+        }
+    })
+    .await;
+}
+
+/// The leader's path to the API server cut while the follower keeps its own: the leader steps
+/// down by itself before its Lease expires, the follower takes over once it has, and after the
+/// cut heals the old leader's process writes nothing (it left when it stepped down; the one the
+/// kubelet restarts is a follower). The drift pauses around the cut so that no write of the
+/// leader is on the wire at that instant: the kernel would deliver such a request after the
+/// heal whoever leads by then (TCP retransmits it), which no Lease can fence.
+async fn cut_off(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Utc>) -> usize {
+    let pods = wait_ready(client, ns, 2, None).await;
+    let (leader, identity) = leader_of(client, ns, &pods).await;
+    quiet(client, ns, drift_ns).await;
+    let restarted_before = restarts(client, ns, &leader).await;
+    let cut = Cut::start(&leader).await;
+    let cut_at = Utc::now();
+    let drift = Drift::start(client, drift_ns);
+
+    // The old leader stops leading on its own: its metrics say so, or its process has exited.
+    support::wait_for_named("the cut-off leader stepping down", WAIT, || async {
+        match scrape(&leader).await {
+            Ok(text) if sample(&text, "pullkeeper_leader") == Some(1.0) => {
+                Err("it still says it leads".to_string())
+            }
+            Ok(_) => Ok(()),
+            Err(_) if restarts(client, ns, &leader).await > restarted_before => Ok(()),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let stepped_down = Utc::now();
+    let (first, old_last) = next_leader(ns, since, cut_at, &identity).await;
+    figure!(
+        "in-cluster: leader {}'s path to the API server cut: it stepped down {:.2} s after the cut; {} ({}) wrote {:.2} s after the cut ({:.2} s after the old leader's last write)",
+        pod_name(&leader),
+        seconds(cut_at, stepped_down),
+        first.pod,
+        first.agent,
+        seconds(cut_at, first.received),
+        seconds(old_last, first.received)
+    );
+    assert!(
+        stepped_down < first.received,
+        "the old leader stepped down ({stepped_down}) before the new one wrote ({})",
+        first.received
+    );
+    keeps_writing(ns, &first.agent).await;
+
+    drop(cut);
+    let healed = Instant::now();
+    let healed_at = Utc::now();
+    wait_ready(client, ns, 2, None).await;
+    figure!(
+        "in-cluster: cut healed; the old leader's Pod Ready again {:.1?} later ({} restart(s) since the cut)",
+        healed.elapsed(),
+        restarts(client, ns, &leader).await - restarted_before
+    );
+    keeps_writing(ns, &first.agent).await;
+    let deletions = drift.stop().await;
+    let old = agent_of(&identity);
+    let stale: Vec<Write> = writes(ns, "pullkeeper", cut_at)
+        .into_iter()
+        .filter(|w| w.agent == old || (w.pod == pod_name(&leader) && w.received >= healed_at))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the cut-off leader's Pod wrote after the cut: {stale:#?}"
+    );
+    deletions
+}
+
 /// Two replicas, one writer: the writes so far all came from the leader; a graceful delete of
 /// the leader Pod hands over within the follower's retry period (the Lease is released); a hard
-/// kill of the new leader's container hands over once its Lease expires. Never two writers.
+/// kill of the new leader's container hands over once its Lease expires; so does a network cut
+/// between the next leader and the API server. Never two writers.
 async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Utc>) {
     let pods = wait_ready(client, ns, 2, None).await;
     let (leader, identity) = leader_of(client, ns, &pods).await;
@@ -892,7 +1059,8 @@ async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Ut
         seconds(old_last, first.received)
     );
     keeps_writing(ns, &first.agent).await;
-    let deletions = drift.stop().await;
+    let mut deletions = drift.stop().await;
+    deletions += cut_off(client, ns, drift_ns, since).await;
     assert!(
         deletions >= 3,
         "the drift kept the leader writing: {deletions} deletions"
@@ -910,7 +1078,7 @@ async fn hand_over(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Ut
             .collect::<Vec<_>>()
             .join("; ")
     );
-    assert!(writers.len() >= 3, "three leaders in turn: {writers:?}");
+    assert!(writers.len() >= 4, "four leaders in turn: {writers:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
