@@ -360,6 +360,11 @@ pub struct DiagnoseArgs {
     /// Do not require the files the config names to exist (from a laptop).
     #[arg(long)]
     pub no_file_checks: bool,
+    /// The invocation log of pullkeeper's kubelet credential provider on the Pod's node (the
+    /// file `credential-provider --invocation-log` appends to): the diagnosis then also says
+    /// which route supplied the credential, or why the credential provider did not.
+    #[arg(long, value_name = "FILE")]
+    pub credential_provider_log: Option<PathBuf>,
     #[command(flatten)]
     pub deadline: DeadlineArg,
     #[command(flatten)]

@@ -247,8 +247,63 @@ async fn a_wrong_password_from_the_plugin_ends_in_err_image_pull_with_the_regist
         "the plugin served the (wrong) credential; the registry refused it: {calls:?}"
     );
 
+    // diagnose, given the node's invocation log, names the route and the refusal: not a
+    // missing Secret (there is none, by design).
+    let (code, out) = diagnose(&ns, "wrong");
+    println!("diagnose:\n{out}");
+    assert_eq!(code, Some(1), "a cause was found: {out}");
+    assert!(
+        out.contains(&format!(
+            "cause: registry {} refused the credential pullkeeper's credential provider served at",
+            host.host
+        )) && out.contains("route: kubelet credential provider"),
+        "{out}"
+    );
+
+    // A Pod pulling from a host no provider entry matches (the registry itself, under its
+    // loopback name): 401 too, and diagnose says the plugin was never asked for it.
+    let direct = format!("{}/{}", backend.host, support::test_image());
+    let pod = support::create_node_pod(&client, &ns, "direct", &[("app", &direct)], "Always").await;
+    no_pull_secrets(&pod);
+    support::wait_container_waiting(&client, &ns, "direct", "ErrImagePull", WAIT).await;
+    let (code, out) = diagnose(&ns, "direct");
+    println!("diagnose:\n{out}");
+    assert_eq!(code, Some(1), "a cause was found: {out}");
+    assert!(
+        out.contains(&format!(
+            "credential provider: the kubelet has not asked pullkeeper's credential provider for {} for this Pod",
+            backend.host
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&backend.password),
+        "no credential in the output"
+    );
+
     namespaces.cleanup().await;
     host.remove();
+}
+
+/// `pullkeeper diagnose -n NS POD` with the plugin's registry files and the node's invocation
+/// log: its exit code and text output.
+fn diagnose(ns: &str, pod: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pullkeeper"))
+        .arg("diagnose")
+        .arg("--config")
+        .arg(support::env("PK_CREDENTIAL_PROVIDER_CONFIG_DIR"))
+        .arg("--credential-provider-log")
+        .arg(support::env("PK_CREDENTIAL_PROVIDER_LOG"))
+        // Other tests add and remove their files meanwhile: a password file removed between
+        // reading a registry file and checking it must not fail this one.
+        .arg("--no-file-checks")
+        .args(["-n", ns, pod])
+        .output()
+        .expect("run pullkeeper diagnose");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// A JSON answer (this crate's axum has no `json` feature).

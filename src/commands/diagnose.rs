@@ -2,7 +2,11 @@
 //! waits to pull (or every container of a Pod named on the command line that does not run), a
 //! pure function of the config, the Pod, its namespace, its ServiceAccount, the Secrets of that
 //! name, the Pod's Events and `now` names one cause. The I/O around it only reads (get and list);
-//! Secret values are parsed for their `auths` hosts and never shown.
+//! Secret values are parsed for their `auths` hosts and never shown. Given the kubelet
+//! credential provider's invocation log, the diagnosis also says which route supplied the
+//! credential, or which should have ([`plugin`]).
+
+mod plugin;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -21,6 +25,8 @@ use crate::ownership::{EXPIRES_ANNOTATION, Owner};
 use crate::plan::{self, NamespaceState};
 use crate::recover::{PULL_REASONS, image_host};
 use crate::render::DATA_KEY;
+use plugin::PluginRoute;
+pub use plugin::{PluginCall, read_log};
 
 /// Why one image cannot be pulled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -46,8 +52,23 @@ pub enum Cause {
     CredentialRefused,
     /// The image or tag does not exist: not a credential problem.
     ImageNotFound,
+    /// The kubelet asked pullkeeper's credential provider, and no registry file on the node
+    /// serves the host.
+    ProviderNoMatch,
+    /// pullkeeper's credential provider failed for the host (its invocation log says how).
+    ProviderFailed,
     /// Everything pullkeeper controls is in place; the kubelet's message says the rest.
     Other,
+}
+
+/// A way a credential reaches the kubelet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Route {
+    /// pullkeeper's Secret holding the host, listed by the Pod (from its ServiceAccount).
+    Secret,
+    /// pullkeeper's kubelet credential provider answered for the host.
+    CredentialProvider,
 }
 
 /// One finding: a container's image, its cause and the fix.
@@ -74,6 +95,12 @@ pub struct Finding {
     /// The kubelet's last `Failed` message for this image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubelet: Option<String>,
+    /// The routes that supplied a credential for the host to this Pod (the credential
+    /// provider's only when its invocation log was read).
+    pub routes: Vec<Route>,
+    /// When no route supplied one: why the credential provider route did not either.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_provider: Option<String>,
 }
 
 /// What diagnose reads about one Secret name in the Pod's namespace.
@@ -124,6 +151,8 @@ pub struct PodView<'a> {
     pub events: &'a [Event],
     /// By registry name: pullkeeper's `RotationFailed` Events about it (see [`Failing`]).
     pub failing: &'a BTreeMap<String, Failing>,
+    /// The credential provider's calls on the Pod's node, oldest first (`None`: not read).
+    pub plugin: Option<&'a [PluginCall]>,
 }
 
 /// A registry whose refreshes fail, from pullkeeper's `RotationFailed` Events.
@@ -135,11 +164,12 @@ pub struct Failing {
     pub last: String,
 }
 
+fn to_utc(t: &k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().try_into().unwrap_or(0))
+}
+
 /// When an Event was first and last seen: its time, and the last repeat of its series.
 fn event_times(e: &Event) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-    let to_utc = |t: &k8s_openapi::jiff::Timestamp| {
-        DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().try_into().unwrap_or(0))
-    };
     let first = e
         .event_time
         .as_ref()
@@ -281,6 +311,12 @@ pub fn diagnose_pod(
         view.service_account
             .and_then(|sa| sa.image_pull_secrets.as_ref()),
     );
+    let created = view
+        .pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| to_utc(&t.0));
     containers(view.pod, all)
         .into_iter()
         .map(|(container, image, waiting)| {
@@ -303,12 +339,34 @@ pub fn diagnose_pod(
                 .and_then(|r| view.secrets.get(&r.secret_name))
                 .cloned()
                 .unwrap_or_default();
-            let verdict = match registry {
-                None => unmanaged(registries, &pull),
-                Some(reg) => scope_verdict(reg, view, &pull)
+            // The Secret route supplies the host when the Pod lists pullkeeper's Secret
+            // holding it; the plugin's answer is the kubelet's other source.
+            let secret_serves = registry.is_some_and(|r| {
+                secret.managed && secret.hosts.contains(&host) && pod_refs.contains(&r.secret_name)
+            });
+            let plugin_route = plugin::route(view.plugin, &host, created, now);
+            let mut routes = Vec::new();
+            if secret_serves {
+                routes.push(Route::Secret);
+            }
+            if matches!(plugin_route, PluginRoute::Answered(c) if c.outcome == "served") {
+                routes.push(Route::CredentialProvider);
+            }
+            let verdict = match (plugin_route, registry) {
+                (PluginRoute::Answered(call), _) if !secret_serves => {
+                    plugin::verdict_for(call, &pull)
+                }
+                (_, None) => unmanaged(registries, &pull),
+                (_, Some(reg)) => scope_verdict(reg, view, &pull)
                     .or_else(|| secret_verdict(reg, view, &secret, &pull))
                     .or_else(|| reference_verdict(reg, &pull))
                     .unwrap_or_else(|| pull_verdict(reg, &secret, &pull, now)),
+            };
+            let credential_provider = match plugin_route {
+                PluginRoute::NotAsked { latest } if !secret_serves => {
+                    Some(plugin::not_asked_note(&host, latest))
+                }
+                _ => None,
             };
             Finding {
                 container,
@@ -324,6 +382,8 @@ pub fn diagnose_pod(
                 secret_hosts: secret.hosts.clone(),
                 expires_at: secret.expires_at.map(|t| t.to_rfc3339()),
                 kubelet,
+                routes,
+                credential_provider,
             }
         })
         .collect()
@@ -631,6 +691,20 @@ impl Report {
                 );
                 let _ = writeln!(out, "  cause: {}", f.message);
                 let _ = writeln!(out, "  fix:   {}", f.fix);
+                if !f.routes.is_empty() {
+                    let routes: Vec<&str> = f
+                        .routes
+                        .iter()
+                        .map(|r| match r {
+                            Route::Secret => "Secret (imagePullSecrets)",
+                            Route::CredentialProvider => "kubelet credential provider",
+                        })
+                        .collect();
+                    let _ = writeln!(out, "  route: {}", routes.join(" and "));
+                }
+                if let Some(note) = &f.credential_provider {
+                    let _ = writeln!(out, "  credential provider: {note}");
+                }
                 if let Some(k) = &f.kubelet {
                     let _ = writeln!(out, "  kubelet: {k}");
                 }
@@ -717,11 +791,13 @@ async fn target_pods(client: &Client, target: &Target) -> Result<(Vec<Pod>, bool
 }
 
 /// Reads what the diagnosis needs, read-only: the Pods, their namespaces, ServiceAccounts,
-/// the Secrets of the registries' names, and the Pods' Events.
+/// the Secrets of the registries' names, and the Pods' Events. `plugin`: the credential
+/// provider's calls, when its invocation log was given.
 pub async fn diagnose(
     client: &Client,
     owner: &Owner,
     registries: &[Arc<Registry>],
+    plugin: Option<&[PluginCall]>,
     target: &Target,
     now: DateTime<Utc>,
 ) -> Result<Report, DiagnoseError> {
@@ -784,6 +860,7 @@ pub async fn diagnose(
             secrets: &secrets,
             events: &events,
             failing: &failing,
+            plugin,
         };
         reports.push(PodReport {
             namespace: ns,
@@ -905,6 +982,7 @@ mod tests {
                 secrets: &secrets,
                 events: &[],
                 failing: &failing,
+                plugin: None,
             };
             diagnose_pod(&registries, &view, true, Utc::now()).remove(0)
         };
@@ -916,6 +994,109 @@ mod tests {
         assert_eq!(f.cause, Cause::SecretMissing, "{}", f.message);
         let f = diagnose_in("team3");
         assert_eq!(f.cause, Cause::NamespaceOutOfScope, "{}", f.message);
+    }
+
+    /// A Pod with no `imagePullSecrets` pulls through the kubelet's credential provider: the
+    /// invocation log says whether the plugin served it (then a 401 is the registry refusing
+    /// the plugin's credential, not a missing Secret), failed, matched no file, or was never
+    /// asked (then the Secret-route cause stands and the note says why the plugin did not
+    /// serve either).
+    #[test]
+    fn the_credential_provider_route_is_named_from_its_invocation_log() {
+        let registries = [Arc::new(crate::testing::registry("harbor", |r| {
+            r.servers = vec!["h.test".into()];
+        }))];
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "app", "namespace": "team", "uid": "u",
+                "creationTimestamp": "2026-12-06T09:58:00Z"},
+            "spec": {"containers": [{"name": "app", "image": "h.test/app:1"}]},
+            "status": {"containerStatuses": [{"name": "app", "image": "h.test/app:1",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImagePull"}}}]}
+        }))
+        .expect("pod");
+        let failed: Event = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "app.1", "namespace": "team"},
+            "involvedObject": {"kind": "Pod", "name": "app", "uid": "u"},
+            "reason": "Failed",
+            "message": "Failed to pull image \"h.test/app:1\": failed to authorize: 401 Unauthorized",
+        }))
+        .expect("event");
+        let now = DateTime::parse_from_rfc3339("2026-12-06T10:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let line = |at: &str, outcome: &str| {
+            format!(
+                r#"{{"time":"{at}","imageHost":"h.test","registry":"harbor","provider":"static","outcome":"{outcome}","loginServer":null,"cacheDurationSeconds":60,"elapsedMs":1}}"#
+            )
+        };
+        let namespace = ns("team", &[], false);
+        let secrets = BTreeMap::new();
+        let failing = BTreeMap::new();
+        let diagnose_with = |log: Option<&str>| {
+            let calls = log.map(read_log);
+            let view = PodView {
+                pod: &pod,
+                namespace: &namespace,
+                service_account: None,
+                secrets: &secrets,
+                events: std::slice::from_ref(&failed),
+                failing: &failing,
+                plugin: calls.as_deref(),
+            };
+            diagnose_pod(&registries, &view, true, now).remove(0)
+        };
+
+        let f = diagnose_with(Some(&line("2026-12-06T09:58:01.500Z", "served")));
+        assert_eq!(f.cause, Cause::CredentialRefused, "{}", f.message);
+        assert_eq!(f.routes, vec![Route::CredentialProvider]);
+        assert!(
+            f.message
+                .contains("credential provider served at 2026-12-06T09:58:01Z")
+                && f.message.contains("registry harbor, provider static"),
+            "{}",
+            f.message
+        );
+        assert!(f.fix.contains("60 s"), "{}", f.fix);
+
+        let f = diagnose_with(Some(&line("2026-12-06T09:58:01Z", "timeout")));
+        assert_eq!(f.cause, Cause::ProviderFailed, "{}", f.message);
+        assert!(f.routes.is_empty());
+        assert!(f.message.contains(": timeout"), "{}", f.message);
+
+        let f = diagnose_with(Some(&line("2026-12-06T09:58:01Z", "no_match")));
+        assert_eq!(f.cause, Cause::ProviderNoMatch, "{}", f.message);
+
+        // Asked long before the Pod, cached 60 s: not this Pod's answer.
+        let f = diagnose_with(Some(&line("2026-12-06T09:00:00Z", "served")));
+        assert_eq!(f.cause, Cause::SecretMissing, "{}", f.message);
+        let note = f.credential_provider.expect("a note on the plugin route");
+        assert!(
+            note.contains("has not asked")
+                && note.contains("09:00:00Z")
+                && note.contains("matchImages"),
+            "{note}"
+        );
+        let text = Report {
+            api_version: "v",
+            kind: "Diagnosis",
+            pods: vec![PodReport {
+                namespace: "team".into(),
+                name: "app".into(),
+                uid: "u".into(),
+                images: vec![diagnose_with(Some(""))],
+            }],
+        }
+        .to_text();
+        assert!(
+            text.contains("  credential provider: the kubelet has not asked pullkeeper's credential provider for h.test for this Pod (no call for it in the invocation log)"),
+            "{text}"
+        );
+
+        // Without the log, the plugin route is not looked at.
+        let f = diagnose_with(None);
+        assert_eq!(f.cause, Cause::SecretMissing, "{}", f.message);
+        assert!(f.credential_provider.is_none() && f.routes.is_empty());
     }
 
     fn event(minute: u32, message: &str) -> Event {

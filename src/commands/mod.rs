@@ -558,11 +558,25 @@ pub async fn diagnose(args: DiagnoseArgs) -> i32 {
         (Some(ns), None) => diagnose::Target::Namespace(ns),
         (None, _) => diagnose::Target::All,
     };
+    let plugin = match &args.credential_provider_log {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(diagnose::read_log(&text)),
+            Err(e) => {
+                eprintln!(
+                    "pullkeeper diagnose: cannot read the credential provider's invocation log {}: {e}",
+                    path.display()
+                );
+                return 2;
+            }
+        },
+    };
     let owner = Owner::new(args.instance.name);
     let work = diagnose::diagnose(
         &client,
         &owner,
         &config.registries,
+        plugin.as_deref(),
         &target,
         chrono::Utc::now(),
     );
