@@ -50,6 +50,9 @@ pub struct Request {
 pub enum CacheKeyType {
     /// Every image of the answered registry host (a pullkeeper credential opens a whole host).
     Registry,
+    /// This image only: the credential opens one repository (the http provider's
+    /// `imageQuery`), so another repository of the host must ask again.
+    Image,
 }
 
 /// One `CredentialProviderResponse`. `Debug` shows `***` for every password.
@@ -179,6 +182,28 @@ pub struct Match<'a> {
     /// The image's registry host (`host[:port]`): the `auth` key, as the `auths` key of the
     /// Secret route would be.
     pub server: String,
+    /// The image's repository (`host/path`, no tag or digest): the `auth` key instead when the
+    /// credential opens one repository.
+    pub repository: String,
+}
+
+/// The repository of an image reference: `host/path` without its tag or digest (Docker Hub's
+/// short names spelled out, as the kubelet matches them).
+pub fn image_repository(image: &str) -> String {
+    let named = image.split_once('@').map_or(image, |(name, _)| name);
+    let last_slash = named.rfind('/').map_or(0, |i| i + 1);
+    let untagged = match named[last_slash..].rfind(':') {
+        Some(colon) => &named[..last_slash + colon],
+        None => named,
+    };
+    let host = image_host(untagged);
+    if untagged.starts_with(&format!("{host}/")) {
+        untagged.to_string()
+    } else if untagged.contains('/') {
+        format!("{host}/{untagged}")
+    } else {
+        format!("{host}/library/{untagged}")
+    }
 }
 
 /// The first registry file (in file-name order) serving the image's host: one whose `servers`
@@ -193,6 +218,7 @@ pub fn match_registry<'a>(registries: &'a [Arc<Registry>], image: &str) -> Optio
     Some(Match {
         registry,
         server: host.to_string(),
+        repository: image_repository(image),
     })
 }
 
@@ -232,13 +258,17 @@ pub fn respond(
             host: m.server.clone(),
         }
     })?;
+    // A credential for one repository is answered under that repository (the kubelet matches
+    // a key's path as a prefix of the image's) and cached per image.
+    let (cache_key_type, key) = if registry.provider.per_repository() {
+        (CacheKeyType::Image, m.repository.clone())
+    } else {
+        (CacheKeyType::Registry, m.server.clone())
+    };
     Ok(Response {
-        cache_key_type: CacheKeyType::Registry,
+        cache_key_type,
         cache_duration: cache_duration(registry, now, credential.expires_at),
-        auth: BTreeMap::from([(
-            m.server.clone(),
-            (login.username.clone(), login.password.clone()),
-        )]),
+        auth: BTreeMap::from([(key, (login.username.clone(), login.password.clone()))]),
         login_server: login.server.clone(),
     })
 }
@@ -249,7 +279,8 @@ Fields by route (the same file serves both):
   both routes:                  provider, servers, refresh.renewAt, refresh.maxInterval, refresh.defaultLifetime
   Secret route only:            secretName, namespaces, serviceAccounts, secretLabels, verify,
                                 refresh.schedule, refresh.minInterval, refresh.jitter, refresh.backoffInitial, refresh.backoffMax
-  credential-provider only:     none (the kubelet's CredentialProviderConfig says which images reach the plugin)
+  credential-provider only:     provider.auth: podServiceAccountToken, provider.podRoleAnnotation, provider.imageQuery
+                                (the kubelet's CredentialProviderConfig says which images reach the plugin)
 ";
 
 /// What the credential-provider route cannot do with a registry file, if anything.
@@ -266,6 +297,12 @@ pub fn route_note(registry: &Registry) -> Option<String> {
             "{}: no `servers`; the credential-provider route serves only listed hosts (its {} provider names its host only when it fetches)",
             registry.name,
             registry.provider.type_name()
+        ));
+    }
+    if registry.provider.per_repository() {
+        return Some(format!(
+            "{}: `provider.imageQuery` is sent on the credential-provider route only; the Secret route asks without it, for one credential for every repository",
+            registry.name
         ));
     }
     if registry.provider.needs_pod_token() {
@@ -355,6 +392,7 @@ pub async fn serve(
                 .build_for_pod(
                     request.service_account_token.clone(),
                     &request.service_account_annotations,
+                    &m.repository,
                 )
                 .await
                 .map_err(|source| PluginError::Build {

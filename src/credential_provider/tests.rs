@@ -306,3 +306,123 @@ async fn one_invocation_reads_the_files_fetches_once_and_records_no_credential()
     assert!(error_line(&e).contains("password"), "{}", error_line(&e));
     assert!(!error_line(&e).contains('\n'));
 }
+
+#[test]
+fn an_images_repository_is_its_host_and_path_without_tag_or_digest() {
+    assert_eq!(
+        image_repository("127.0.0.1:5000/team/app:v1"),
+        "127.0.0.1:5000/team/app"
+    );
+    assert_eq!(
+        image_repository("h.example/team/app@sha256:abc"),
+        "h.example/team/app"
+    );
+    assert_eq!(
+        image_repository("h.example/team/app:v1@sha256:abc"),
+        "h.example/team/app"
+    );
+    assert_eq!(image_repository("h.example:5000/app"), "h.example:5000/app");
+    assert_eq!(image_repository("nginx:1.27"), "docker.io/library/nginx");
+    assert_eq!(image_repository("team/app"), "docker.io/team/app");
+}
+
+/// `imageQuery`: the broker is asked for the pulled image's repository, and the answer opens
+/// that repository only: keyed by it and cached per image. Without `imageQuery` the same broker
+/// answer is keyed by the host and cached per registry.
+#[tokio::test]
+async fn an_http_broker_asked_per_repository_is_cached_per_image() {
+    use axum::extract::RawQuery;
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let router = axum::Router::new().route(
+        "/token",
+        axum::routing::get({
+            let asked = asked.clone();
+            move |RawQuery(query): RawQuery| async move {
+                asked.lock().expect("lock").push(query.unwrap_or_default());
+                format!(r#"{{"username":"robot","password":"{CANARY}","expires_in":600}}"#)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |query: &str| {
+        format!(
+            "provider:\n  type: http\n  url: http://{addr}/token?audience=pull\n{query}  response: {{username: /username, password: /password, expiresIn: /expires_in}}\n\
+             servers: [\"127.0.0.1:5000\"]\nsecretName: broker-pull\nrefresh: {{renewAt: 0.5}}\n"
+        )
+    };
+    let serve_one = |image: &'static str| {
+        let config = dir.path().to_path_buf();
+        async move {
+            let settings = Settings {
+                config_dir: &config,
+                fetch_timeout: Duration::from_secs(10),
+            };
+            let mut record = Invocation {
+                time: String::new(),
+                image_host: None,
+                registry: None,
+                provider: None,
+                outcome: "",
+                login_server: None,
+                cache_duration_seconds: None,
+                elapsed_ms: 0,
+            };
+            let request = format!(
+                r#"{{"apiVersion":"{API_VERSION}","kind":"CredentialProviderRequest","image":"{image}"}}"#
+            );
+            let mut out = Vec::new();
+            serve(&settings, &request, &mut out, &mut record)
+                .await
+                .expect("served");
+            serde_json::from_slice::<Value>(&out).expect("one JSON document")
+        }
+    };
+
+    std::fs::write(dir.path().join("broker.yaml"), file("  imageQuery: repo\n")).expect("file");
+    let json = serve_one("127.0.0.1:5000/team/app:v1").await;
+    assert_eq!(json["cacheKeyType"], "Image");
+    // renewAt 0.5 of expires_in 600, less the time since the broker answered.
+    let cached: u64 = json["cacheDuration"]
+        .as_str()
+        .and_then(|d| d.strip_suffix('s')?.parse().ok())
+        .expect("a duration in seconds");
+    assert!((295..=300).contains(&cached), "{cached}");
+    assert_eq!(json["auth"]["127.0.0.1:5000/team/app"]["password"], CANARY);
+    assert_eq!(json["auth"].as_object().map(serde_json::Map::len), Some(1));
+
+    std::fs::write(dir.path().join("broker.yaml"), file("")).expect("file");
+    let json = serve_one("127.0.0.1:5000/team/app:v1").await;
+    assert_eq!(json["cacheKeyType"], "Registry");
+    assert_eq!(json["auth"]["127.0.0.1:5000"]["password"], CANARY);
+
+    assert_eq!(
+        *asked.lock().expect("lock"),
+        vec![
+            "audience=pull&repo=127.0.0.1%3A5000%2Fteam%2Fapp".to_string(),
+            "audience=pull".to_string()
+        ]
+    );
+}
+
+#[test]
+fn image_query_is_named_as_a_field_of_the_credential_provider_route() {
+    let r = registry("broker", |r| {
+        r.provider = serde_yaml_ng::from_str(
+            "type: http\nurl: http://broker.local/token\nimageQuery: repo\nresponse: {auth: /auth}\n",
+        )
+        .expect("parses");
+    });
+    assert!(r.provider.per_repository());
+    assert!(
+        route_note(&r)
+            .is_some_and(|n| n.contains("imageQuery") && n.contains("Secret route asks without it")),
+        "{:?}",
+        route_note(&r)
+    );
+}

@@ -299,17 +299,25 @@ impl ProviderSpec {
 
     /// Builds the provider for one credential-provider request: as [`ProviderSpec::build`],
     /// with the pulling Pod's ServiceAccount token the kubelet passed (KEP-4412) for providers
-    /// that can present it (`http` with `auth: podServiceAccountToken`).
+    /// that can present it (`http` with `auth: podServiceAccountToken`), and the pulled image's
+    /// `repository` for one that asks per repository (`http` with `imageQuery`).
     pub async fn build_for_pod(
         &self,
         pod_token: Option<Sensitive>,
         annotations: &std::collections::BTreeMap<String, String>,
+        repository: &str,
     ) -> Result<Arc<dyn Provider>, ProviderError> {
         match self {
-            Self::Http(c) => c.build_for_pod(pod_token).await,
+            Self::Http(c) => c.build_for_pod(pod_token, repository).await,
             Self::Ecr(c) => c.build_for_pod(pod_token.as_ref(), annotations).await,
             _ => self.build().await,
         }
+    }
+
+    /// Whether each credential opens one repository (the http provider's `imageQuery`), so
+    /// the kubelet caches it per image.
+    pub fn per_repository(&self) -> bool {
+        matches!(self, Self::Http(c) if c.per_repository())
     }
 
     /// Whether the provider needs the pulling Pod's ServiceAccount token, which only the

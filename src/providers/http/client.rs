@@ -26,12 +26,18 @@ impl HttpConfig {
     }
 
     /// Builds the provider for one credential-provider request, with the pulling Pod's
-    /// ServiceAccount token the kubelet passed (used by `auth: podServiceAccountToken`).
+    /// ServiceAccount token the kubelet passed (used by `auth: podServiceAccountToken`) and
+    /// the image's repository (sent as `imageQuery`, when set).
     pub async fn build_for_pod(
         &self,
         pod_token: Option<Sensitive>,
+        repository: &str,
     ) -> Result<Arc<dyn Provider>, ProviderError> {
-        build(self, pod_token).await
+        let mut built = build_provider(self, pod_token).await?;
+        if let Some(name) = &self.image_query {
+            built.url.query_pairs_mut().append_pair(name, repository);
+        }
+        Ok(Arc::new(built))
     }
 }
 
@@ -40,6 +46,13 @@ async fn build(
     config: &HttpConfig,
     pod_token: Option<Sensitive>,
 ) -> Result<Arc<dyn Provider>, ProviderError> {
+    Ok(Arc::new(build_provider(config, pod_token).await?))
+}
+
+async fn build_provider(
+    config: &HttpConfig,
+    pod_token: Option<Sensitive>,
+) -> Result<HttpProvider, ProviderError> {
     let (Some(url), Some(method), Some(timeout)) = (
         config.url.value(),
         config.method.value(),
@@ -64,7 +77,7 @@ async fn build(
         ..ClientOptions::with_timeout(*timeout)
     })
     .await?;
-    Ok(Arc::new(HttpProvider {
+    Ok(HttpProvider {
         client,
         method: method.clone(),
         url: url.clone(),
@@ -74,7 +87,7 @@ async fn build(
         auth: config.auth.clone(),
         pod_token,
         mapping: (*config.response).clone(),
-    }))
+    })
 }
 
 /// `METHOD scheme://host[:port]/path`: the request as named in errors and logs.

@@ -54,6 +54,11 @@ pub struct HttpConfig {
     /// Where the credential is found in the JSON response.
     // Boxed: it is most of the size.
     pub response: Box<ResponseMapping>,
+    /// Credential-provider route: the name of a query parameter that carries the pulled image's
+    /// repository (`host/path`, no tag or digest) to the endpoint, for a broker that answers per
+    /// repository. The answer then opens that repository only, and the kubelet caches it per
+    /// image (`cacheKeyType: Image`). The Secret route asks without it.
+    pub image_query: Option<String>,
 }
 
 /// A setting parsed once, when the file is read: its typed value, or the problem to report.
@@ -298,6 +303,7 @@ impl fmt::Debug for HttpConfig {
             .field("ca_file", &self.ca_file)
             .field("auth", &self.auth)
             .field("response", &self.response)
+            .field("image_query", &self.image_query)
             .finish()
     }
 }
@@ -352,6 +358,30 @@ impl HttpConfig {
             EndpointAuth::Bearer(token) => token.validate(p, "bearer", true),
         });
         problems.scoped("response", |p| self.response.validate(p));
+        if let Some(name) = &self.image_query {
+            let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+            if name.is_empty() || !name.chars().all(plain) {
+                problems.push(
+                    "imageQuery",
+                    "must be a query parameter name (letters, digits, '-', '_' or '.')",
+                );
+            } else if self
+                .url
+                .value()
+                .is_some_and(|u| u.query_pairs().any(|(k, _)| k == name.as_str()))
+            {
+                problems.push(
+                    "imageQuery",
+                    format!("the url already has a `{name}` parameter"),
+                );
+            }
+        }
+    }
+
+    /// Whether each answer is for one repository (`imageQuery`), so the kubelet must cache it
+    /// per image.
+    pub fn per_repository(&self) -> bool {
+        self.image_query.is_some()
     }
 }
 
@@ -396,6 +426,27 @@ response:
         );
         assert!(c.provides_servers());
         assert!(problems_of(&c).is_empty(), "{:?}", problems_of(&c));
+    }
+
+    #[test]
+    fn image_query_must_be_a_plain_parameter_name_not_already_in_the_url() {
+        let with = |query: &str| {
+            parse(&format!(
+                "url: http://broker.local/token?repo=x\nimageQuery: {query}\nresponse: {{auth: /auth}}\n"
+            ))
+        };
+        assert!(problems_of(&with("image")).is_empty());
+        assert!(with("image").per_repository());
+        assert_eq!(
+            problems_of(&with("\"a b\"")),
+            vec![
+                "provider.imageQuery: must be a query parameter name (letters, digits, '-', '_' or '.')"
+            ]
+        );
+        assert_eq!(
+            problems_of(&with("repo")),
+            vec!["provider.imageQuery: the url already has a `repo` parameter"]
+        );
     }
 
     #[test]
