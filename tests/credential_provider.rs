@@ -9,10 +9,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::RawQuery;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Client;
 use serde_json::Value;
@@ -314,21 +314,21 @@ fn json_reply(body: &Value) -> ([(axum::http::HeaderName, &'static str); 1], Str
     )
 }
 
-/// A credential broker on loopback: `GET /pull` answers a login with `expires_in`, counting
-/// the requests.
+/// A credential broker on loopback: `GET /pull` answers a login with `expires_in`, keeping
+/// each request's query string.
 async fn start_broker(
     username: String,
     password: String,
     expires_in: u64,
-) -> (String, Arc<AtomicUsize>) {
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
     let app = axum::Router::new().route(
         "/pull",
-        axum::routing::get(move || {
+        axum::routing::get(move |RawQuery(query): RawQuery| {
             let (username, password, seen) = (username.clone(), password.clone(), seen.clone());
             async move {
-                seen.fetch_add(1, Ordering::SeqCst);
+                seen.lock().expect("lock").push(query.unwrap_or_default());
                 json_reply(&serde_json::json!({
                     "username": username, "password": password, "expires_in": expires_in,
                 }))
@@ -342,7 +342,7 @@ async fn start_broker(
     tokio::spawn(async move {
         axum::serve(listener, app).await.expect("broker serves");
     });
-    (url, count)
+    (url, asked)
 }
 
 #[tokio::test]
@@ -367,11 +367,64 @@ async fn an_http_broker_behind_the_plugin_serves_the_pull_cached_for_renew_at_of
     let cached = calls[0]["cacheDurationSeconds"].as_u64().expect("seconds");
     assert!((299..=300).contains(&cached), "{}", calls[0]);
     assert_eq!(
-        broker_calls.load(Ordering::SeqCst),
+        broker_calls.lock().expect("lock").len(),
         1,
         "one broker call per invocation"
     );
     println!("invocation: {}", calls[0]);
+
+    namespaces.cleanup().await;
+    host.remove();
+}
+
+/// A broker that answers per repository (`imageQuery`): the plugin's answer is cached per
+/// image, so the kubelet asks again for the same repository by digest, and not for a second
+/// Pod of the same image reference.
+#[tokio::test]
+async fn a_broker_asked_per_repository_is_cached_per_image_by_the_kubelet() {
+    let test = "cp-image";
+    let client = support::admin_client().await;
+    let namespaces = TestNamespaces::new(client.clone(), test);
+    let ns = namespaces.create().await;
+    let backend = Registry::htpasswd();
+    let (url, broker_calls) =
+        start_broker(backend.username.clone(), backend.password.clone(), 600).await;
+    let provider = format!(
+        "  type: http\n  url: {url}\n  imageQuery: repository\n  response:\n    username: /username\n    password: /password\n    expiresIn: /expires_in\n"
+    );
+    let host = PluginHost::new(test, &backend.host, &provider, "  renewAt: 0.5\n");
+    let tagged = host.image();
+    let repository = tagged
+        .rsplit_once(':')
+        .map(|(repo, _)| repo.to_string())
+        .expect("a tagged image");
+    let by_digest = format!("{repository}@{}", support::env("PK_TEST_IMAGE_DIGEST"));
+
+    run_pod(&client, &ns, "tagged", &tagged).await;
+    run_pod(&client, &ns, "tagged-again", &tagged).await;
+    let calls = host.invocations();
+    assert_eq!(calls.len(), 1, "the same image again is cached: {calls:?}");
+    run_pod(&client, &ns, "by-digest", &by_digest).await;
+    let calls = host.invocations();
+    assert_eq!(
+        calls.len(),
+        2,
+        "another image reference asks again (a Registry answer would have served it): {calls:?}"
+    );
+    let asked = broker_calls.lock().expect("lock").clone();
+    let expected = format!(
+        "repository={}",
+        url::form_urlencoded::byte_serialize(repository.as_bytes()).collect::<String>()
+    );
+    assert_eq!(
+        asked,
+        vec![expected.clone(), expected],
+        "the broker saw the repository"
+    );
+    println!(
+        "3 Pods, 2 image references of {repository}: {} invocations, broker asked {asked:?}",
+        calls.len()
+    );
 
     namespaces.cleanup().await;
     host.remove();
