@@ -279,7 +279,8 @@ Fields by route (the same file serves both):
   both routes:                  provider, servers, refresh.renewAt, refresh.maxInterval, refresh.defaultLifetime
   Secret route only:            secretName, namespaces, serviceAccounts, secretLabels, verify,
                                 refresh.schedule, refresh.minInterval, refresh.jitter, refresh.backoffInitial, refresh.backoffMax
-  credential-provider only:     provider.auth: podServiceAccountToken, provider.podRoleAnnotation, provider.imageQuery
+  credential-provider only:     provider.auth: podServiceAccountToken (http), provider.podRoleAnnotation (ecr),
+                                provider.source: podWorkloadIdentity (azure, gcp), provider.imageQuery (http)
                                 (the kubelet's CredentialProviderConfig says which images reach the plugin)
 ";
 
@@ -307,7 +308,7 @@ pub fn route_note(registry: &Registry) -> Option<String> {
     }
     if registry.provider.needs_pod_token() {
         return Some(format!(
-            "{}: `provider.auth: podServiceAccountToken` / `provider.podRoleAnnotation` work on the credential-provider route only (the Secret route has no Pod token)",
+            "{}: the Pod's own identity (`provider.auth: podServiceAccountToken`, `provider.podRoleAnnotation`, `source: podWorkloadIdentity`) works on the credential-provider route only (the Secret route has no Pod token)",
             registry.name
         ));
     }

@@ -41,6 +41,7 @@ struct Seen {
     query: HashMap<String, String>,
     headers: HeaderMap,
     form: HashMap<String, String>,
+    body: String,
 }
 
 /// What a stub answers.
@@ -109,6 +110,7 @@ async fn answer(
         query: parse(uri.query().unwrap_or_default().as_bytes()),
         headers,
         form: parse(&body),
+        body: String::from_utf8_lossy(&body).into_owned(),
     };
     let r = handler(&request);
     seen.lock().expect("lock").push(request);
@@ -713,6 +715,130 @@ mod gcp {
         (stub, provider)
     }
 
+    const POOL: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s/providers/cluster-a";
+    const GSA: &str = "puller@team-project.iam.gserviceaccount.com";
+
+    /// Google's STS token exchange and the IAM credentials API on one loopback endpoint,
+    /// checking what the real services require: the exchange takes `pod_token` for `POOL`, the
+    /// impersonation of `GSA` takes the federated token.
+    async fn federation_endpoints(pod_token: &'static str) -> Stub {
+        Stub::start(move |r| match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/v1/token") => {
+                let f = |k: &str| r.form.get(k).map(String::as_str);
+                let ok = f("grant_type") == Some("urn:ietf:params:oauth:grant-type:token-exchange")
+                    && f("audience") == Some(POOL)
+                    && f("requested_token_type")
+                        == Some("urn:ietf:params:oauth:token-type:access_token")
+                    && f("subject_token_type") == Some("urn:ietf:params:oauth:token-type:jwt")
+                    && f("scope") == Some("https://www.googleapis.com/auth/cloud-platform");
+                if !ok {
+                    return reply(400, r#"{"error":"invalid_request"}"#);
+                }
+                if f("subject_token") != Some(pod_token) {
+                    return reply(
+                        400,
+                        r#"{"error":"invalid_grant","error_description":"The audience in ID Token does not match the expected audience."}"#,
+                    );
+                }
+                reply(
+                    200,
+                    r#"{"access_token":"federated-sts-token","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":3600}"#,
+                )
+            }
+            ("POST", p) if p == format!("/v1/projects/-/serviceAccounts/{GSA}:generateAccessToken") => {
+                let bearer = r.headers.get("authorization").and_then(|v| v.to_str().ok());
+                let body: serde_json::Value =
+                    serde_json::from_str(&r.body).unwrap_or_default();
+                if bearer != Some("Bearer federated-sts-token") {
+                    return reply(401, r#"{"error":{"code":401,"status":"UNAUTHENTICATED"}}"#);
+                }
+                if body["scope"][0] != "https://www.googleapis.com/auth/cloud-platform" {
+                    return reply(400, r#"{"error":{"code":400,"status":"INVALID_ARGUMENT"}}"#);
+                }
+                reply(
+                    200,
+                    r#"{"accessToken":"impersonated-ar-token","expireTime":"2099-01-01T00:00:00Z"}"#,
+                )
+            }
+            ("POST", _) => reply(
+                403,
+                r#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied","status":"PERMISSION_DENIED"}}"#,
+            ),
+            _ => reply(404, "{}"),
+        })
+        .await
+    }
+
+    /// Per-workload identity on the credential-provider route (KEP-4412): the pulling Pod's
+    /// token exchanged at STS for the pool provider, then the Google service account its
+    /// ServiceAccount names in `iam.gke.io/gcp-service-account` impersonated. Another
+    /// ServiceAccount without the annotation, or no token, sends nothing; a service account the
+    /// federated identity may not impersonate is auth_denied.
+    #[tokio::test]
+    async fn pod_workload_identity_exchanges_the_pods_token_and_impersonates_its_service_account() {
+        use pullkeeper::sensitive::Sensitive;
+        use std::collections::BTreeMap;
+        let pod_token = "eyJhbGciOiJSUzI1NiJ9.pod-token-of-team-puller.sig";
+        let stub = federation_endpoints(pod_token).await;
+        let file = spec(&format!(
+            "type: gcp\nsource: podWorkloadIdentity\nworkloadIdentityProvider: {POOL}\n\
+             stsEndpoint: {0}/v1/token\niamCredentialsEndpoint: {0}",
+            stub.url
+        ));
+        let token = Sensitive::new(pod_token);
+        let annotated = |gsa: &str| {
+            BTreeMap::from([(
+                "iam.gke.io/gcp-service-account".to_string(),
+                gsa.to_string(),
+            )])
+        };
+        let repository = "europe-docker.pkg.dev/team-project/images/app";
+        let provider = file
+            .build_for_pod(Some(token.clone()), &annotated(GSA), repository)
+            .await
+            .expect("builds");
+        let credential = provider.fetch().await.expect("federation works");
+        assert_eq!(credential.logins[0].username, "oauth2accesstoken");
+        assert_eq!(
+            credential.logins[0].password.expose(),
+            "impersonated-ar-token"
+        );
+        assert_eq!(
+            credential.expires_at.map(|t| t.to_rfc3339()),
+            Some("2099-01-01T00:00:00+00:00".to_string())
+        );
+        assert_eq!(stub.seen().len(), 2, "the exchange, then the impersonation");
+
+        let other = file
+            .build_for_pod(
+                Some(token.clone()),
+                &annotated("admin@team-project.iam.gserviceaccount.com"),
+                repository,
+            )
+            .await
+            .expect("builds");
+        let err = fetch_err(&other).await;
+        assert_eq!(err.category, ErrorCategory::AuthDenied, "{}", err.message);
+        assert_clean(&err, &[pod_token, "federated-sts-token"]);
+
+        let neighbour = file
+            .build_for_pod(Some(token.clone()), &BTreeMap::new(), repository)
+            .await
+            .expect("builds");
+        let err = fetch_err(&neighbour).await;
+        assert_eq!(err.category, ErrorCategory::LocalInput);
+        assert!(
+            err.message
+                .contains("no annotation `iam.gke.io/gcp-service-account`"),
+            "{}",
+            err.message
+        );
+        let err = fetch_err(&file.build().await.expect("builds")).await;
+        assert_eq!(err.category, ErrorCategory::LocalInput);
+        assert!(err.message.contains("tokenAttributes"), "{}", err.message);
+        assert_eq!(stub.seen().len(), 4, "nothing sent without an identity");
+    }
+
     #[tokio::test]
     async fn the_metadata_server_token_becomes_an_oauth2accesstoken_login_with_its_expiry() {
         let (stub, provider) = metadata_with(|r| {
@@ -1147,6 +1273,77 @@ mod azure {
             stub.seen().is_empty(),
             "nothing may be sent without a valid token"
         );
+    }
+
+    /// Per-workload identity on the credential-provider route (KEP-4412): the pulling Pod's
+    /// own token, which the kubelet passes, federated to the app its ServiceAccount names in
+    /// `azure.workload.identity/client-id`; the tenant from `azure.workload.identity/tenant-id`
+    /// when set. A ServiceAccount without the annotation, or no token, sends nothing.
+    #[tokio::test]
+    async fn pod_workload_identity_federates_the_pods_token_to_the_app_its_service_account_names() {
+        use pullkeeper::sensitive::Sensitive;
+        use std::collections::BTreeMap;
+        let exp = Utc::now().timestamp() + 3600;
+        let pod_token = leak(fake_jwt(&format!(
+            r#"{{"exp":{exp},"aud":["api://AzureADTokenExchange"],"sub":"system:serviceaccount:team:puller"}}"#
+        )));
+        let refresh = refresh_token(exp);
+        let stub = azure_endpoints(pod_token, refresh.clone()).await;
+        let file = spec(&format!(
+            "type: azure\nregistry: {}\nregistryScheme: http\nsource: podWorkloadIdentity\n\
+             tenantId: other-tenant.example\nauthorityHost: {}/",
+            stub.addr, stub.url
+        ));
+        let token = Sensitive::new(pod_token);
+        let annotated = BTreeMap::from([
+            (
+                "azure.workload.identity/client-id".to_string(),
+                CLIENT.to_string(),
+            ),
+            (
+                "azure.workload.identity/tenant-id".to_string(),
+                TENANT.to_string(),
+            ),
+        ]);
+        let repository = "127.0.0.1/team/app";
+        let provider = file
+            .build_for_pod(Some(token.clone()), &annotated, repository)
+            .await
+            .expect("builds");
+        let credential = provider.fetch().await.expect("federation works");
+        assert_eq!(credential.logins[0].password.expose(), refresh);
+        assert_eq!(credential.expires_at.map(|t| t.timestamp()), Some(exp));
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 2, "Entra, then the ACR exchange");
+        assert_eq!(
+            seen[0].path,
+            format!("/{TENANT}/oauth2/v2.0/token"),
+            "the ServiceAccount's tenant, not the file's"
+        );
+        assert_eq!(
+            seen[0].form.get("client_assertion").map(String::as_str),
+            Some(pod_token)
+        );
+
+        // The neighbour's ServiceAccount names no app: no credential, and why.
+        let neighbour = file
+            .build_for_pod(Some(token.clone()), &BTreeMap::new(), repository)
+            .await
+            .expect("builds");
+        let err = fetch_err(&neighbour).await;
+        assert_eq!(err.category, ErrorCategory::LocalInput);
+        assert!(
+            err.message
+                .contains("no annotation `azure.workload.identity/client-id`"),
+            "{}",
+            err.message
+        );
+        assert_clean(&err, &[pod_token]);
+        // No token: the Secret route, or a provider entry without tokenAttributes.
+        let err = fetch_err(&file.build().await.expect("builds")).await;
+        assert_eq!(err.category, ErrorCategory::LocalInput);
+        assert!(err.message.contains("tokenAttributes"), "{}", err.message);
+        assert_eq!(stub.seen().len(), 2, "nothing sent without an identity");
     }
 
     #[tokio::test]

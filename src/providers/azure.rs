@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::web::{is_host_port, is_http_url, is_loopback_host, is_safe_url};
 use super::{Provider, ProviderError, TextSource};
 use crate::problems::FieldProblems;
+use crate::sensitive::Sensitive;
 
 /// The username ACR expects with a refresh token.
 pub const ACR_USERNAME: &str = "00000000-0000-0000-0000-000000000000";
@@ -31,7 +32,17 @@ pub enum AzureSource {
     ManagedIdentity,
     /// An app registration's client secret, from a file or an environment variable.
     ClientSecret,
+    /// Credential-provider route: the pulling Pod's own ServiceAccount token, which the kubelet
+    /// passes (KEP-4412), federated to the app registration that Pod's ServiceAccount names in
+    /// [`CLIENT_ID_ANNOTATION`] (tenant: [`TENANT_ID_ANNOTATION`], else `tenantId`).
+    PodWorkloadIdentity,
 }
+
+/// The ServiceAccount annotation naming the app registration (client id) a Pod pulls as, the
+/// one AKS workload identity uses.
+pub const CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+/// The ServiceAccount annotation naming that app's tenant, when it is not `tenantId`.
+pub const TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
 
 /// `provider:` of `type: azure`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -166,6 +177,24 @@ impl AzureConfig {
                     "managedIdentity",
                 );
             }
+            AzureSource::PodWorkloadIdentity => {
+                url_field(problems, "authorityHost", &self.authority_host);
+                if self.client_id.is_some() {
+                    problems.push(
+                        "clientId",
+                        format!(
+                            "not used with `source: podWorkloadIdentity`: each Pod's ServiceAccount names its app in the annotation `{CLIENT_ID_ANNOTATION}`"
+                        ),
+                    );
+                }
+                for (field, set) in [
+                    ("tokenFile", self.token_file.is_some()),
+                    ("imdsEndpoint", self.imds_endpoint.is_some()),
+                    ("clientSecret", self.client_secret.is_some()),
+                ] {
+                    unused(problems, field, set, "podWorkloadIdentity");
+                }
+            }
             AzureSource::ClientSecret => {
                 match &self.client_secret {
                     None => problems.push("clientSecret", "required with `source: clientSecret`"),
@@ -214,12 +243,25 @@ impl AzureConfig {
     /// Builds the provider: resolves the identity settings from the config and the workload
     /// identity environment. No network call and no file read happen here.
     pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
+        self.build_for_pod(None, &std::collections::BTreeMap::new())
+            .await
+    }
+
+    /// Builds the provider for one credential-provider request: with `source:
+    /// podWorkloadIdentity`, the pulling Pod's token and its ServiceAccount's annotations are
+    /// the identity (without them, fetching says what is missing).
+    pub async fn build_for_pod(
+        &self,
+        pod_token: Option<&Sensitive>,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
         #[cfg(feature = "azure")]
         {
-            client::build(self).await
+            client::build(self, pod_token, annotations).await
         }
         #[cfg(not(feature = "azure"))]
         {
+            let _ = (pod_token, annotations);
             Err(ProviderError::new(
                 super::ErrorCategory::LocalInput,
                 "pullkeeper was built without the `azure` feature",
@@ -250,7 +292,8 @@ mod client {
     use serde::Deserialize;
 
     use super::{
-        ACR_USERNAME, AzureConfig, AzureSource, DEFAULT_AUTHORITY_HOST, DEFAULT_IMDS_ENDPOINT,
+        ACR_USERNAME, AzureConfig, AzureSource, CLIENT_ID_ANNOTATION, DEFAULT_AUTHORITY_HOST,
+        DEFAULT_IMDS_ENDPOINT, TENANT_ID_ANNOTATION,
     };
     use crate::credential::{Credential, Login};
     use crate::providers::web::{self, ClientOptions, json_answer, jwt_exp};
@@ -261,14 +304,24 @@ mod client {
     const ACR_SCOPE: &str = "https://containerregistry.azure.net/.default";
     const ACR_RESOURCE: &str = "https://containerregistry.azure.net";
 
-    pub(super) async fn build(config: &AzureConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    pub(super) async fn build(
+        config: &AzureConfig,
+        pod_token: Option<&Sensitive>,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
         let local = |msg: &str| ProviderError::new(ErrorCategory::LocalInput, msg.to_string());
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let registry = config
             .registry
             .clone()
             .ok_or_else(|| local("no registry configured"))?;
-        let tenant = config.tenant_id.clone().or_else(|| env("AZURE_TENANT_ID"));
+        let pod_source = config.source == AzureSource::PodWorkloadIdentity;
+        let tenant = annotations
+            .get(TENANT_ID_ANNOTATION)
+            .filter(|_| pod_source)
+            .cloned()
+            .or_else(|| config.tenant_id.clone())
+            .or_else(|| env("AZURE_TENANT_ID"));
         let client_id = config.client_id.clone().or_else(|| env("AZURE_CLIENT_ID"));
         let authority = || {
             let host = config
@@ -318,6 +371,12 @@ mod client {
                     .clone()
                     .ok_or_else(|| local("no client secret configured"))?,
             },
+            // What is missing is said when fetching: the Secret route builds this file too.
+            AzureSource::PodWorkloadIdentity => Entra::Pod {
+                token_url: token_url(&tenant).map_err(|e| e.message),
+                client_id: annotations.get(CLIENT_ID_ANNOTATION).cloned(),
+                token: pod_token.cloned(),
+            },
         };
         let scheme = config.registry_scheme.as_deref().unwrap_or("https");
         let http = web::client(ClientOptions::with_timeout(TIMEOUT)).await?;
@@ -352,6 +411,12 @@ mod client {
             client_id: String,
             secret: TextSource,
         },
+        /// The pulling Pod's token and the app its ServiceAccount names.
+        Pod {
+            token_url: Result<String, String>,
+            client_id: Option<String>,
+            token: Option<Sensitive>,
+        },
     }
 
     struct AcrProvider {
@@ -369,6 +434,7 @@ mod client {
                 Entra::Federated { .. } => "workloadIdentity",
                 Entra::Managed { .. } => "managedIdentity",
                 Entra::Secret { .. } => "clientSecret",
+                Entra::Pod { .. } => "podWorkloadIdentity",
             };
             f.debug_struct("AcrProvider")
                 .field("registry", &self.registry)
@@ -427,6 +493,60 @@ mod client {
     }
 
     impl AcrProvider {
+        /// The client-credentials request with a federated token as the client's assertion.
+        fn federated(
+            &self,
+            token_url: &str,
+            client_id: &str,
+            assertion: &str,
+        ) -> reqwest::RequestBuilder {
+            self.http.post(token_url).form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("scope", ACR_SCOPE),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion),
+            ])
+        }
+
+        /// The federated request with the pulling Pod's token, for the app its ServiceAccount
+        /// names; what is missing is a local error naming it.
+        fn for_pod(
+            &self,
+            token_url: &Result<String, String>,
+            client_id: Option<&str>,
+            token: Option<&Sensitive>,
+        ) -> Result<reqwest::RequestBuilder, ProviderError> {
+            let local = |m: String| ProviderError::new(ErrorCategory::LocalInput, m);
+            let token = token.ok_or_else(|| {
+                local(
+                    "`source: podWorkloadIdentity` needs the pulling Pod's ServiceAccount token, which only the kubelet \
+                     hands the credential provider (its tokenAttributes must name the audience api://AzureADTokenExchange)"
+                        .to_string(),
+                )
+            })?;
+            let client_id = client_id.ok_or_else(|| {
+                local(format!(
+                    "the pulling Pod's ServiceAccount has no annotation `{CLIENT_ID_ANNOTATION}` (or the kubelet's \
+                     tokenAttributes do not pass it): no app registration to federate to"
+                ))
+            })?;
+            if !super::is_id(client_id) {
+                return Err(local(format!(
+                    "annotation `{CLIENT_ID_ANNOTATION}` is `{client_id}`, not a client id"
+                )));
+            }
+            let token_url = token_url.as_ref().map_err(|m| {
+                local(format!(
+                    "{m} (or annotate the ServiceAccount with `{TENANT_ID_ANNOTATION}`)"
+                ))
+            })?;
+            Ok(self.federated(token_url, client_id, token.expose().trim()))
+        }
+
         async fn entra_token(&self) -> Result<Sensitive, ProviderError> {
             let (what, request) = match &self.entra {
                 Entra::Federated {
@@ -457,17 +577,10 @@ mod client {
                             exp.to_rfc3339()
                         )));
                     }
-                    let req = self.http.post(token_url).form(&[
-                        ("grant_type", "client_credentials"),
-                        ("client_id", client_id.as_str()),
-                        ("scope", ACR_SCOPE),
-                        (
-                            "client_assertion_type",
-                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                        ),
-                        ("client_assertion", assertion),
-                    ]);
-                    ("the Entra token endpoint", req)
+                    (
+                        "the Entra token endpoint",
+                        self.federated(token_url, client_id, assertion),
+                    )
                 }
                 Entra::Managed {
                     endpoint,
@@ -484,6 +597,14 @@ mod client {
                         .query(&query);
                     ("the managed identity endpoint", req)
                 }
+                Entra::Pod {
+                    token_url,
+                    client_id,
+                    token,
+                } => (
+                    "the Entra token endpoint",
+                    self.for_pod(token_url, client_id.as_deref(), token.as_ref())?,
+                ),
                 Entra::Secret {
                     token_url,
                     client_id,
@@ -550,6 +671,20 @@ mod tests {
                  clientSecret: {file: /s/secret}"
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn pod_workload_identity_takes_its_app_from_the_service_account_not_the_file() {
+        assert!(problems_of("registry: myreg.azurecr.io\nsource: podWorkloadIdentity").is_empty());
+        assert_eq!(
+            problems_of(
+                "registry: myreg.azurecr.io\nsource: podWorkloadIdentity\nclientId: c\ntokenFile: /t"
+            ),
+            [
+                "a.yaml: provider.clientId: not used with `source: podWorkloadIdentity`: each Pod's ServiceAccount names its app in the annotation `azure.workload.identity/client-id`",
+                "a.yaml: provider.tokenFile: not used with `source: podWorkloadIdentity`",
+            ]
         );
     }
 

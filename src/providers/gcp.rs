@@ -1,6 +1,9 @@
 //! Google Artifact Registry / GCR: an OAuth access token, used with the username
 //! `oauth2accesstoken`. The token comes from the metadata server (GKE Workload Identity, GCE) or
-//! from a service-account key file through the JWT bearer grant (RFC 7523).
+//! from a service-account key file through the JWT bearer grant (RFC 7523); on the
+//! credential-provider route, from the pulling Pod's own token through workload identity
+//! federation (an STS token exchange, then impersonation of the Google service account that
+//! Pod's ServiceAccount names).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,9 +11,10 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::web::is_host_port;
+use super::web::{is_host_port, is_safe_url};
 use super::{Provider, ProviderError};
 use crate::problems::FieldProblems;
+use crate::sensitive::Sensitive;
 
 /// The username registries expect with a Google access token.
 pub const GCP_USERNAME: &str = "oauth2accesstoken";
@@ -22,6 +26,14 @@ pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
 /// Scope asked for with a service-account key.
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
+/// The ServiceAccount annotation naming the Google service account a Pod pulls as (the one
+/// GKE Workload Identity uses).
+pub const GSA_ANNOTATION: &str = "iam.gke.io/gcp-service-account";
+/// Google's STS token-exchange endpoint.
+pub const DEFAULT_STS_ENDPOINT: &str = "https://sts.googleapis.com/v1/token";
+/// Google's IAM credentials API (service-account impersonation).
+pub const DEFAULT_IAM_CREDENTIALS_ENDPOINT: &str = "https://iamcredentials.googleapis.com";
+
 /// Where the access token comes from.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -30,6 +42,11 @@ pub enum GcpSource {
     Metadata,
     /// A service-account JSON key file (re-read on every fetch).
     ServiceAccountKey,
+    /// Credential-provider route: the pulling Pod's own ServiceAccount token, which the kubelet
+    /// passes (KEP-4412), exchanged at Google's STS for the `workloadIdentityProvider`, then used
+    /// to impersonate the Google service account the Pod's ServiceAccount names in
+    /// [`GSA_ANNOTATION`].
+    PodWorkloadIdentity,
 }
 
 /// `provider:` of `type: gcp`.
@@ -41,12 +58,74 @@ pub struct GcpConfig {
     pub metadata_host: Option<String>,
     /// Path of the JSON key file (source `serviceAccountKey` only).
     pub key_file: Option<PathBuf>,
+    /// The workload identity pool provider, `//iam.googleapis.com/projects/NUMBER/locations/
+    /// global/workloadIdentityPools/POOL/providers/PROVIDER`: the STS audience (source
+    /// `podWorkloadIdentity` only).
+    pub workload_identity_provider: Option<String>,
+    /// The STS token endpoint; Google's by default (source `podWorkloadIdentity` only).
+    pub sts_endpoint: Option<String>,
+    /// The IAM credentials API base URL; Google's by default (source `podWorkloadIdentity`
+    /// only).
+    pub iam_credentials_endpoint: Option<String>,
 }
 
 impl GcpConfig {
     /// Checks that the fields fit the source; fields are relative to `provider`.
     pub fn validate(&self, problems: &mut FieldProblems) {
+        if self.source != GcpSource::PodWorkloadIdentity {
+            for (field, set) in [
+                (
+                    "workloadIdentityProvider",
+                    self.workload_identity_provider.is_some(),
+                ),
+                ("stsEndpoint", self.sts_endpoint.is_some()),
+                (
+                    "iamCredentialsEndpoint",
+                    self.iam_credentials_endpoint.is_some(),
+                ),
+            ] {
+                if set {
+                    problems.push(field, "only used with `source: podWorkloadIdentity`");
+                }
+            }
+        }
         match self.source {
+            GcpSource::PodWorkloadIdentity => {
+                for (field, set) in [
+                    ("keyFile", self.key_file.is_some()),
+                    ("metadataHost", self.metadata_host.is_some()),
+                ] {
+                    if set {
+                        problems.push(field, "not used with `source: podWorkloadIdentity`");
+                    }
+                }
+                match self.workload_identity_provider.as_deref() {
+                    None => problems.push(
+                        "workloadIdentityProvider",
+                        "required with `source: podWorkloadIdentity`: //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER",
+                    ),
+                    Some(p) if !is_pool_provider(p) => problems.push(
+                        "workloadIdentityProvider",
+                        format!(
+                            "`{p}` is not //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER"
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+                for (field, value) in [
+                    ("stsEndpoint", &self.sts_endpoint),
+                    ("iamCredentialsEndpoint", &self.iam_credentials_endpoint),
+                ] {
+                    if let Some(v) = value
+                        && !url::Url::parse(v).is_ok_and(|u| is_safe_url(&u))
+                    {
+                        problems.push(
+                            field,
+                            format!("`{v}` is not an https URL (http only on loopback)"),
+                        );
+                    }
+                }
+            }
             GcpSource::Metadata => {
                 if self.key_file.is_some() {
                     problems.push("keyFile", "only used with `source: serviceAccountKey`");
@@ -77,18 +156,58 @@ impl GcpConfig {
 
     /// Builds the provider. No network call and no file read happen here: both happen on fetch.
     pub async fn build(&self) -> Result<Arc<dyn Provider>, ProviderError> {
+        self.build_for_pod(None, &std::collections::BTreeMap::new())
+            .await
+    }
+
+    /// Builds the provider for one credential-provider request: with `source:
+    /// podWorkloadIdentity`, the pulling Pod's token and its ServiceAccount's annotations are
+    /// the identity (without them, fetching says what is missing).
+    pub async fn build_for_pod(
+        &self,
+        pod_token: Option<&Sensitive>,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
         #[cfg(feature = "gcp")]
         {
-            client::build(self).await
+            client::build(self, pod_token, annotations).await
         }
         #[cfg(not(feature = "gcp"))]
         {
+            let _ = (pod_token, annotations);
             Err(ProviderError::new(
                 super::ErrorCategory::LocalInput,
                 "pullkeeper was built without the `gcp` feature",
             ))
         }
     }
+}
+
+/// `//iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/ID`.
+fn is_pool_provider(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix("//iam.googleapis.com/projects/") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let name = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    matches!(
+        parts.as_slice(),
+        [number, "locations", location, "workloadIdentityPools", pool, "providers", id]
+            if number.bytes().all(|b| b.is_ascii_digit()) && !number.is_empty()
+                && name(location) && name(pool) && name(id)
+    )
+}
+
+/// A Google service account's email.
+#[cfg(feature = "gcp")]
+fn is_service_account_email(s: &str) -> bool {
+    s.split_once('@').is_some_and(|(name, domain)| {
+        !name.is_empty() && domain.contains('.') && !s.contains(['/', ':', ' '])
+    })
 }
 
 #[cfg(feature = "gcp")]
@@ -104,7 +223,11 @@ mod client {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Serialize};
 
-    use super::{CLOUD_PLATFORM_SCOPE, DEFAULT_METADATA_HOST, GCP_USERNAME, GcpConfig, GcpSource};
+    use super::{
+        CLOUD_PLATFORM_SCOPE, DEFAULT_IAM_CREDENTIALS_ENDPOINT, DEFAULT_METADATA_HOST,
+        DEFAULT_STS_ENDPOINT, GCP_USERNAME, GSA_ANNOTATION, GcpConfig, GcpSource,
+        is_service_account_email,
+    };
     use crate::credential::{Credential, Login};
     use crate::providers::web::{self, ClientOptions, is_safe_url, json_answer, json_detail};
     use crate::providers::{ErrorCategory, Provider, ProviderError};
@@ -112,8 +235,28 @@ mod client {
 
     const TIMEOUT: Duration = Duration::from_secs(30);
 
-    pub(super) async fn build(config: &GcpConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    pub(super) async fn build(
+        config: &GcpConfig,
+        pod_token: Option<&Sensitive>,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
         let source = match config.source {
+            GcpSource::PodWorkloadIdentity => Source::Pod(Box::new(PodIdentity {
+                sts: config
+                    .sts_endpoint
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_STS_ENDPOINT.to_string()),
+                iam: config
+                    .iam_credentials_endpoint
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_IAM_CREDENTIALS_ENDPOINT.to_string()),
+                audience: config
+                    .workload_identity_provider
+                    .clone()
+                    .unwrap_or_default(),
+                service_account: annotations.get(GSA_ANNOTATION).cloned(),
+                token: pod_token.cloned(),
+            })),
             GcpSource::Metadata => {
                 let host = config
                     .metadata_host
@@ -148,6 +291,25 @@ mod client {
     enum Source {
         Metadata { url: String },
         Key { file: PathBuf },
+        Pod(Box<PodIdentity>),
+    }
+
+    /// Workload identity federation for one pulling Pod.
+    struct PodIdentity {
+        sts: String,
+        iam: String,
+        audience: String,
+        /// The Google service account the Pod's ServiceAccount names.
+        service_account: Option<String>,
+        token: Option<Sensitive>,
+    }
+
+    /// The IAM credentials API's `generateAccessToken` answer.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ImpersonatedToken {
+        access_token: String,
+        expire_time: Option<DateTime<Utc>>,
     }
 
     struct GcpProvider {
@@ -161,6 +323,7 @@ mod client {
             match &self.source {
                 Source::Metadata { url } => d.field("metadata", url),
                 Source::Key { file } => d.field("key_file", file),
+                Source::Pod(pod) => d.field("workload_identity_provider", &pod.audience),
             };
             d.finish_non_exhaustive()
         }
@@ -197,6 +360,7 @@ mod client {
             let (token, expires_at) = match &self.source {
                 Source::Metadata { url } => self.token_from_metadata(url).await?,
                 Source::Key { file } => self.token_from_key(file).await?,
+                Source::Pod(pod) => self.token_for_pod(pod).await?,
             };
             Ok(Credential {
                 logins: vec![Login {
@@ -210,6 +374,77 @@ mod client {
     }
 
     impl GcpProvider {
+        /// The STS exchange of the Pod's token, then the impersonation of the service account
+        /// its ServiceAccount names. What is missing is a local error naming it; nothing is
+        /// sent then.
+        async fn token_for_pod(
+            &self,
+            pod: &PodIdentity,
+        ) -> Result<(Sensitive, Option<DateTime<Utc>>), ProviderError> {
+            let local = |m: String| ProviderError::new(ErrorCategory::LocalInput, m);
+            let token = pod.token.as_ref().ok_or_else(|| {
+                local(
+                    "`source: podWorkloadIdentity` needs the pulling Pod's ServiceAccount token, which only the kubelet \
+                     hands the credential provider (its tokenAttributes must name the pool provider's audience)"
+                        .to_string(),
+                )
+            })?;
+            let service_account = pod.service_account.as_deref().ok_or_else(|| {
+                local(format!(
+                    "the pulling Pod's ServiceAccount has no annotation `{GSA_ANNOTATION}` (or the kubelet's \
+                     tokenAttributes do not pass it): no Google service account to pull as"
+                ))
+            })?;
+            if !is_service_account_email(service_account) {
+                return Err(local(format!(
+                    "annotation `{GSA_ANNOTATION}` is `{service_account}`, not a service account email"
+                )));
+            }
+            let what = "Google's STS token exchange";
+            let resp = self
+                .http
+                .post(&pod.sts)
+                .form(&[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("audience", pod.audience.as_str()),
+                    ("scope", CLOUD_PLATFORM_SCOPE),
+                    (
+                        "requested_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                    ("subject_token", token.expose().trim()),
+                    ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                ])
+                .send()
+                .await
+                .map_err(|e| ProviderError::from_reqwest(e, what))?;
+            let (federated, _) = token_from(resp, what).await?;
+            let what = format!("the impersonation of {service_account}");
+            let url = format!(
+                "{}/v1/projects/-/serviceAccounts/{service_account}:generateAccessToken",
+                pod.iam.trim_end_matches('/')
+            );
+            let resp = self
+                .http
+                .post(url)
+                .bearer_auth(federated.expose())
+                .json(&serde_json::json!({ "scope": [CLOUD_PLATFORM_SCOPE] }))
+                .send()
+                .await
+                .map_err(|e| ProviderError::from_reqwest(e, &what))?;
+            let answer: ImpersonatedToken = json_answer(resp, &what).await?;
+            if answer.access_token.trim().is_empty() {
+                return Err(ProviderError::new(
+                    ErrorCategory::BadResponse,
+                    format!("{what} answered an empty accessToken"),
+                ));
+            }
+            Ok((Sensitive::new(answer.access_token), answer.expire_time))
+        }
+
         async fn token_from_metadata(
             &self,
             url: &str,
@@ -348,6 +583,41 @@ mod tests {
         assert_eq!(
             problems_of("source: serviceAccountKey\nkeyFile: key.json"),
             ["g.yaml: provider.keyFile: must be an absolute path"]
+        );
+    }
+
+    #[test]
+    fn pod_workload_identity_needs_its_pool_provider_and_only_its_fields() {
+        let pool = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/k8s/providers/cluster-a";
+        assert!(
+            problems_of(&format!(
+                "source: podWorkloadIdentity\nworkloadIdentityProvider: {pool}\nstsEndpoint: http://127.0.0.1:1/v1/token"
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            problems_of("source: podWorkloadIdentity\nkeyFile: /k.json"),
+            [
+                "g.yaml: provider.keyFile: not used with `source: podWorkloadIdentity`",
+                "g.yaml: provider.workloadIdentityProvider: required with `source: podWorkloadIdentity`: //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER",
+            ]
+        );
+        assert_eq!(
+            problems_of(
+                "source: podWorkloadIdentity\nworkloadIdentityProvider: projects/1/pools/x\niamCredentialsEndpoint: http://example.com"
+            ),
+            [
+                "g.yaml: provider.workloadIdentityProvider: `projects/1/pools/x` is not //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER",
+                "g.yaml: provider.iamCredentialsEndpoint: `http://example.com` is not an https URL (http only on loopback)",
+            ]
+        );
+        assert_eq!(
+            problems_of(&format!(
+                "source: metadata\nworkloadIdentityProvider: {pool}"
+            )),
+            [
+                "g.yaml: provider.workloadIdentityProvider: only used with `source: podWorkloadIdentity`"
+            ]
         );
     }
 

@@ -310,6 +310,8 @@ impl ProviderSpec {
         match self {
             Self::Http(c) => c.build_for_pod(pod_token, repository).await,
             Self::Ecr(c) => c.build_for_pod(pod_token.as_ref(), annotations).await,
+            Self::Azure(c) => c.build_for_pod(pod_token.as_ref(), annotations).await,
+            Self::Gcp(c) => c.build_for_pod(pod_token.as_ref(), annotations).await,
             _ => self.build().await,
         }
     }
@@ -326,6 +328,8 @@ impl ProviderSpec {
         match self {
             Self::Http(c) => c.auth == http::EndpointAuth::PodServiceAccountToken,
             Self::Ecr(c) => c.pod_role_annotation.is_some(),
+            Self::Azure(c) => c.source == azure::AzureSource::PodWorkloadIdentity,
+            Self::Gcp(c) => c.source == gcp::GcpSource::PodWorkloadIdentity,
             _ => false,
         }
     }
