@@ -377,9 +377,11 @@ async fn an_http_broker_behind_the_plugin_serves_the_pull_cached_for_renew_at_of
     host.remove();
 }
 
-/// A broker that answers per repository (`imageQuery`): the plugin's answer is cached per
-/// image, so the kubelet asks again for the same repository by digest, and not for a second
-/// Pod of the same image reference.
+/// A broker that answers per repository (`imageQuery`): the plugin's answer is keyed by the
+/// repository and cached per image, so the kubelet asks again for another repository of the
+/// same host, and not for a second Pod of the same one. (The kubelet hands the plugin the
+/// repository without tag or digest, so a second tag of one repository is served from the
+/// cache too.)
 #[tokio::test]
 async fn a_broker_asked_per_repository_is_cached_per_image_by_the_kubelet() {
     let test = "cp-image";
@@ -393,36 +395,61 @@ async fn a_broker_asked_per_repository_is_cached_per_image_by_the_kubelet() {
         "  type: http\n  url: {url}\n  imageQuery: repository\n  response:\n    username: /username\n    password: /password\n    expiresIn: /expires_in\n"
     );
     let host = PluginHost::new(test, &backend.host, &provider, "  renewAt: 0.5\n");
-    let tagged = host.image();
-    let repository = tagged
+    // A second repository on the same registry: the test image copied there.
+    let (repo, tag) = support::test_image()
         .rsplit_once(':')
-        .map(|(repo, _)| repo.to_string())
-        .expect("a tagged image");
-    let by_digest = format!("{repository}@{}", support::env("PK_TEST_IMAGE_DIGEST"));
+        .map(|(r, t)| (r.to_string(), t.to_string()))
+        .expect("a tagged test image");
+    let second_repo = format!("{repo}-{}", support::random_string(6));
+    let creds = format!("{}:{}", backend.username, backend.password);
+    let copied = std::process::Command::new("skopeo")
+        .args([
+            "--policy",
+            &support::env("PK_SKOPEO_POLICY"),
+            "copy",
+            "--quiet",
+        ])
+        .args(["--src-tls-verify=false", "--dest-tls-verify=false"])
+        .args(["--src-creds", &creds, "--dest-creds", &creds])
+        .arg(format!("docker://{}/{repo}:{tag}", backend.host))
+        .arg(format!("docker://{}/{second_repo}:{tag}", backend.host))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        copied.status.success(),
+        "copying the test image: {}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let first = host.image();
+    let second = format!("{}/{second_repo}:{tag}", host.host);
 
-    run_pod(&client, &ns, "tagged", &tagged).await;
-    run_pod(&client, &ns, "tagged-again", &tagged).await;
+    run_pod(&client, &ns, "first", &first).await;
+    run_pod(&client, &ns, "first-again", &first).await;
     let calls = host.invocations();
     assert_eq!(calls.len(), 1, "the same image again is cached: {calls:?}");
-    run_pod(&client, &ns, "by-digest", &by_digest).await;
+    run_pod(&client, &ns, "second", &second).await;
     let calls = host.invocations();
     assert_eq!(
         calls.len(),
         2,
-        "another image reference asks again (a Registry answer would have served it): {calls:?}"
+        "another repository of the host asks again (a Registry answer would have served it): {calls:?}"
     );
     let asked = broker_calls.lock().expect("lock").clone();
-    let expected = format!(
-        "repository={}",
-        url::form_urlencoded::byte_serialize(repository.as_bytes()).collect::<String>()
-    );
+    let query = |r: &str| {
+        format!(
+            "repository={}",
+            url::form_urlencoded::byte_serialize(format!("{}/{r}", host.host).as_bytes())
+                .collect::<String>()
+        )
+    };
     assert_eq!(
         asked,
-        vec![expected.clone(), expected],
-        "the broker saw the repository"
+        vec![query(&repo), query(&second_repo)],
+        "the broker was asked for each repository"
     );
     println!(
-        "3 Pods, 2 image references of {repository}: {} invocations, broker asked {asked:?}",
+        "3 Pods of 2 repositories on {}: {} invocations, broker asked {asked:?}",
+        host.host,
         calls.len()
     );
 
