@@ -1359,3 +1359,189 @@ fn the_one_writer_check_passes_writers_in_turn() {
     ]);
     assert_eq!(writers.len(), 3);
 }
+
+/// The optional node installer (`components/credential-provider-installer`) on the real node:
+/// its DaemonSet Pod runs under the privileges the component states (root, no capability, two
+/// hostPath directories, its namespace at the `privileged` Pod Security level), copies the
+/// pullkeeper executable into the kubelet's provider bin dir and the ConfigMap's registry file
+/// into its own directory, and merges its entry into the CredentialProviderConfig there, keeping
+/// the platform's entry. The two hostPath directories are this test's own (the test kubelet reads
+/// its provider config only at start, so it is not the one written here); the installed copy then
+/// answers a CredentialProviderRequest from the installed files as the kubelet would exec it.
+#[tokio::test]
+async fn the_node_installer_daemonset_puts_the_plugin_and_its_entry_on_the_node() {
+    const COMPONENT: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kustomize/components/credential-provider-installer"
+    );
+    let client = support::admin_client().await;
+    let image = image();
+    let ns = "pullkeeper-node";
+    let registry = Registry::htpasswd();
+
+    // The node's side: a bin dir and the directory of a provider config the platform already
+    // uses (one entry of its own), and the password file the registry file names.
+    let node = support::scratch_path("node-installer", "");
+    let (bin_dir, config_dir) = (node.join("bin"), node.join("config"));
+    std::fs::create_dir_all(&bin_dir).expect("bin dir");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let platform_entry = "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: platform-plugin\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n    matchImages: [\"*.platform.invalid\"]\n    defaultCacheDuration: 1h\n";
+    std::fs::write(config_dir.join("config.yaml"), platform_entry).expect("provider config");
+    let password_file = support::write_scratch_file("node-installer", ".txt", &registry.password);
+    let registry_file = json!({
+        "provider": {
+            "type": "static",
+            "username": {"value": registry.username},
+            "password": {"file": password_file.display().to_string()},
+        },
+        "servers": [registry.host],
+        "secretName": "node-route",
+    });
+
+    let overlay = support::scratch_path("node-installer-overlay", "");
+    std::fs::create_dir_all(&overlay).expect("overlay dir");
+    std::fs::write(overlay.join("node.yaml"), yaml(&registry_file)).expect("registry file");
+    std::fs::write(overlay.join("secrets.yaml"), yaml(&install_secrets(ns)[0]))
+        .expect("pull secret");
+    let patch = json!([
+        {"op": "add", "path": "/spec/template/spec/imagePullSecrets", "value": [{"name": "pullkeeper-image"}]},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/args/10",
+         "value": format!("--match-images={}", registry.host)},
+        {"op": "replace", "path": "/spec/template/spec/volumes/1/hostPath/path", "value": bin_dir.display().to_string()},
+        {"op": "replace", "path": "/spec/template/spec/volumes/2/hostPath/path", "value": config_dir.display().to_string()},
+    ]);
+    let kustomization = json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["secrets.yaml"],
+        "components": [relative(Path::new(COMPONENT), &overlay).display().to_string()],
+        "configMapGenerator": [{"name": "pullkeeper-node-config", "namespace": ns, "files": ["node.yaml"]}],
+        "images": [{"name": "ghcr.io/pullkeeper/pullkeeper", "newName": image.repository, "digest": image.digest}],
+        "patches": [{"target": {"kind": "DaemonSet", "name": "pullkeeper-node-installer"}, "patch": yaml(&patch)}],
+    });
+    std::fs::write(overlay.join("kustomization.yaml"), yaml(&kustomization)).expect("write");
+    let overlay_dir = overlay.display().to_string();
+    // The namespace first: the Secret in the same apply needs it.
+    run(
+        "kubectl",
+        &["apply", "-f", &format!("{COMPONENT}/namespace.yaml")],
+    )
+    .await;
+    let applied = Instant::now();
+    run("kubectl", &["apply", "-k", &overlay_dir]).await;
+
+    let installed = bin_dir.join("pullkeeper");
+    let provider_config = config_dir.join("config.yaml");
+    let node_config = config_dir.join("pullkeeper.d");
+    let merged = support::wait_for_named("the installer's files on the node", WAIT, || async {
+        let merged = std::fs::read_to_string(&provider_config).unwrap_or_default();
+        if installed.exists()
+            && node_config.join("node.yaml").exists()
+            && merged.contains("name: pullkeeper")
+        {
+            Ok(merged)
+        } else {
+            let pods = Api::<Pod>::namespaced(client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .map(support::pod_summary)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            Err(format!("not yet; Pods: {pods}"))
+        }
+    })
+    .await;
+    figure!(
+        "node installer: plugin, registry file and entry on the node {:.1?} after kubectl apply -k",
+        applied.elapsed()
+    );
+    assert!(
+        merged.contains("name: platform-plugin"),
+        "the platform's entry is kept:\n{merged}"
+    );
+    assert!(
+        merged.contains(&format!(
+            "{}/pullkeeper.d",
+            "/etc/kubernetes/image-credential-provider"
+        )) && merged.contains(&registry.host),
+        "the entry names the node's config dir and the images:\n{merged}"
+    );
+    assert!(
+        !merged.contains(&registry.password),
+        "no credential in the provider config"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&installed)
+            .expect("installed plugin")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o111, 0o111, "executable: {mode:o}");
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list installer Pods")
+        .items;
+    assert_eq!(pods.len(), 1, "one Pod on the one node");
+    let spec = pods[0].spec.as_ref().expect("spec");
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let security = spec.containers[0]
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_eq!(security.privileged, Some(false));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+
+    // The installed copy serves as the kubelet would exec it, from the installed files.
+    let request = json!({
+        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+        "kind": "CredentialProviderRequest",
+        "image": format!("{}/{}", registry.host, support::test_image()),
+    });
+    let mut child = tokio::process::Command::new(&installed)
+        .args(["credential-provider", "--config"])
+        .arg(&node_config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the installed plugin");
+    tokio::io::AsyncWriteExt::write_all(
+        child.stdin.as_mut().expect("stdin"),
+        request.to_string().as_bytes(),
+    )
+    .await
+    .expect("write the request");
+    drop(child.stdin.take());
+    let out = child.wait_with_output().await.expect("the plugin ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a response");
+    assert_eq!(
+        answer["auth"][registry.host.as_str()]["password"],
+        registry.password.as_str(),
+        "the installed plugin answers with the installed registry file's login"
+    );
+
+    run("kubectl", &["delete", "-k", &overlay_dir, "--wait=true"]).await;
+    run(
+        "kubectl",
+        &[
+            "delete",
+            "namespace",
+            ns,
+            "--wait=true",
+            "--ignore-not-found",
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&node);
+    let _ = std::fs::remove_file(&password_file);
+}
