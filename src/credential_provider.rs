@@ -349,6 +349,22 @@ pub struct Invocation {
     pub elapsed_ms: u128,
 }
 
+impl Invocation {
+    /// The record of an invocation that began at `time` (RFC 3339) and has done nothing yet.
+    pub fn starting(time: String) -> Self {
+        Self {
+            time,
+            image_host: None,
+            registry: None,
+            provider: None,
+            outcome: "",
+            login_server: None,
+            cache_duration_seconds: None,
+            elapsed_ms: 0,
+        }
+    }
+}
+
 /// Settings of one invocation.
 #[derive(Clone, Debug)]
 pub struct Settings<'a> {

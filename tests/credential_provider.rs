@@ -345,19 +345,26 @@ async fn start_broker(
     (url, asked)
 }
 
+/// A plugin host whose registry file's http provider asks a loopback broker for the htpasswd
+/// registry's login (`expires_in: 600`, `renewAt: 0.5`), with `extra` provider lines; the
+/// broker's requests' query strings.
+async fn broker_host(test: &str, extra: &str) -> (Registry, PluginHost, Arc<Mutex<Vec<String>>>) {
+    let backend = Registry::htpasswd();
+    let (url, asked) = start_broker(backend.username.clone(), backend.password.clone(), 600).await;
+    let provider = format!(
+        "  type: http\n  url: {url}\n{extra}  response:\n    username: /username\n    password: /password\n    expiresIn: /expires_in\n"
+    );
+    let host = PluginHost::new(test, &backend.host, &provider, "  renewAt: 0.5\n");
+    (backend, host, asked)
+}
+
 #[tokio::test]
 async fn an_http_broker_behind_the_plugin_serves_the_pull_cached_for_renew_at_of_its_expires_in() {
     let test = "cp-http";
     let client = support::admin_client().await;
     let namespaces = TestNamespaces::new(client.clone(), test);
     let ns = namespaces.create().await;
-    let backend = Registry::htpasswd();
-    let (url, broker_calls) =
-        start_broker(backend.username.clone(), backend.password.clone(), 600).await;
-    let provider = format!(
-        "  type: http\n  url: {url}\n  response:\n    username: /username\n    password: /password\n    expiresIn: /expires_in\n"
-    );
-    let host = PluginHost::new(test, &backend.host, &provider, "  renewAt: 0.5\n");
+    let (_, host, broker_calls) = broker_host(test, "").await;
 
     run_pod(&client, &ns, "from-broker", &host.image()).await;
     let calls = host.invocations();
@@ -388,13 +395,7 @@ async fn a_broker_asked_per_repository_is_cached_per_image_by_the_kubelet() {
     let client = support::admin_client().await;
     let namespaces = TestNamespaces::new(client.clone(), test);
     let ns = namespaces.create().await;
-    let backend = Registry::htpasswd();
-    let (url, broker_calls) =
-        start_broker(backend.username.clone(), backend.password.clone(), 600).await;
-    let provider = format!(
-        "  type: http\n  url: {url}\n  imageQuery: repository\n  response:\n    username: /username\n    password: /password\n    expiresIn: /expires_in\n"
-    );
-    let host = PluginHost::new(test, &backend.host, &provider, "  renewAt: 0.5\n");
+    let (backend, host, broker_calls) = broker_host(test, "  imageQuery: repository\n").await;
     // A second repository on the same registry: the test image copied there.
     let (repo, tag) = support::test_image()
         .rsplit_once(':')

@@ -162,6 +162,25 @@ async fn fetch_err(p: &Arc<dyn Provider>) -> ProviderError {
 }
 
 /// No error message may carry what the provider or the caller treats as secret.
+/// Builds `spec` for a credential-provider request carrying `token` and `annotations`, and
+/// fetches: the fetch must fail as `local_input` (so before anything is sent), saying `says`.
+async fn refused_locally(
+    spec: &ProviderSpec,
+    token: Option<pullkeeper::sensitive::Sensitive>,
+    annotations: &std::collections::BTreeMap<String, String>,
+    says: &str,
+) {
+    let secret = token.as_ref().map(|t| t.expose().to_string());
+    let provider = spec
+        .build_for_pod(token, annotations, "registry.example/team/app")
+        .await
+        .expect("builds");
+    let err = fetch_err(&provider).await;
+    assert_eq!(err.category, ErrorCategory::LocalInput, "{}", err.message);
+    assert!(err.message.contains(says), "{}", err.message);
+    assert_clean(&err, &[secret.as_deref().unwrap_or("(no token)")]);
+}
+
 fn assert_clean(err: &ProviderError, secrets: &[&str]) {
     for s in secrets {
         assert!(
@@ -821,21 +840,14 @@ mod gcp {
         assert_eq!(err.category, ErrorCategory::AuthDenied, "{}", err.message);
         assert_clean(&err, &[pod_token, "federated-sts-token"]);
 
-        let neighbour = file
-            .build_for_pod(Some(token.clone()), &BTreeMap::new(), repository)
-            .await
-            .expect("builds");
-        let err = fetch_err(&neighbour).await;
-        assert_eq!(err.category, ErrorCategory::LocalInput);
-        assert!(
-            err.message
-                .contains("no annotation `iam.gke.io/gcp-service-account`"),
-            "{}",
-            err.message
-        );
-        let err = fetch_err(&file.build().await.expect("builds")).await;
-        assert_eq!(err.category, ErrorCategory::LocalInput);
-        assert!(err.message.contains("tokenAttributes"), "{}", err.message);
+        refused_locally(
+            &file,
+            Some(token.clone()),
+            &BTreeMap::new(),
+            "no annotation `iam.gke.io/gcp-service-account`",
+        )
+        .await;
+        refused_locally(&file, None, &annotated(GSA), "tokenAttributes").await;
         assert_eq!(stub.seen().len(), 4, "nothing sent without an identity");
     }
 
@@ -1326,23 +1338,15 @@ mod azure {
         );
 
         // The neighbour's ServiceAccount names no app: no credential, and why.
-        let neighbour = file
-            .build_for_pod(Some(token.clone()), &BTreeMap::new(), repository)
-            .await
-            .expect("builds");
-        let err = fetch_err(&neighbour).await;
-        assert_eq!(err.category, ErrorCategory::LocalInput);
-        assert!(
-            err.message
-                .contains("no annotation `azure.workload.identity/client-id`"),
-            "{}",
-            err.message
-        );
-        assert_clean(&err, &[pod_token]);
+        refused_locally(
+            &file,
+            Some(token.clone()),
+            &BTreeMap::new(),
+            "no annotation `azure.workload.identity/client-id`",
+        )
+        .await;
         // No token: the Secret route, or a provider entry without tokenAttributes.
-        let err = fetch_err(&file.build().await.expect("builds")).await;
-        assert_eq!(err.category, ErrorCategory::LocalInput);
-        assert!(err.message.contains("tokenAttributes"), "{}", err.message);
+        refused_locally(&file, None, &annotated, "tokenAttributes").await;
         assert_eq!(stub.seen().len(), 2, "nothing sent without an identity");
     }
 

@@ -623,16 +623,9 @@ pub async fn credential_provider(args: CredentialProviderArgs) -> i32 {
     use crate::credential_provider::{self as plugin, Invocation, Settings};
     use std::io::Read as _;
     let started = std::time::Instant::now();
-    let mut record = Invocation {
-        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        image_host: None,
-        registry: None,
-        provider: None,
-        outcome: "",
-        login_server: None,
-        cache_duration_seconds: None,
-        elapsed_ms: 0,
-    };
+    let mut record = Invocation::starting(
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
     let settings = Settings {
         config_dir: &args.config.dir,
         fetch_timeout: args.fetch_timeout,

@@ -246,16 +246,7 @@ async fn one_invocation_reads_the_files_fetches_once_and_records_no_credential()
             r#"{{"apiVersion":"{API_VERSION}","kind":"CredentialProviderRequest","image":"{image}"}}"#
         )
     };
-    let new_record = || Invocation {
-        time: String::new(),
-        image_host: None,
-        registry: None,
-        provider: None,
-        outcome: "",
-        login_server: None,
-        cache_duration_seconds: None,
-        elapsed_ms: 0,
-    };
+    let new_record = || Invocation::starting(String::new());
 
     let mut out = Vec::new();
     let mut record = new_record();
@@ -363,16 +354,7 @@ async fn an_http_broker_asked_per_repository_is_cached_per_image() {
                 config_dir: &config,
                 fetch_timeout: Duration::from_secs(10),
             };
-            let mut record = Invocation {
-                time: String::new(),
-                image_host: None,
-                registry: None,
-                provider: None,
-                outcome: "",
-                login_server: None,
-                cache_duration_seconds: None,
-                elapsed_ms: 0,
-            };
+            let mut record = Invocation::starting(String::new());
             let request = format!(
                 r#"{{"apiVersion":"{API_VERSION}","kind":"CredentialProviderRequest","image":"{image}"}}"#
             );
