@@ -920,6 +920,33 @@ impl Drop for Cut {
     }
 }
 
+/// When the container of `pod` last exited at the latest, if that was after `since` (the
+/// kubelet's record, in whole seconds, so one is added: the current state while it waits to be
+/// restarted, the last state once it runs again).
+async fn exited_since(
+    client: &Client,
+    ns: &str,
+    pod: &Pod,
+    since: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let status = Api::<Pod>::namespaced(client.clone(), ns)
+        .get(&pod_name(pod))
+        .await
+        .ok()?
+        .status?
+        .container_statuses?
+        .into_iter()
+        .next()?;
+    [status.state, status.last_state]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.terminated?.finished_at)
+        .filter_map(|t| DateTime::from_timestamp(t.0.as_second(), 0))
+        .filter(|t| *t >= since - chrono::Duration::seconds(1))
+        .max()
+        .map(|t| t + chrono::Duration::seconds(1))
+}
+
 /// How often the container of `pod` has been restarted, as its Pod's status says now.
 async fn restarts(client: &Client, ns: &str, pod: &Pod) -> i32 {
     Api::<Pod>::namespaced(client.clone(), ns)
@@ -965,19 +992,22 @@ async fn cut_off(client: &Client, ns: &str, drift_ns: &str, since: DateTime<Utc>
     let cut_at = Utc::now();
     let drift = Drift::start(client, drift_ns);
 
-    // The old leader stops leading on its own: its metrics say so, or its process has exited.
-    support::wait_for_named("the cut-off leader stepping down", WAIT, || async {
-        match scrape(&leader).await {
-            Ok(text) if sample(&text, "pullkeeper_leader") == Some(1.0) => {
-                Err("it still says it leads".to_string())
+    // The old leader stops leading on its own: its process exits (the kubelet's record of the
+    // exit has the time; the restart may wait out a crash back-off), or its metrics say so.
+    let stepped_down =
+        support::wait_for_named("the cut-off leader stepping down", WAIT, || async {
+            if let Some(at) = exited_since(client, ns, &leader, cut_at).await {
+                return Ok(at);
             }
-            Ok(_) => Ok(()),
-            Err(_) if restarts(client, ns, &leader).await > restarted_before => Ok(()),
-            Err(e) => Err(e),
-        }
-    })
-    .await;
-    let stepped_down = Utc::now();
+            match scrape(&leader).await {
+                Ok(text) if sample(&text, "pullkeeper_leader") == Some(1.0) => {
+                    Err("it still says it leads".to_string())
+                }
+                Ok(_) => Ok(Utc::now()),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
     let (first, old_last) = next_leader(ns, since, cut_at, &identity).await;
     figure!(
         "in-cluster: leader {}'s path to the API server cut: it stepped down {:.2} s after the cut; {} ({}) wrote {:.2} s after the cut ({:.2} s after the old leader's last write)",
