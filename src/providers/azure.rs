@@ -297,7 +297,9 @@ mod client {
     };
     use crate::credential::{Credential, Login};
     use crate::providers::web::{self, ClientOptions, json_answer, jwt_exp};
-    use crate::providers::{ErrorCategory, Provider, ProviderError, TextSource};
+    use crate::providers::{
+        ErrorCategory, Provider, ProviderError, TextSource, pod_annotation, pod_token,
+    };
     use crate::sensitive::Sensitive;
 
     const TIMEOUT: Duration = Duration::from_secs(30);
@@ -521,19 +523,16 @@ mod client {
             token: Option<&Sensitive>,
         ) -> Result<reqwest::RequestBuilder, ProviderError> {
             let local = |m: String| ProviderError::new(ErrorCategory::LocalInput, m);
-            let token = token.ok_or_else(|| {
-                local(
-                    "`source: podWorkloadIdentity` needs the pulling Pod's ServiceAccount token, which only the kubelet \
-                     hands the credential provider (its tokenAttributes must name the audience api://AzureADTokenExchange)"
-                        .to_string(),
-                )
-            })?;
-            let client_id = client_id.ok_or_else(|| {
-                local(format!(
-                    "the pulling Pod's ServiceAccount has no annotation `{CLIENT_ID_ANNOTATION}` (or the kubelet's \
-                     tokenAttributes do not pass it): no app registration to federate to"
-                ))
-            })?;
+            let token = pod_token(
+                token,
+                "`source: podWorkloadIdentity`",
+                "the audience api://AzureADTokenExchange",
+            )?;
+            let client_id = pod_annotation(
+                client_id,
+                CLIENT_ID_ANNOTATION,
+                "no app registration to federate to",
+            )?;
             if !super::is_id(client_id) {
                 return Err(local(format!(
                     "annotation `{CLIENT_ID_ANNOTATION}` is `{client_id}`, not a client id"

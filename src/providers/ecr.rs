@@ -198,19 +198,12 @@ impl EcrConfig {
             return self.build().await;
         };
         let local = |m: String| ProviderError::new(crate::providers::ErrorCategory::LocalInput, m);
-        let token = pod_token.ok_or_else(|| {
-            local(
-                "`podRoleAnnotation` needs the pulling Pod's ServiceAccount token, which only the kubelet \
-                 hands the credential provider (its tokenAttributes must name an audience)"
-                    .to_string(),
-            )
-        })?;
-        let role = annotations.get(key).ok_or_else(|| {
-            local(format!(
-                "the pulling Pod's ServiceAccount has no annotation `{key}` (or the kubelet's tokenAttributes \
-                 do not pass it): no role to assume"
-            ))
-        })?;
+        let token = super::pod_token(pod_token, "`podRoleAnnotation`", "an audience")?;
+        let role = super::pod_annotation(
+            annotations.get(key).map(String::as_str),
+            key,
+            "no role to assume",
+        )?;
         if !is_role_arn(role) {
             return Err(local(format!(
                 "annotation `{key}` is `{role}`, not an IAM role ARN (arn:PARTITION:iam::ACCOUNT:role/NAME)"

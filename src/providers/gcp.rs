@@ -230,7 +230,7 @@ mod client {
     };
     use crate::credential::{Credential, Login};
     use crate::providers::web::{self, ClientOptions, is_safe_url, json_answer, json_detail};
-    use crate::providers::{ErrorCategory, Provider, ProviderError};
+    use crate::providers::{ErrorCategory, Provider, ProviderError, pod_annotation, pod_token};
     use crate::sensitive::Sensitive;
 
     const TIMEOUT: Duration = Duration::from_secs(30);
@@ -381,24 +381,23 @@ mod client {
             &self,
             pod: &PodIdentity,
         ) -> Result<(Sensitive, Option<DateTime<Utc>>), ProviderError> {
-            let local = |m: String| ProviderError::new(ErrorCategory::LocalInput, m);
-            let token = pod.token.as_ref().ok_or_else(|| {
-                local(
-                    "`source: podWorkloadIdentity` needs the pulling Pod's ServiceAccount token, which only the kubelet \
-                     hands the credential provider (its tokenAttributes must name the pool provider's audience)"
-                        .to_string(),
-                )
-            })?;
-            let service_account = pod.service_account.as_deref().ok_or_else(|| {
-                local(format!(
-                    "the pulling Pod's ServiceAccount has no annotation `{GSA_ANNOTATION}` (or the kubelet's \
-                     tokenAttributes do not pass it): no Google service account to pull as"
-                ))
-            })?;
+            let token = pod_token(
+                pod.token.as_ref(),
+                "`source: podWorkloadIdentity`",
+                "the pool provider's audience",
+            )?;
+            let service_account = pod_annotation(
+                pod.service_account.as_deref(),
+                GSA_ANNOTATION,
+                "no Google service account to pull as",
+            )?;
             if !is_service_account_email(service_account) {
-                return Err(local(format!(
-                    "annotation `{GSA_ANNOTATION}` is `{service_account}`, not a service account email"
-                )));
+                return Err(ProviderError::new(
+                    ErrorCategory::LocalInput,
+                    format!(
+                        "annotation `{GSA_ANNOTATION}` is `{service_account}`, not a service account email"
+                    ),
+                ));
             }
             let what = "Google's STS token exchange";
             let resp = self

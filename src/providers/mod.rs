@@ -91,6 +91,43 @@ impl ProviderError {
     }
 }
 
+/// The pulling Pod's ServiceAccount token (KEP-4412), which `setting` needs. Only the kubelet
+/// passes one, on the credential-provider route, and only when its provider entry's
+/// `tokenAttributes` name `audience`; without it, a local error saying so (nothing is sent).
+pub(crate) fn pod_token<'a>(
+    token: Option<&'a Sensitive>,
+    setting: &str,
+    audience: &str,
+) -> Result<&'a Sensitive, ProviderError> {
+    token.ok_or_else(|| {
+        ProviderError::new(
+            ErrorCategory::LocalInput,
+            format!(
+                "{setting} needs the pulling Pod's ServiceAccount token, which only the kubelet \
+                 hands the credential provider (its tokenAttributes must name {audience})"
+            ),
+        )
+    })
+}
+
+/// The value of the pulling Pod's ServiceAccount annotation `key`; without it, a local error
+/// naming the annotation and what its value would have given (`purpose`).
+pub(crate) fn pod_annotation<'a>(
+    value: Option<&'a str>,
+    key: &str,
+    purpose: &str,
+) -> Result<&'a str, ProviderError> {
+    value.ok_or_else(|| {
+        ProviderError::new(
+            ErrorCategory::LocalInput,
+            format!(
+                "the pulling Pod's ServiceAccount has no annotation `{key}` (or the kubelet's \
+                 tokenAttributes do not pass it): {purpose}"
+            ),
+        )
+    })
+}
+
 /// Where a piece of text comes from. Exactly one of the fields is set; `value` is only accepted
 /// where the text is not secret (a username, a client id).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, JsonSchema)]

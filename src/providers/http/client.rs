@@ -15,7 +15,7 @@ use super::config::{EndpointAuth, HttpConfig};
 use super::mapping::ResponseMapping;
 use crate::credential::Credential;
 use crate::providers::web::{self, ClientOptions, describe_url, read_body, status_error};
-use crate::providers::{ErrorCategory, Provider, ProviderError, TextSource};
+use crate::providers::{ErrorCategory, Provider, ProviderError, TextSource, pod_token};
 use crate::sensitive::Sensitive;
 
 impl HttpConfig {
@@ -144,15 +144,14 @@ impl HttpProvider {
                 let token = read_part(token, "bearer token", what).await?;
                 request.bearer_auth(token.expose().trim())
             }
-            EndpointAuth::PodServiceAccountToken => match &self.pod_token {
-                Some(token) => request.bearer_auth(token.expose().trim()),
-                None => {
-                    return Err(config_error(format!(
-                        "{what}: `auth: podServiceAccountToken` needs the pulling Pod's ServiceAccount token, \
-                         which only the kubelet hands the credential provider (its tokenAttributes must name an audience)"
-                    )));
-                }
-            },
+            EndpointAuth::PodServiceAccountToken => {
+                let token = pod_token(
+                    self.pod_token.as_ref(),
+                    &format!("{what}: `auth: podServiceAccountToken`"),
+                    "an audience",
+                )?;
+                request.bearer_auth(token.expose().trim())
+            }
         };
         // Fails only on header values that cannot be sent, i.e. a token with control characters.
         request.build().map_err(|_| {
