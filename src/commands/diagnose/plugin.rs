@@ -64,12 +64,14 @@ pub fn route<'a>(
     let Some(call) = latest else {
         return PluginRoute::NotAsked { latest: None };
     };
+    // A cache duration too large for the calendar (a log line is outside input) caches forever.
+    let cached_until = i64::try_from(call.cache_duration_seconds.unwrap_or(0))
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|d| call.time.checked_add_signed(d));
     let covers = created.is_none_or(|created| {
-        let cached_until = call.time
-            + chrono::Duration::seconds(
-                i64::try_from(call.cache_duration_seconds.unwrap_or(0)).unwrap_or(i64::MAX / 2),
-            );
-        call.time >= created || (call.outcome == SERVED && cached_until >= created)
+        call.time >= created
+            || (call.outcome == SERVED && cached_until.is_none_or(|until| until >= created))
     });
     if covers {
         PluginRoute::Answered(call)
@@ -201,6 +203,30 @@ mod tests {
         assert_eq!(calls[1].cache_duration_seconds, Some(60));
     }
 
+    /// What the plugin writes (`credential_provider::Invocation`) is what diagnose reads.
+    #[test]
+    fn the_plugins_own_record_reads_back_as_a_call() {
+        let mut record =
+            crate::credential_provider::Invocation::starting("2026-12-06T09:59:00.120Z".into());
+        record.image_host = Some("h.test".into());
+        record.registry = Some("harbor".into());
+        record.provider = Some("static");
+        record.outcome = SERVED;
+        record.cache_duration_seconds = Some(60);
+        let line = serde_json::to_string(&record).expect("record");
+        assert_eq!(
+            read_log(&line),
+            vec![PluginCall {
+                time: now() - chrono::Duration::seconds(60) + chrono::Duration::milliseconds(120),
+                image_host: Some("h.test".into()),
+                registry: Some("harbor".into()),
+                provider: Some("static".into()),
+                outcome: SERVED.into(),
+                cache_duration_seconds: Some(60),
+            }]
+        );
+    }
+
     #[test]
     fn an_answer_counts_for_a_pod_when_asked_after_its_creation_or_cached_over_it() {
         let created = Some(now() - chrono::Duration::seconds(100));
@@ -228,6 +254,12 @@ mod tests {
             "a failure is not cached"
         );
         assert_eq!(route_of("e.test"), PluginRoute::NotAsked { latest: None });
+        // A cache duration past the calendar's end caches forever instead of panicking.
+        let forever = [call("a.test", 300, SERVED, u64::MAX)];
+        assert_eq!(
+            route(Some(&forever), "a.test", created, now()),
+            PluginRoute::Answered(&forever[0])
+        );
         assert_eq!(route(None, "a.test", created, now()), PluginRoute::Unknown);
         // The newest call wins.
         let twice = [
