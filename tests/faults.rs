@@ -1097,10 +1097,7 @@ async fn an_upgrade_in_place_from_the_previous_release_rewrites_nothing() {
     // `test` fails (422). Only the previous identity may have sent one.
     let (writes, refused): (Vec<String>, Vec<String>) = support::audit_writes(&names, rollout)
         .into_iter()
-        .partition(|w| {
-            w.rsplit_once("-> ")
-                .is_some_and(|(_, code)| code.starts_with('2'))
-        });
+        .partition(|w| support::accepted(w));
     eprintln!(
         "upgrade from {}: {NAMESPACES} namespaces, {} writes by the previous release, {} during and after the rollout, {} refused (audit log)",
         previous_bin,

@@ -860,46 +860,29 @@ const SERVICE_IP: &str = "10.0.0.1";
 /// address and back is dropped (iptables on the host, where the bridge delivers them), as a
 /// partition would. Nothing is refused: open connections go silent. Heals on drop.
 struct Cut {
-    rules: Vec<Vec<String>>,
+    /// `(chain, match and target)` of each rule.
+    rules: Vec<(&'static str, Vec<String>)>,
 }
 
 impl Cut {
     async fn start(pod: &Pod) -> Self {
         let ip = pod_ip(pod);
         let comment = format!("pullkeeper in-cluster test: cut {}", pod_name(pod));
-        let rule = |chain: &str, from: &str, to: &str, port: &str| -> Vec<String> {
-            [
-                chain,
-                "-s",
-                from,
-                "-d",
-                to,
-                "-p",
-                "tcp",
-                port,
-                "443",
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-                "-j",
-                "DROP",
-            ]
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        let rule = |from: &str, to: &str, port: &str| -> Vec<String> {
+            let spec = ["-s", from, "-d", to, "-p", "tcp", port, "443"];
+            let tail = ["-m", "comment", "--comment", &comment, "-j", "DROP"];
+            spec.iter().chain(&tail).map(ToString::to_string).collect()
         };
-        let rules = vec![
-            rule("INPUT", &ip, SERVICE_IP, "--dport"),
-            rule("OUTPUT", SERVICE_IP, &ip, "--sport"),
-        ];
-        let cut = Self { rules };
-        for r in &cut.rules {
-            let mut args = vec!["-w".to_string(), "-I".to_string()];
-            args.push(r[0].clone());
-            args.push("1".to_string());
-            args.extend(r[1..].iter().cloned());
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Built before the rules go in: a failure half-way still removes what was added.
+        let cut = Self {
+            rules: vec![
+                ("INPUT", rule(&ip, SERVICE_IP, "--dport")),
+                ("OUTPUT", rule(SERVICE_IP, &ip, "--sport")),
+            ],
+        };
+        for (chain, spec) in &cut.rules {
+            let mut args = vec!["-w", "-I", chain, "1"];
+            args.extend(spec.iter().map(String::as_str));
             run("iptables", &args).await;
         }
         cut
@@ -908,13 +891,13 @@ impl Cut {
 
 impl Drop for Cut {
     fn drop(&mut self) {
-        for r in &self.rules {
+        for (chain, spec) in &self.rules {
             let status = std::process::Command::new("iptables")
-                .args(["-w", "-D"])
-                .args(r)
+                .args(["-w", "-D", chain])
+                .args(spec)
                 .status();
             if !status.as_ref().is_ok_and(std::process::ExitStatus::success) {
-                eprintln!("could not remove the cut rule {r:?}: {status:?}");
+                eprintln!("could not remove the cut rule {chain} {spec:?}: {status:?}");
             }
         }
     }

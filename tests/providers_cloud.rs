@@ -161,7 +161,18 @@ async fn fetch_err(p: &Arc<dyn Provider>) -> ProviderError {
     p.fetch().await.expect_err("fetch must fail")
 }
 
-/// No error message may carry what the provider or the caller treats as secret.
+/// `spec` built for a credential-provider request carrying the Pod's `token` and its
+/// ServiceAccount's `annotations` (the image's repository matters to no provider used here).
+async fn for_pod(
+    spec: &ProviderSpec,
+    token: Option<pullkeeper::sensitive::Sensitive>,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Arc<dyn Provider> {
+    spec.build_for_pod(token, annotations, "registry.example/team/app")
+        .await
+        .expect("builds")
+}
+
 /// Builds `spec` for a credential-provider request carrying `token` and `annotations`, and
 /// fetches: the fetch must fail as `local_input` (so before anything is sent), saying `says`.
 async fn refused_locally(
@@ -171,16 +182,13 @@ async fn refused_locally(
     says: &str,
 ) {
     let secret = token.as_ref().map(|t| t.expose().to_string());
-    let provider = spec
-        .build_for_pod(token, annotations, "registry.example/team/app")
-        .await
-        .expect("builds");
-    let err = fetch_err(&provider).await;
+    let err = fetch_err(&for_pod(spec, token, annotations).await).await;
     assert_eq!(err.category, ErrorCategory::LocalInput, "{}", err.message);
     assert!(err.message.contains(says), "{}", err.message);
     assert_clean(&err, &[secret.as_deref().unwrap_or("(no token)")]);
 }
 
+/// No error message may carry what the provider or the caller treats as secret.
 fn assert_clean(err: &ProviderError, secrets: &[&str]) {
     for s in secrets {
         assert!(
@@ -811,11 +819,7 @@ mod gcp {
                 gsa.to_string(),
             )])
         };
-        let repository = "europe-docker.pkg.dev/team-project/images/app";
-        let provider = file
-            .build_for_pod(Some(token.clone()), &annotated(GSA), repository)
-            .await
-            .expect("builds");
+        let provider = for_pod(&file, Some(token.clone()), &annotated(GSA)).await;
         let credential = provider.fetch().await.expect("federation works");
         assert_eq!(credential.logins[0].username, "oauth2accesstoken");
         assert_eq!(
@@ -828,14 +832,12 @@ mod gcp {
         );
         assert_eq!(stub.seen().len(), 2, "the exchange, then the impersonation");
 
-        let other = file
-            .build_for_pod(
-                Some(token.clone()),
-                &annotated("admin@team-project.iam.gserviceaccount.com"),
-                repository,
-            )
-            .await
-            .expect("builds");
+        let other = for_pod(
+            &file,
+            Some(token.clone()),
+            &annotated("admin@team-project.iam.gserviceaccount.com"),
+        )
+        .await;
         let err = fetch_err(&other).await;
         assert_eq!(err.category, ErrorCategory::AuthDenied, "{}", err.message);
         assert_clean(&err, &[pod_token, "federated-sts-token"]);
@@ -1317,11 +1319,7 @@ mod azure {
                 TENANT.to_string(),
             ),
         ]);
-        let repository = "127.0.0.1/team/app";
-        let provider = file
-            .build_for_pod(Some(token.clone()), &annotated, repository)
-            .await
-            .expect("builds");
+        let provider = for_pod(&file, Some(token.clone()), &annotated).await;
         let credential = provider.fetch().await.expect("federation works");
         assert_eq!(credential.logins[0].password.expose(), refresh);
         assert_eq!(credential.expires_at.map(|t| t.timestamp()), Some(exp));

@@ -1102,3 +1102,11 @@ pub fn audit_writes(namespaces: &[String], since: chrono::DateTime<chrono::Utc>)
         })
         .collect()
 }
+
+/// Whether a line of [`audit_writes`] is a write the API server accepted (a 2xx answer); a
+/// refused one (a failed guard, a conflict) changed nothing.
+pub fn accepted(write: &str) -> bool {
+    write
+        .rsplit_once("-> ")
+        .is_some_and(|(_, code)| code.starts_with('2'))
+}
